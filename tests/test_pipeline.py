@@ -1,0 +1,94 @@
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from ctdose.errors import ConfigError, CtdoseError
+from ctdose.pipeline import list_notebooks, main, run_chain, select_notebooks
+
+
+def _notebook(path, body, params='profile = "smoke"\nrun_dir = "runs/smoke"\noverrides = {}'):
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell(params)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# test"), cell, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "does-not-exist", "display_name": "x", "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def chain(tmp_path):
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    _notebook(folder / "01_first.ipynb",
+              "import pathlib\npathlib.Path(run_dir, 'first.txt').write_text(profile + str(overrides))")
+    _notebook(folder / "02_second.ipynb", "import pathlib\nassert pathlib.Path(run_dir, 'first.txt').exists()\n"
+              "pathlib.Path(figures_dir, 'fig.txt').write_text('x')",
+              params='profile = "smoke"\nrun_dir = "runs/smoke"\noverrides = {}\nfigures_dir = "figures"')
+    return folder
+
+
+def test_chain_runs_in_order_with_parameters_and_explicit_kernel(chain, tmp_path):
+    out, figs = tmp_path / "run", tmp_path / "figs"
+    figs.mkdir()
+    log = run_chain("smoke", out, ["train.epochs=3"], notebooks=chain, figures_dir=figs, progress=False)
+    assert list(log["status"]) == ["ok", "ok"]
+    assert (out / "first.txt").read_text() == "smoke{'train.epochs': 3}"
+    assert (out / "01_first.ipynb").is_file() and (out / "02_second.ipynb").is_file()
+    assert (figs / "fig.txt").is_file()
+    assert (out / "chain_log.csv").read_text().count(",ok,") == 2
+
+
+def test_selection_by_number_name_from_and_only(chain):
+    books = list_notebooks(chain)
+    assert [b.stem for b in select_notebooks(books, start="02")] == ["02_second"]
+    assert [b.stem for b in select_notebooks(books, only=["01_first"])] == ["01_first"]
+    with pytest.raises(ConfigError, match="no notebook matches"):
+        select_notebooks(books, only=["07"])
+    with pytest.raises(ConfigError, match="exclude"):
+        select_notebooks(books, start="01", only=["02"])
+
+
+def test_not_run_notebooks_are_named(chain, tmp_path, capsys):
+    run_chain("smoke", tmp_path / "run", only=["01"], notebooks=chain)
+    assert "not run: 02_second" in capsys.readouterr().out
+
+
+def test_failure_names_notebook_cell_and_executed_copy(tmp_path):
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    _notebook(folder / "01_broken.ipynb", "raise ValueError('bad input file x.nii')")
+    with pytest.raises(CtdoseError) as info:
+        run_chain("smoke", tmp_path / "run", notebooks=folder, progress=False)
+    message = str(info.value)
+    assert "01_broken failed in cell" in message and "ValueError: bad input file x.nii" in message
+    assert str(tmp_path / "run" / "01_broken.ipynb") in message
+    assert (tmp_path / "run" / "01_broken.ipynb").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, text",
+    [
+        (["run", "--profile", "nope"], "unknown profile 'nope'"),
+        (["run", "--profile", "smoke", "--set", "foo.bar=1"], "unknown override key 'foo.bar'"),
+        (["run", "--profile", "smoke", "--only", "99", "--notebooks", "{chain}"], "notebook '99': no notebook"),
+    ],
+)
+def test_bad_input_gives_one_clear_line(args, text, chain):
+    args = [a.format(chain=chain) for a in args]
+    proc = subprocess.run([sys.executable, "-m", "ctdose", *args], capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ctdose: error:") and text in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_notebook_folder_is_one_line(tmp_path, capsys):
+    assert main(["run", "--profile", "smoke", "--notebooks", str(tmp_path / "none")]) == 2
+    assert "notebook folder" in capsys.readouterr().err
+
+
+def test_profile_command_prints_overridden_yaml(capsys):
+    assert main(["profile", "smoke", "--set", "train.epochs=5"]) == 0
+    assert "epochs: 5" in capsys.readouterr().out
