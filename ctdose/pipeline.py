@@ -102,7 +102,7 @@ def run_chain(
     start: str | None = None,
     only: Sequence[str] | None = None,
     kernel: str = DEFAULT_KERNEL,
-    figures_dir: str | os.PathLike = "figures",
+    figures_dir: str | os.PathLike | None = None,
     notebooks: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
@@ -120,8 +120,10 @@ def run_chain(
         First notebook to run, or the only notebooks to run (number or name).
     kernel : str
         Jupyter kernel name used for every notebook (the notebooks' own kernelspec is ignored).
-    figures_dir : path
-        Where the figure notebook writes (notebooks that declare ``figures_dir``).
+    figures_dir : path, optional
+        Where the figure notebook writes (notebooks that declare ``figures_dir``). Default:
+        ``figures/`` of the compendium for the ``demo`` profile (its figures are committed),
+        ``<run_dir>/figures`` for every other profile.
 
     Returns
     -------
@@ -141,6 +143,8 @@ def run_chain(
     override_map = dict(parse_override(o) for o in overrides)
     run_dir = resolve_path(out or f"runs/{cfg.name}")
     run_dir.mkdir(parents=True, exist_ok=True)
+    if figures_dir is None:
+        figures_dir = "figures" if cfg.name == "demo" else run_dir / "figures"
     books = list_notebooks(notebooks)
     chosen = select_notebooks(books, start, only)
     say = print if progress else (lambda *a, **k: None)
@@ -160,6 +164,7 @@ def run_chain(
             params = {"profile": str(profile), "run_dir": str(run_dir), "overrides": override_map}
             if "figures_dir" in _declared_parameters(book):
                 params["figures_dir"] = str(resolve_path(figures_dir))
+                Path(params["figures_dir"]).mkdir(parents=True, exist_ok=True)
             t0 = time.perf_counter()
             try:
                 pm.execute_notebook(
@@ -215,7 +220,8 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a profile key, e.g. --set train.epochs=20 (repeatable)")
     run.add_argument("--kernel", default=DEFAULT_KERNEL, help="Jupyter kernel name (default python3)")
-    run.add_argument("--figures-dir", default="figures", help="where figures are written (default figures/)")
+    run.add_argument("--figures-dir", default=None,
+                     help="where figures are written (default: figures/ for demo, <run_dir>/figures otherwise)")
     run.add_argument("--notebooks", default=None, help="folder of the chain notebooks (default notebooks/)")
     run.add_argument("--quiet", action="store_true", help="no progress output")
 
