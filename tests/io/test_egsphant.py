@@ -1,0 +1,110 @@
+"""Tests of ctdose.io.egsphant: DOSXYZnrc phantom format."""
+
+import numpy as np
+import pytest
+
+from ctdose.errors import InputError
+from ctdose.io.egsphant import egsphant_from_case, read_egsphant, write_egsphant
+
+
+def _phantom(nmed=3, shape=(2, 3, 4), seed=0):
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, nmed, size=shape).astype(np.uint8)
+    rho = rng.uniform(0.001, 2.0, size=shape).astype(np.float32)
+    return idx, rho
+
+
+def test_round_trip(tmp_path):
+    idx, rho = _phantom()
+    p = write_egsphant(tmp_path / "a.egsphant", idx, rho, ["AIR521ICRU", "H2O521ICRU", "LUNG"], (5.0, 2.5, 2.0), (-3.0, 10.0, -7.0))
+    ph = read_egsphant(p)
+    assert ph.media == ["AIR521ICRU", "H2O521ICRU", "LUNG"]
+    np.testing.assert_array_equal(ph.media_index, idx)
+    np.testing.assert_allclose(ph.density_g_cm3, rho, rtol=1e-5)
+    np.testing.assert_allclose(ph.spacing_mm, (5.0, 2.5, 2.0))
+    np.testing.assert_allclose(ph.origin_mm, (-3.0, 10.0, -7.0), atol=1e-5)
+
+
+def test_line_layout_follows_the_manual(tmp_path):
+    # 2 slices (z), 3 rows (y), 4 columns (x)
+    idx = np.zeros((2, 3, 4), np.uint8)
+    idx[1, 2, 3] = 1  # voxel i=3 (x), j=2 (y), k=1 (z)
+    rho = np.ones((2, 3, 4))
+    rho[0, 1, 2] = 0.5
+    p = write_egsphant(tmp_path / "b.egsphant", idx, rho, ["AIR", "WATER"], (10.0, 10.0, 10.0), (5.0, 5.0, 5.0), estepe=0.25)
+    lines = p.read_text().split("\n")
+    assert lines[0].split() == ["2"]                      # number of media
+    assert lines[1:3] == ["AIR", "WATER"]                 # one name per line
+    assert [float(v) for v in lines[3].split()] == [0.25, 0.25]  # ESTEPE line
+    assert lines[4].split() == ["4", "3", "2"]            # nx ny nz
+    np.testing.assert_allclose([float(v) for v in lines[5].split()], [0, 1, 2, 3, 4])  # x bounds, cm
+    np.testing.assert_allclose([float(v) for v in lines[6].split()], [0, 1, 2, 3])
+    np.testing.assert_allclose([float(v) for v in lines[7].split()], [0, 1, 2])
+    # media: slice 0 rows, blank line, slice 1 rows (1-based characters, x fastest), blank line
+    assert lines[8:12] == ["1111", "1111", "1111", ""]
+    assert lines[12:16] == ["1111", "1111", "1112", ""]
+    # densities per row, blank line after each slice
+    assert [float(v) for v in lines[17].split()] == [1.0, 1.0, 0.5, 1.0]
+    assert lines[19] == "" and lines[23] == ""
+
+
+def test_more_than_nine_media_use_ascii_after_9(tmp_path):
+    idx = np.arange(12, dtype=np.uint8).reshape(1, 1, 12)
+    p = write_egsphant(tmp_path / "c.egsphant", idx, np.ones((1, 1, 12)), [f"M{i}" for i in range(12)], (1, 1, 1), (0, 0, 0))
+    assert "123456789:;<" in p.read_text()
+    np.testing.assert_array_equal(read_egsphant(p).media_index, idx)
+
+
+def test_reads_wrapped_boundaries_and_free_format_densities(tmp_path):
+    text = "1\nWATER\n1.0\n2 1 1\n0.0\n0.5 1.0\n0.0 1.0\n0.0\n1.0\n11\n\n1.0\n  0.9\n\n"
+    f = tmp_path / "w.egsphant"
+    f.write_text(text)
+    ph = read_egsphant(f)
+    np.testing.assert_allclose(ph.x_bounds_cm, [0.0, 0.5, 1.0])
+    np.testing.assert_allclose(ph.density_g_cm3.ravel(), [1.0, 0.9])
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("x\n", "number of media"),
+        ("1\nWATER\n1.0\n2 1 1\n0 1 2\n0 1\n0 1\n1\n\n1 1\n", "characters"),
+        ("1\nWATER\n1.0\n2 1 1\n0 1 2\n0 1\n0 1\n13\n\n1 1\n", "medium number"),
+        ("1\nWATER\n1.0\n2 1 1\n0 1 2\n0 1\n0 1\n11\n\n1\n", "densities"),
+        ("1\nWATER\n1.0\n2 1 1\n0 2 1\n0 1\n0 1\n11\n\n1 1\n", "increasing"),
+        ("2\nWATER\n", "ends before"),
+    ],
+)
+def test_bad_files_raise_input_error_naming_the_file(tmp_path, text, match):
+    f = tmp_path / "bad.egsphant"
+    f.write_text(text)
+    with pytest.raises(InputError, match=match) as err:
+        read_egsphant(f)
+    assert "bad.egsphant" in str(err.value)
+
+
+def test_write_rejects_bad_input(tmp_path):
+    idx, rho = _phantom()
+    with pytest.raises(InputError):
+        write_egsphant(tmp_path / "x.egsphant", idx, -rho, ["A", "B", "C"], (1, 1, 1), (0, 0, 0))
+    with pytest.raises(InputError):
+        write_egsphant(tmp_path / "x.egsphant", idx, rho, ["A", "B"], (1, 1, 1), (0, 0, 0))
+    with pytest.raises(InputError):
+        write_egsphant(tmp_path / "x.egsphant", idx, rho, ["A B", "B", "C"], (1, 1, 1), (0, 0, 0))
+    with pytest.raises(InputError, match="no such"):
+        read_egsphant(tmp_path / "missing.egsphant")
+    assert not (tmp_path / "x.egsphant").exists()
+
+
+def test_egsphant_from_case(tmp_path):
+    from ctdose.materials import get_medium
+    from ctdose.store import make_case
+
+    labels = np.array([[[0, 1], [2, 1]]], np.uint8)
+    ds = make_case(labels, (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), case_id="c1")
+    p = egsphant_from_case(ds, tmp_path / "c1.egsphant", medium_of_label=["air", "water", "lung"])
+    ph = read_egsphant(p)
+    assert ph.media == ["air", "lung", "water"]
+    names = np.array(ph.media)[ph.media_index]
+    assert names.tolist() == [[["air", "water"], ["lung", "water"]]]
+    assert ph.density_g_cm3[0, 1, 0] == pytest.approx(get_medium("lung").density_g_cm3)

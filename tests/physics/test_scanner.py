@@ -1,0 +1,137 @@
+"""Tests of ctdose.physics.scanner: geometry, bowtie, protocols."""
+
+import math
+
+import numpy as np
+import pytest
+
+from ctdose.config import load_profile
+from ctdose.errors import ConfigError, InputError
+from ctdose.materials import filter_medium
+from ctdose.physics.scanner import (
+    Bowtie,
+    CTScanner,
+    Protocol,
+    bowtie_from_csv,
+    generic_body_bowtie,
+    protocol_for_case,
+    scanner_from_profile,
+)
+from ctdose.physics.spectrum import Spectrum
+
+
+@pytest.fixture(scope="module")
+def scanner():
+    spec = Spectrum(np.array([40.0, 60.0, 80.0]), np.array([1.0, 2.0, 1.0]))
+    return CTScanner(spectrum=spec, bowtie=generic_body_bowtie())
+
+
+def test_geometry(scanner):
+    assert scanner.fan_half_angle_rad() == pytest.approx(math.asin(250.0 / 541.0))
+    x, y = scanner.source_xy_mm(np.array([0.0, math.pi / 2]))
+    np.testing.assert_allclose([x[0], y[0]], [0.0, -541.0], atol=1e-9)  # anterior
+    np.testing.assert_allclose([x[1], y[1]], [541.0, 0.0], atol=1e-9)  # patient left (+x)
+    assert scanner.z_half_angle_rad() == pytest.approx(math.atan(20.0 / 541.0))
+
+
+def test_axial_positions_cover_range(scanner):
+    p = Protocol("axial", -95.0, 60.0, tube_current_ma=100.0, rotation_time_s=0.5, projections_per_rotation=12)
+    sp = p.source_positions(scanner)
+    centres = np.unique(sp.z_mm)
+    n_rot = math.ceil(155.0 / 40.0)
+    assert centres.size == n_rot and len(sp) == n_rot * 12
+    assert centres.min() - 20 <= -95.0 and centres.max() + 20 >= 60.0
+    np.testing.assert_allclose(np.diff(centres), 40.0)
+    assert np.mean(centres) == pytest.approx((-95.0 + 60.0) / 2)
+    assert sp.total_mas == pytest.approx(n_rot * 100.0 * 0.5)
+    one = np.sort(sp.angle_rad[sp.z_mm == centres[0]])
+    np.testing.assert_allclose(np.diff(one), 2 * math.pi / 12)
+    xyz = sp.source_xyz_mm(scanner)
+    np.testing.assert_allclose(np.hypot(xyz[:, 0], xyz[:, 1]), 541.0)
+
+
+def test_helical_positions(scanner):
+    p = Protocol("helical", 0.0, 100.0, pitch=1.25, projections_per_rotation=10, start_angle_deg=90.0)
+    sp = p.source_positions(scanner)
+    n_rot = 100.0 / (1.25 * 40.0)
+    assert sp.total_mas == pytest.approx(200.0 * 1.0 * n_rot)
+    assert len(sp) == 20
+    assert np.all(np.diff(sp.z_mm) > 0) and sp.z_mm.min() >= 0 and sp.z_mm.max() <= 100.0
+    # table feed per rotation = pitch * collimation
+    assert sp.z_mm[10] - sp.z_mm[0] == pytest.approx(50.0)
+    assert sp.angle_rad[0] == pytest.approx(math.radians(90.0 + 18.0))
+
+
+def test_helical_partial_rotation_mas(scanner):
+    p = Protocol("helical", 0.0, 45.0, projections_per_rotation=8)
+    sp = p.source_positions(scanner)
+    assert sp.total_mas == pytest.approx(200.0 * 45.0 / 40.0)
+
+
+def test_tube_current_modulation(scanner):
+    p = Protocol("axial", 0.0, 80.0, current_profile_z_mm=[0.0, 80.0], current_profile_ma=[100.0, 300.0],
+                 projections_per_rotation=4)
+    sp = p.source_positions(scanner)
+    np.testing.assert_allclose(sp.mas, np.interp(sp.z_mm, [0, 80], [100, 300]) / 4)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(mode="spiral"), dict(z_start_mm=10.0, z_end_mm=0.0), dict(pitch=0.0), dict(tube_current_ma=-1.0),
+     dict(projections_per_rotation=0), dict(current_profile_z_mm=[0.0])],
+)
+def test_protocol_rejects_bad_input(kwargs):
+    with pytest.raises(InputError):
+        Protocol(**kwargs)
+
+
+def test_bowtie_symmetric_and_transmission_independent():
+    bt = generic_body_bowtie()
+    g = np.linspace(-0.45, 0.45, 19)
+    np.testing.assert_allclose(bt.thickness_mm(g), bt.thickness_mm(-g))
+    assert bt.thickness_mm(0.0) == pytest.approx(0.0)
+    assert np.all(np.diff(bt.thickness_mm(np.linspace(0, 0.5, 30))) >= 0)
+    # transmission = exp(-mu t): compare with the spectrum's filter route (independent path)
+    spec = Spectrum(np.array([35.0, 70.0, 110.0]), np.ones(3))
+    al = filter_medium("aluminium")
+    t = float(bt.thickness_mm(0.3))
+    np.testing.assert_allclose(bt.transmission(spec.energy_kev, 0.3), spec.transmission(al, t), rtol=1e-4)
+    tab = bt.transmission(np.array([40.0, 80.0])[:, None], np.array([0.0, 0.2, 0.4])[None, :])
+    assert tab.shape == (2, 3) and np.all(tab[:, 0] == 1.0) and np.all(np.diff(tab, axis=1) <= 0)
+
+
+def test_bowtie_csv(tmp_path):
+    f = tmp_path / "bt.csv"
+    f.write_text("fan_angle_deg,al_thickness_mm\n-10,5\n0,0\n10,5\n20,12\n")
+    bt = bowtie_from_csv(f)
+    assert bt.thickness_mm(math.radians(-5.0)) == pytest.approx(2.5)
+    f.write_text("fan_angle_deg,al_thickness_mm\n-10,3\n0,0\n10,5\n")
+    with pytest.raises(InputError, match="asymmetric"):
+        bowtie_from_csv(f)
+    with pytest.raises(InputError, match="not found"):
+        bowtie_from_csv(tmp_path / "x.csv")
+    with pytest.raises(InputError):
+        Bowtie(np.array([0.0, 0.1]), np.array([0.0, -1.0]))
+
+
+def test_scanner_and_protocol_from_profile():
+    cfg = load_profile("smoke")
+    sc = scanner_from_profile(cfg)
+    assert sc.source_to_isocentre_mm == pytest.approx(541.0) and sc.collimation_mm == pytest.approx(40.0)
+    assert sc.spectrum.absolute and sc.spectrum.energy_kev.max() <= 120.0
+    k0 = sc.air_kerma_gy_per_mas_at_isocentre(0.0)
+    assert 1e-4 < k0 < 1e-3  # CT free-in-air kerma at isocentre: 0.1-1 mGy/mAs at 120 kVp
+    assert sc.air_kerma_gy_per_mas_at_isocentre(0.4) < k0
+    assert k0 == pytest.approx(sc.spectrum.air_kerma_gy_per_mas(1000.0) * (1000 / 541) ** 2)
+    p = protocol_for_case(cfg, (50.0, -30.0))
+    assert (p.z_start_mm, p.z_end_mm) == (-30.0, 50.0)
+    assert p.projections_per_rotation == cfg["scanner"]["projections_per_rotation"]
+
+
+def test_bad_profile_values():
+    cfg = load_profile("smoke")
+    cfg["scanner"]["source_to_isocentre_mm"] = -5.0
+    with pytest.raises(ConfigError, match="source_to_isocentre_mm"):
+        scanner_from_profile(cfg)
+    with pytest.raises(ConfigError):
+        scanner_from_profile({"name": "x"})
