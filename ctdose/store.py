@@ -266,7 +266,9 @@ class CaseStore:
             )
         return path
 
-    def write_case(self, ds: xr.Dataset, case_id: str | None = None, *, overwrite: bool = False) -> None:
+    def write_case(
+        self, ds: xr.Dataset, case_id: str | None = None, *, overwrite: bool = False, manifest: bool = True
+    ) -> None:
         """Write a case atomically.
 
         Parameters
@@ -277,6 +279,9 @@ class CaseStore:
             Defaults to ``ds.attrs["case_id"]``.
         overwrite : bool
             Replace an existing case (atomically); otherwise an existing case is an error.
+        manifest : bool
+            Rewrite ``manifest.csv`` afterwards. Bulk writers (parallel cohorts) pass ``False``
+            and call :meth:`write_manifest` once at the end.
         """
         case_id = _check_id("case id", case_id or ds.attrs.get("case_id", ""))
         if "labels" not in ds:
@@ -284,7 +289,8 @@ class CaseStore:
         ds = ds.copy()
         ds.attrs = _jsonable({**ds.attrs, "case_id": case_id})
         self._atomic_write("cases", case_id, ds, overwrite)
-        self.write_manifest()
+        if manifest:
+            self.write_manifest()
 
     def read_case(self, case_id: str, variables: Sequence[str] | None = None) -> xr.Dataset:
         """Open a case lazily (zarr-backed, no dask); call ``.load()`` to read it into memory."""
@@ -325,6 +331,7 @@ class CaseStore:
         attrs: Mapping[str, Any] | None = None,
         *,
         overwrite: bool = True,
+        manifest: bool = True,
     ) -> None:
         """Add (or replace) volumes of a case atomically.
 
@@ -363,7 +370,8 @@ class CaseStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        self.write_manifest()
+        if manifest:
+            self.write_manifest()
 
     def delete_case(self, case_id: str) -> None:
         """Remove a case (atomically: renamed away first, then deleted)."""

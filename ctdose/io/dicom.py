@@ -1,0 +1,108 @@
+"""DICOM CT series -> HU volume with a RAS+ affine (same form as :func:`ctdose.io.nifti.read_nifti`).
+
+Reads every file of a folder with pydicom (compressed transfer syntaxes such as JPEG 2000
+are decoded by pylibjpeg + openjpeg), keeps one CT series, sorts the slices along the slice
+normal, converts stored values to HU (RescaleSlope/RescaleIntercept) and builds the affine
+from ImagePositionPatient, ImageOrientationPatient and PixelSpacing.
+
+Only geometry and pixel values are read: no identifying header field (names, ids, dates,
+UIDs, institution) is returned or copied anywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from .nifti import check_volume
+
+__all__ = ["read_dicom_series"]
+
+_SLICE_TOL = 0.01  # relative tolerance of the slice spacing
+
+
+def _read(path: Path):
+    import pydicom
+
+    try:
+        return pydicom.dcmread(str(path), force=False)
+    except Exception:
+        return None
+
+
+def read_dicom_series(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read a DICOM CT series from a folder.
+
+    Parameters
+    ----------
+    folder : directory with the slice files (non-DICOM files are ignored)
+
+    Returns
+    -------
+    hu : float32 array (i = column, j = row, k = slice), Hounsfield units
+    affine : 4x4 voxel -> RAS+ world (mm)
+
+    Raises
+    ------
+    InputError
+        Missing folder, no CT slices, several series, inconsistent geometry, undecodable pixels.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such DICOM folder")
+    slices = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        ds = _read(path)
+        if ds is None or "PixelData" not in ds or "ImagePositionPatient" not in ds:
+            continue
+        slices.append((path, ds))
+    if not slices:
+        raise InputError(f"{folder}: no DICOM image slices with a position found")
+    series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
+    if len(series) > 1:
+        raise InputError(f"{folder}: {len(series)} DICOM series in one folder; put each series in its own folder")
+    if len(slices) < 2:
+        raise InputError(f"{folder}: a single DICOM slice is a 2D image, need a 3D series")
+    orient = np.asarray(slices[0][1].ImageOrientationPatient, float)
+    row_dir, col_dir = orient[:3], orient[3:]
+    normal = np.cross(row_dir, col_dir)
+    pos = np.array([np.asarray(ds.ImagePositionPatient, float) for _, ds in slices])
+    order = np.argsort(pos @ normal)
+    slices = [slices[i] for i in order]
+    pos = pos[order]
+    for path, ds in slices:
+        if not np.allclose(np.asarray(ds.ImageOrientationPatient, float), orient, atol=1e-4):
+            raise InputError(f"{path}: ImageOrientationPatient differs from the rest of the series")
+    dists = np.diff(pos @ normal)
+    if np.any(dists <= 0):
+        raise InputError(f"{folder}: two slices at the same position")
+    step = float(np.median(dists))
+    if np.any(np.abs(dists - step) > _SLICE_TOL * step):
+        raise InputError(
+            f"{folder}: slice spacing not uniform ({dists.min():.3f}-{dists.max():.3f} mm); missing slices?"
+        )
+    row_mm, col_mm = (float(v) for v in slices[0][1].PixelSpacing)  # between rows, between columns
+    planes = []
+    for path, ds in slices:
+        try:
+            px = ds.pixel_array.astype(np.float32)
+        except Exception as exc:
+            raise InputError(f"{path}: cannot decode pixel data ({exc}); is pylibjpeg installed?") from None
+        slope = float(ds.get("RescaleSlope", 1.0))
+        intercept = float(ds.get("RescaleIntercept", 0.0))
+        planes.append(px * slope + intercept)
+    shapes = {p.shape for p in planes}
+    if len(shapes) != 1:
+        raise InputError(f"{folder}: slices of different sizes {sorted(shapes)}")
+    # volume [row, col, slice] -> (i = column, j = row, k = slice)
+    hu = np.stack(planes, axis=-1).transpose(1, 0, 2)
+    hu = check_volume(hu, str(folder))
+    lps = np.eye(4)
+    lps[:3, 0] = row_dir * col_mm  # column index runs along the row direction
+    lps[:3, 1] = col_dir * row_mm
+    lps[:3, 2] = normal * step
+    lps[:3, 3] = pos[0]
+    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    return np.ascontiguousarray(hu, dtype=np.float32), ras
