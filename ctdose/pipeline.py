@@ -152,8 +152,10 @@ def run_chain(
     for book in books:
         if book not in chosen:
             say(f"  not run: {book.stem} (reusing what it wrote in {run_dir}, if anything)")
+    # figures go into the executed notebooks: the kernels use the inline backend even when
+    # the caller runs headless with another MPLBACKEND (pytest, a batch job)
     env_before = os.environ.get("MPLBACKEND")
-    os.environ.setdefault("MPLBACKEND", "agg")
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     rows = []
     log_path = run_dir / "chain_log.csv"
     try:
@@ -196,6 +198,8 @@ def run_chain(
     finally:
         if env_before is None:
             os.environ.pop("MPLBACKEND", None)
+        else:
+            os.environ["MPLBACKEND"] = env_before
     total = sum(r["wall_s"] for r in rows)
     say(f"chain finished: {len(rows)} notebook(s) in {total:.1f} s; log {log_path}")
     return pd.DataFrame(rows)
