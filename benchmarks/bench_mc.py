@@ -1,0 +1,179 @@
+"""Monte Carlo speed and efficiency: histories/s and 1/(sigma^2 t), ours next to ompMC.
+
+Usage::
+
+    python benchmarks/bench_mc.py                  # 2e6 histories per run
+    python benchmarks/bench_mc.py --quick          # 2e5
+    python benchmarks/bench_mc.py --device cuda    # our engine on a GPU
+
+Phantoms: a 32 cm water cylinder (100 mm long, 5 mm voxels, vacuum outside) and a demo
+phantom (a synthetic thorax from ``ctdose.anatomy`` at 6 mm, the demo profile's grid). One
+projection: a point source 541 mm from the axis whose rectangular opening on the grid's
+entrance face covers the phantom (ompMC has no CT source), 120 kVp TG-195 spectrum.
+sigma = mean relative standard error over body voxels; efficiency = 1 / (sigma^2 t).
+
+ompMC (PyPI ``ompmc``, GPL-3.0, optional and never vendored) runs the same phantom, source and
+photon count in the same process; its media are the nearest PEGS4 521ICRU media (air, lung,
+ICRP bone, ICRU tissue, water) at our densities, its electrons are below ECUT (local), photon
+splitting off. Its OpenMP threads follow OMP_NUM_THREADS (set it to 2 for 2 cores).
+Our engine runs on 1 core and on 2 cores (``simulate(workers=2)``: two threads over the
+batches, one torch intra-op thread each; torch's own intra-op threads scale poorly here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ctdose.materials import get_medium  # noqa: E402
+from ctdose.physics.mc import VoxelGeometry, geometry_from_case, simulate  # noqa: E402
+from ctdose.physics.sources import PointSource  # noqa: E402
+from ctdose.physics.tg195 import tg195_spectrum  # noqa: E402
+
+SOURCE_TO_AXIS_MM = 541.0
+GOAL_HIST_PER_S = 2e6
+GOAL_EFFICIENCY_RATIO = 20.0
+_PEGS = {"air": "AIR521ICRU", "lung": "LUNG521ICRU", "water": "H2O521ICRU",
+         "spine_bone": "ICRPBONE521ICRU", "rib_bone": "ICRPBONE521ICRU", "skull": "ICRPBONE521ICRU"}
+
+
+def water_cylinder() -> tuple[VoxelGeometry, np.ndarray, str]:
+    """32 cm water cylinder, 100 mm long, 5 mm voxels, vacuum outside."""
+    sp = 5.0
+    n = 66
+    c = (np.arange(n) - (n - 1) / 2) * sp
+    yy, xx = np.meshgrid(c, c, indexing="ij")
+    inside = xx**2 + yy**2 <= 160.0**2
+    nz = 20
+    rho = np.broadcast_to(np.where(inside, 1.0, 0.0).astype(np.float32), (nz, n, n)).copy()
+    geo = VoxelGeometry(np.zeros(rho.shape, np.uint8), rho, [get_medium("water")], (sp, sp, sp),
+                        (-(nz - 1) / 2 * sp, c[0], c[0]))
+    return geo, rho > 0, "32 cm water cylinder (5 mm)"
+
+
+def demo_phantom() -> tuple[VoxelGeometry, np.ndarray, str]:
+    """A synthetic thorax of the demo profile at its 6 mm grid."""
+    from ctdose.anatomy.cohort import phantom_case, sample_designs
+    from ctdose.anatomy.synthetic import synthetic_params
+    from ctdose.config import load_profile
+
+    cfg = load_profile("demo", {"cohort.n_surrogate": 0, "cohort.n_synthetic": 1})
+    row = sample_designs(cfg)["synthetic"].iloc[0]
+    ds = phantom_case(synthetic_params(row), "bench_000", "synthetic", float(cfg["cohort"]["spacing_mm"]),
+                      float(cfg["cohort"]["roi_margin_mm"]))
+    geo = geometry_from_case(ds)
+    return geo, np.asarray(ds["labels"].values) > 0, f"demo phantom (synthetic thorax, {cfg['cohort']['spacing_mm']:g} mm)"
+
+
+def _opening(geo: VoxelGeometry):
+    """Entrance face (y = lo) and the half-widths (mm) of an opening covering the grid."""
+    dz, dy, dx = geo.spacing_mm
+    z0, y0, x0 = geo.origin_mm
+    nz, ny, nx = geo.shape
+    y_face = y0 - dy / 2
+    ssd = SOURCE_TO_AXIS_MM + y_face  # source at y = -541 mm
+    half_x = (nx * dx / 2) * ssd / SOURCE_TO_AXIS_MM
+    half_z = (nz * dz / 2) * ssd / SOURCE_TO_AXIS_MM
+    return y_face, ssd, half_x, half_z
+
+
+def ours(geo, body, n, workers, device="cpu", seed=0):
+    y_face, ssd, hx, hz = _opening(geo)
+    z_mid = geo.origin_mm[0] + (geo.shape[0] - 1) / 2 * geo.spacing_mm[0]
+    x_mid = geo.origin_mm[2] + (geo.shape[2] - 1) / 2 * geo.spacing_mm[2]
+    src = PointSource((x_mid, -SOURCE_TO_AXIS_MM, z_mid), (0, 1, 0), spectrum=tg195_spectrum(), collimation="fan",
+                      half_angles_rad=(math.atan(hx / ssd), math.atan(hz / ssd)), fan_axis=(1, 0, 0), sampling="plane")
+    simulate(geo, src, min(n, 20000), n_batches=2, seed=seed, device=device)  # tables, warm-up
+    res = simulate(geo, src, n, n_batches=10, seed=seed, device=device, workers=workers)
+    sigma = float(np.mean(np.minimum(res.rel_sigma[body], 1.0)))
+    return dict(wall_s=res.wall_s, hist_per_s=n / res.wall_s, sigma=sigma, eff=1.0 / (sigma**2 * res.wall_s))
+
+
+def ompmc_run(geo, body, n):
+    import ompmc
+
+    y_face, ssd, hx, hz = _opening(geo)
+    names = [_PEGS.get(m.name, "ICRUTISSUE521ICRU") for m in geo.media]
+    uniq = sorted(set(names))
+    lut = np.array([uniq.index(nm) + 1 for nm in names], np.int32)
+    mi = np.asarray(geo.media_index)
+    rho = np.asarray(geo.density_g_cm3, np.float64)
+    mat = np.where(rho > 0, lut[mi], 0).astype(np.int32)
+    dz, dy, dx = geo.spacing_mm
+    z0, y0, x0 = geo.origin_mm
+    nz, ny, nx = geo.shape
+    # ompMC axes (X, Y, Z) = our (x, z, y): its beam runs along Z = our +y; cm
+    xb = (x0 - dx / 2 + dx * np.arange(nx + 1)) / 10
+    yb = (z0 - dz / 2 + dz * np.arange(nz + 1)) / 10
+    zb = (y0 - dy / 2 + dy * np.arange(ny + 1)) / 10
+    xb -= xb.mean()
+    yb -= yb.mean()  # the ompMC source sits on X = Y = 0
+    g = ompmc.Geometry(xb, yb, zb, uniq, np.asfortranarray(np.where(rho > 0, rho, 1.0).transpose(2, 0, 1)),
+                       np.asfortranarray(mat.transpose(2, 0, 1)))
+    spec = tg195_spectrum()
+    upper_mev = (spec.energy_kev + 0.25) * 1e-3
+    spectrum = ompmc.Spectrum.from_histogram(upper_mev, spec.probabilities(), e_min=float(upper_mev[0] - 0.5e-3))
+    phys = ompmc.Physics(n_split=1, pegs_file=ompmc.data_path() / "pegs4" / "521icru.pegs4dat")
+    src = ompmc.CollimatedSource(ssd=ssd / 10, x_min=-hx / 10, x_max=hx / 10, y_min=-hz / 10, y_max=hz / 10)
+    t0 = time.perf_counter()
+    _, unc = ompmc.calc_cube(g, src, spectrum, phys, n_histories=n, n_batches=10, output_dose=False)
+    wall = time.perf_counter() - t0
+    rel = np.asarray(unc).transpose(1, 2, 0)  # back to [z, y, x]
+    sigma = float(np.mean(np.minimum(rel[body], 1.0)))
+    return dict(wall_s=wall, hist_per_s=n / wall, sigma=sigma, eff=1.0 / (sigma**2 * wall))
+
+
+def run(quick: bool = False, device: str = "cpu") -> list[dict]:
+    n = 200_000 if quick else 2_000_000
+    rows = []
+    try:
+        import ompmc  # noqa: F401
+
+        have_ompmc = True
+    except ImportError:
+        have_ompmc = False
+    omp_threads = os.environ.get("OMP_NUM_THREADS", "default")
+    for make in (water_cylinder, demo_phantom):
+        geo, body, name = make()
+        ref = ompmc_run(geo, body, n) if have_ompmc else None
+        if ref:
+            rows.append(dict(benchmark=f"ompMC histories/s, {name}", value=round(ref["hist_per_s"]), unit="1/s",
+                             note=f"OMP_NUM_THREADS={omp_threads}; sigma {ref['sigma']:.3f}; t {ref['wall_s']:.1f} s"))
+        for workers in ((1, 2) if device == "cpu" else (1,)):
+            r = ours(geo, body, n, workers, device)
+            tag = f"cpu, {workers} core(s)" if device == "cpu" else device
+            rows.append(dict(benchmark=f"ctdose histories/s, {name}, {tag}", value=round(r["hist_per_s"]), unit="1/s",
+                             goal=f">= {GOAL_HIST_PER_S:.0e} on 2 cores",
+                             note=f"sigma {r['sigma']:.3f}; t {r['wall_s']:.1f} s; {n} histories"))
+            if ref:
+                rows.append(dict(benchmark=f"efficiency ratio ctdose/ompMC, {name}, {tag}",
+                                 value=round(r["eff"] / ref["eff"], 2), unit="x",
+                                 goal=f">= {GOAL_EFFICIENCY_RATIO:g}",
+                                 note=f"1/(sigma^2 t): ours {r['eff']:.3g}, ompMC {ref['eff']:.3g} 1/s"))
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args(argv)
+    import pandas as pd
+
+    rows = run(a.quick, a.device)
+    pd.set_option("display.width", 220)
+    pd.set_option("display.max_colwidth", 90)
+    print(pd.DataFrame(rows).to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,298 @@
+"""Monte Carlo dose (and network input maps) for every case of a store, through Dask.
+
+For each case without ``dose_mc`` (or without one of the configured ``kerma_<mode>`` maps)
+one Dask task simulates the profile's CT protocol over the case ROI
+(:func:`ctdose.physics.scanner.protocol_for_case`) and computes the kerma input maps
+(:func:`ctdose.physics.kerma.kerma_map`). Results are written by the calling process as they
+arrive, one case at a time, atomically (:meth:`ctdose.store.CaseStore.add_variables`): an
+interrupted run keeps every finished case and a re-run resumes with the rest.
+
+Scheduling: ``cfg["mc"]["scheduler"]`` = ``null`` runs an embedded in-process Dask cluster
+(threads; no set-up) with ``cfg["mc"]["n_workers"]`` concurrent cases, each on one torch
+thread (torch releases the GIL inside its kernels, so threads run in parallel); an address (``"tcp://host:8786"``) sends the tasks to that cluster (the workers
+need ctdose installed; inputs travel with the task, results come back to this process).
+
+Stored variables: ``dose_mc`` and ``dose_mc_sigma`` (Gy per mAs of one rotation, float32; the
+sigma is the batch-method standard error) and ``kerma_<mode>`` (air kerma, Gy per mAs); case
+attributes ``mc_*`` record photons, estimator, seed, device and the mean relative uncertainty
+in the body.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ConfigError, InputError
+
+__all__ = ["cases_to_run", "run_cohort_mc", "simulate_case"]
+
+
+def _mc_cfg(cfg: Mapping[str, Any]) -> dict:
+    mc = dict(cfg.get("mc", {}) or {})
+    mc.setdefault("n_photons", 200000)
+    mc.setdefault("n_batches", 10)
+    mc.setdefault("scheduler", None)
+    mc.setdefault("n_workers", 1)
+    mc.setdefault("estimator", "track_length")
+    mc.setdefault("energy_cutoff_kev", 1.0)
+    if int(float(mc["n_photons"])) <= 0:
+        raise ConfigError(f"mc.n_photons must be positive, got {mc['n_photons']!r}")
+    if int(mc["n_batches"]) < 2:
+        raise ConfigError(f"mc.n_batches must be >= 2, got {mc['n_batches']!r}")
+    if int(mc["n_workers"]) < 1:
+        raise ConfigError(f"mc.n_workers must be >= 1, got {mc['n_workers']!r}")
+    return mc
+
+
+def _kerma_modes(cfg: Mapping[str, Any]) -> list[str]:
+    modes = list((cfg.get("inputs", {}) or {}).get("kerma_modes", []) or [])
+    for m in modes:
+        if m not in ("cylinder", "patient"):
+            raise ConfigError(f"inputs.kerma_modes: unknown mode {m!r} (cylinder, patient)")
+    return modes
+
+
+def case_seed(base_seed: int, case_id: str) -> int:
+    """A per-case seed: the profile seed mixed with a stable hash of the case id."""
+    return (int(base_seed) * 1000003 + zlib.crc32(case_id.encode("utf-8"))) % (2**63 - 1)
+
+
+def cases_to_run(cfg: Mapping[str, Any], store) -> dict[str, list[str]]:
+    """Per case id, the variables still missing (``dose_mc`` and/or ``kerma_<mode>``)."""
+    wanted = ["dose_mc"] + [f"kerma_{m}" for m in _kerma_modes(cfg)]
+    out = {}
+    for cid in store.case_ids():
+        have = set(store.case_variables(cid))
+        missing = [v for v in wanted if v not in have]
+        if missing:
+            out[cid] = missing
+    return out
+
+
+def simulate_case(
+    labels: np.ndarray,
+    spacing_mm: Sequence[float],
+    origin_mm: Sequence[float],
+    roi_z_mm: Sequence[float],
+    cfg: Mapping[str, Any],
+    case_id: str,
+    missing: Sequence[str],
+    device: str = "cpu",
+    scanner=None,
+) -> dict:
+    """Compute the missing variables of one case (the Dask task; pure function of its inputs).
+
+    ``scanner`` (a :class:`~ctdose.physics.scanner.CTScanner`) may be passed to avoid building
+    the profile's spectrum again for every case.
+
+    Returns
+    -------
+    dict with ``arrays`` (name -> float32 [z, y, x]), ``attrs`` and ``wall_s``.
+    """
+    import xarray as xr
+
+    from .kerma import kerma_map
+    from .mc import geometry_from_case, simulate
+    from .scanner import protocol_for_case, scanner_from_profile
+    from .sources import CTSource
+
+    t0 = time.perf_counter()
+    mc = _mc_cfg(cfg)
+    if scanner is None:
+        scanner = scanner_from_profile(cfg)
+    protocol = protocol_for_case(cfg, roi_z_mm)
+    arrays: dict[str, np.ndarray] = {}
+    attrs: dict[str, Any] = {}
+    if "dose_mc" in missing:
+        ds = xr.Dataset({"labels": (("z", "y", "x"), np.asarray(labels))})
+        ds.attrs.update(case_id=case_id, spacing_mm=list(spacing_mm), origin_mm=list(origin_mm))
+        geometry = geometry_from_case(ds)
+        seed = case_seed(int(cfg.get("seed", 0)), case_id)
+        res = simulate(
+            geometry,
+            CTSource(scanner, protocol),
+            int(float(mc["n_photons"])),
+            n_batches=int(mc["n_batches"]),
+            seed=seed,
+            device=device,
+            progress=False,
+            energy_cutoff_kev=float(mc["energy_cutoff_kev"]),
+            estimator=str(mc["estimator"]),
+        )
+        dose = res.dose_gy_per_mas
+        body = _body_mask(np.asarray(labels))
+        rel_body = float(np.mean(res.rel_sigma[body])) if body.any() else float("nan")
+        arrays["dose_mc"] = dose.astype(np.float32)
+        arrays["dose_mc_sigma"] = (dose * res.rel_sigma).astype(np.float32)
+        attrs.update(
+            mc_n_photons=res.n_photons,
+            mc_n_batches=res.n_batches,
+            mc_estimator=res.estimator,
+            mc_seed=seed,
+            mc_device=res.device,
+            mc_wall_s=round(res.wall_s, 3),
+            mc_mean_rel_sigma_body=rel_body,
+            mc_unit="Gy per mAs of one rotation (tube current x rotation time)",
+        )
+    for name in missing:
+        if name.startswith("kerma_"):
+            mode = name[len("kerma_"):]
+            arrays[name] = np.asarray(
+                kerma_map(
+                    mode,
+                    np.shape(labels),
+                    spacing_mm,
+                    origin_mm,
+                    scanner,
+                    protocol,
+                    labels=np.asarray(labels),
+                    device=device,
+                    progress=False,
+                ),
+                dtype=np.float32,
+            )
+    return {"case_id": case_id, "arrays": arrays, "attrs": attrs, "wall_s": time.perf_counter() - t0}
+
+
+def _body_mask(labels: np.ndarray) -> np.ndarray:
+    """Voxels of the patient (``in_body`` of ``ctdose/data/organs.csv``; labels > 0 without it)."""
+    from .._data import read_table
+
+    table = read_table("organs.csv")
+    if "in_body" not in table:
+        return labels > 0
+    ids = table.loc[table["in_body"].astype(int) == 1, "id"].astype(int).to_numpy()
+    return np.isin(labels, ids)
+
+
+def _roi_of(attrs: Mapping[str, Any], shape, spacing, origin) -> tuple[float, float]:
+    roi = attrs.get("roi_z_mm")
+    if roi is not None and len(roi) == 2:
+        return float(roi[0]), float(roi[1])
+    z0, dz = float(origin[0]), float(spacing[0])
+    return z0 - dz / 2, z0 + (shape[0] - 0.5) * dz
+
+
+def _client(mc: dict, n_workers: int):
+    from distributed import Client, LocalCluster
+
+    if mc.get("scheduler"):
+        return Client(str(mc["scheduler"])), None
+    cluster = LocalCluster(
+        n_workers=1,
+        threads_per_worker=n_workers,
+        processes=False,
+        dashboard_address=":0",  # a free port; no clash with another cluster
+    )
+    return Client(cluster), cluster
+
+
+def run_cohort_mc(cfg: Mapping[str, Any], store, progress: bool = True, case_ids: Sequence[str] | None = None) -> pd.DataFrame:
+    """Simulate every case of ``store`` that lacks ``dose_mc`` or a configured kerma map.
+
+    Parameters
+    ----------
+    cfg : Profile
+        Uses ``seed``, ``device`` (auto | cpu | cuda), ``mc.*``, ``scanner.*`` and
+        ``inputs.kerma_modes``.
+    store : ctdose.store.CaseStore
+    progress : bool
+        Show a progress bar (only when stderr is a terminal).
+    case_ids : sequence of str, optional
+        Restrict to these cases.
+
+    Returns
+    -------
+    DataFrame
+        One row per case simulated in this call: case_id, variables written, wall_s,
+        mean relative uncertainty in the body.
+    """
+    import torch
+
+    from .mc import resolve_device
+
+    mc = _mc_cfg(cfg)
+    todo = cases_to_run(cfg, store)
+    all_ids = store.case_ids()
+    if case_ids is not None:
+        unknown = sorted(set(case_ids) - set(all_ids))
+        if unknown:
+            raise InputError(f"run_cohort_mc: unknown case ids {unknown}")
+        todo = {c: v for c, v in todo.items() if c in set(case_ids)}
+    n_total = len(all_ids) if case_ids is None else len(case_ids)
+    done = n_total - len(todo)
+    if not todo:
+        print(f"MC: all {n_total} cases already have dose_mc and the kerma inputs; nothing to do")
+        return pd.DataFrame(columns=["case_id", "variables", "wall_s", "mean_rel_sigma_body"])
+    if done:
+        print(f"MC: resuming: {done} of {n_total} cases already done, {len(todo)} to simulate")
+    else:
+        print(f"MC: {len(todo)} cases to simulate")
+    device = str(resolve_device(cfg.get("device", "auto")))
+    n_workers = int(mc["n_workers"])
+    if device.startswith("cuda"):
+        n_workers = 1
+    old_threads = torch.get_num_threads()
+    local = not mc.get("scheduler")
+    if local:
+        # one torch thread per concurrent case: independent cases scale better than intra-op
+        # threads on few cores (and do not oversubscribe a shared machine)
+        torch.set_num_threads(1)
+    from .scanner import scanner_from_profile
+
+    scanner = scanner_from_profile(cfg)
+    client, cluster = _client(mc, n_workers)
+    rows = []
+    bar = None
+    try:
+        from distributed import as_completed
+
+        futures = []
+        for cid, missing in todo.items():
+            ds = store.read_case(cid, variables=["labels"])
+            attrs = store.case_attrs(cid)
+            labels = np.asarray(ds["labels"].values)
+            spacing = tuple(float(v) for v in attrs.get("spacing_mm", (1.0, 1.0, 1.0)))
+            origin = tuple(float(v) for v in attrs.get("origin_mm", (0.0, 0.0, 0.0)))
+            roi = _roi_of(attrs, labels.shape, spacing, origin)
+            futures.append(
+                client.submit(
+                    simulate_case, labels, spacing, origin, roi, dict(cfg), cid, missing, device, scanner,
+                    key=f"mc-{cid}", pure=False,
+                )
+            )
+        if progress and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(futures), desc="MC cases", unit="case")
+        for fut in as_completed(futures):
+            out = fut.result()
+            store.add_variables(out["case_id"], out["arrays"], attrs=out["attrs"])
+            rows.append(
+                dict(
+                    case_id=out["case_id"],
+                    variables=",".join(sorted(out["arrays"])),
+                    wall_s=round(out["wall_s"], 2),
+                    mean_rel_sigma_body=out["attrs"].get("mc_mean_rel_sigma_body", np.nan),
+                )
+            )
+            if bar is not None:
+                bar.update(1)
+            else:
+                print(f"MC: {out['case_id']} done in {out['wall_s']:.1f} s ({len(rows)}/{len(futures)})")
+    finally:
+        if bar is not None:
+            bar.close()
+        client.close()
+        if cluster is not None:
+            cluster.close()
+        if local:
+            torch.set_num_threads(old_threads)
+    return pd.DataFrame(rows).sort_values("case_id").reset_index(drop=True)

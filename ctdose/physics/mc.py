@@ -1,0 +1,464 @@
+"""Public Monte Carlo API: any voxel geometry, any media, any source.
+
+>>> from ctdose.materials import get_medium
+>>> from ctdose.physics.mc import VoxelGeometry, simulate
+>>> from ctdose.physics.sources import PointSource
+>>> import numpy as np
+>>> geo = VoxelGeometry(np.zeros((4, 4, 4), np.uint8), np.ones((4, 4, 4), np.float32),
+...                     [get_medium("water")], (5.0, 5.0, 5.0), (-7.5, -7.5, -7.5))
+>>> src = PointSource((0, 0, -100.0), (0, 0, 1), energy_kev=60.0, collimation="cone",
+...                   cone_half_angle_rad=0.05)
+>>> res = simulate(geo, src, 2000, n_batches=4, seed=1)
+>>> bool(res.energy_ev.sum() > 0)
+True
+
+Coordinates follow docs/architecture.md: arrays ``[z, y, x]``, ``origin_mm`` = centre of voxel
+[0, 0, 0] as (z0, y0, x0), ``spacing_mm`` = (dz, dy, dx). Photon physics and estimators:
+:mod:`ctdose.physics.transport` and :mod:`ctdose.physics.interactions`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from .transport import TransportGrid, build_block_majorant, build_tables, enter_grid, run_transport
+
+__all__ = ["DoseResult", "VoxelGeometry", "geometry_from_case", "resolve_device", "simulate"]
+
+#: Joule per keV.
+J_PER_KEV = 1.602176634e-16
+#: Default photon energy cutoff (keV): the paper's EGSnrc photon cutoff (PCUT 0.001 MeV).
+DEFAULT_CUTOFF_KEV = 1.0
+#: Photons in flight at once (bounded memory): CPU and CUDA.
+POOL_SIZE = {"cpu": 1 << 17, "cuda": 1 << 22}
+#: Largest tally (bytes) for running all batches in one shared photon pool.
+_MAX_TALLY_BYTES = 1 << 30
+#: Seed offset between the generators of parallel workers.
+_WORKER_SEED_STRIDE = 1_000_003
+#: Photons sampled to check that a source reaches the geometry at all.
+_PROBE_PHOTONS = 4096
+
+
+@dataclass
+class VoxelGeometry:
+    """A voxel world: medium index and mass density per voxel.
+
+    Parameters
+    ----------
+    media_index : ndarray [z, y, x] uint8
+        Index into ``media`` per voxel.
+    density_g_cm3 : ndarray [z, y, x] float32
+        Mass density per voxel (g/cm^3), >= 0.
+    media : list of ctdose.materials.Medium
+    spacing_mm : (dz, dy, dx)
+    origin_mm : (z0, y0, x0), centre of voxel [0, 0, 0]
+    """
+
+    media_index: np.ndarray
+    density_g_cm3: np.ndarray
+    media: list
+    spacing_mm: Sequence[float]
+    origin_mm: Sequence[float]
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` for inconsistent or unphysical input."""
+        mi = np.asarray(self.media_index)
+        rho = np.asarray(self.density_g_cm3)
+        if mi.ndim != 3 or rho.shape != mi.shape:
+            raise InputError(
+                f"VoxelGeometry: media_index {mi.shape} and density_g_cm3 {rho.shape} must be equal 3-D shapes"
+            )
+        if mi.size == 0:
+            raise InputError("VoxelGeometry: empty grid")
+        if not np.issubdtype(mi.dtype, np.integer) or mi.min() < 0:
+            raise InputError("VoxelGeometry: media_index must hold non-negative integers")
+        if not self.media:
+            raise InputError("VoxelGeometry: no media given")
+        if int(mi.max()) >= len(self.media) or len(self.media) > 256:
+            raise InputError(
+                f"VoxelGeometry: media_index refers to medium {int(mi.max())} but only {len(self.media)} media are given"
+            )
+        if not np.all(np.isfinite(rho)):
+            raise InputError("VoxelGeometry: density_g_cm3 contains NaN or infinite values")
+        if rho.min() < 0:
+            raise InputError(f"VoxelGeometry: negative density ({float(rho.min())} g/cm^3)")
+        for m in self.media:
+            fr = getattr(m, "mass_fractions", None)
+            if not fr:
+                raise InputError(f"VoxelGeometry: medium {getattr(m, 'name', m)!r} has no elemental composition")
+        sp = np.asarray(self.spacing_mm, dtype=float)
+        og = np.asarray(self.origin_mm, dtype=float)
+        if sp.shape != (3,) or og.shape != (3,) or not np.all(sp > 0) or not np.all(np.isfinite(og)):
+            raise InputError(f"VoxelGeometry: spacing_mm {self.spacing_mm!r} must be 3 positive numbers, origin_mm 3 finite numbers")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(n) for n in np.shape(self.media_index))
+
+    @property
+    def voxel_volume_cm3(self) -> float:
+        return float(np.prod(np.asarray(self.spacing_mm, dtype=float))) / 1000.0
+
+    def voxel_mass_kg(self) -> np.ndarray:
+        """Mass per voxel in kg, [z, y, x]."""
+        return np.asarray(self.density_g_cm3, dtype=np.float64) * self.voxel_volume_cm3 / 1000.0
+
+
+@dataclass
+class DoseResult:
+    """Result of :func:`simulate`.
+
+    Attributes
+    ----------
+    energy_ev : ndarray [z, y, x] float64
+        Mean energy deposited per source photon (eV).
+    dose_gy : ndarray [z, y, x] float64
+        Dose per source photon (Gy), or per mAs when ``per_mas`` (a source with an absolute
+        spectrum; for a CT protocol per mAs of one rotation).
+    rel_sigma : ndarray [z, y, x] float64
+        Relative standard error of the mean (batch method); 1.0 where nothing was scored.
+    escaped_energy_ev, emitted_energy_ev : float
+        Per source photon: energy that left the grid (or missed it) and energy emitted.
+    deposited_energy_ev : float
+        Total of ``energy_ev``.
+    n_photons, n_batches : int
+    wall_s : float
+    per_mas : bool
+    dose_scale_per_mas : float or None
+        Factor from dose per photon to dose per mAs.
+    estimator, device : str
+    """
+
+    energy_ev: np.ndarray
+    dose_gy: np.ndarray
+    rel_sigma: np.ndarray
+    escaped_energy_ev: float
+    emitted_energy_ev: float
+    deposited_energy_ev: float
+    n_photons: int
+    n_batches: int
+    wall_s: float
+    per_mas: bool
+    dose_scale_per_mas: float | None
+    estimator: str
+    device: str
+    n_steps: int = 0
+    batch_energy_ev: np.ndarray | None = None
+
+    def sum_with_sigma(self, weights: np.ndarray, quantity: str = "energy_ev") -> tuple[float, float]:
+        """Weighted voxel sum of ``energy_ev`` or ``dose_gy`` and its standard error (batch method).
+
+        Needs ``keep_batches=True`` for the error (else NaN). ``weights`` broadcast to [z, y, x].
+        """
+        total = float((getattr(self, quantity) * weights).sum())
+        if self.batch_energy_ev is None:
+            return total, float("nan")
+        per_batch = (self.batch_energy_ev.astype(np.float64) * weights).reshape(self.n_batches, -1).sum(axis=1)
+        if quantity != "energy_ev":
+            scale = total / max(float((self.energy_ev * weights).sum()), 1e-300)
+            per_batch = per_batch * scale
+        return total, float(per_batch.std(ddof=1) / np.sqrt(self.n_batches))
+
+    @property
+    def dose_gy_per_mas(self) -> np.ndarray:
+        """Dose per mAs (Gy/mAs). Raises InputError if the source had no absolute spectrum."""
+        if not self.per_mas:
+            raise InputError("this source has no absolute fluence per mAs (monoenergetic or relative spectrum)")
+        return self.dose_gy
+
+    @property
+    def dose_gy_per_photon(self) -> np.ndarray:
+        """Dose per simulated source photon (Gy)."""
+        if self.per_mas:
+            return self.dose_gy / self.dose_scale_per_mas
+        return self.dose_gy
+
+    @property
+    def sigma_gy(self) -> np.ndarray:
+        """Absolute standard error of ``dose_gy``."""
+        return self.dose_gy * self.rel_sigma
+
+    @property
+    def histories_per_s(self) -> float:
+        return self.n_photons / self.wall_s if self.wall_s > 0 else float("nan")
+
+
+def resolve_device(device: str | torch.device = "cpu") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as given."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' requested but no CUDA device is available")
+    return dev
+
+
+def _check_source_reaches(geometry: VoxelGeometry, grid: TransportGrid, source, device) -> None:
+    gen = torch.Generator(device=device)
+    gen.manual_seed(0)
+    probe = source.sample(_PROBE_PHOTONS, gen)
+    _, missed = enter_grid(probe, grid)
+    if bool(missed.all()):
+        raise InputError(
+            "source: none of its photons reaches the voxel grid (a source outside the world "
+            "pointing away?); grid spans "
+            f"x {grid.lo_mm[0]:.1f}..{grid.hi_mm[0]:.1f}, y {grid.lo_mm[1]:.1f}..{grid.hi_mm[1]:.1f}, "
+            f"z {grid.lo_mm[2]:.1f}..{grid.hi_mm[2]:.1f} mm"
+        )
+
+
+def simulate(
+    geometry: VoxelGeometry,
+    source,
+    n_photons: int,
+    n_batches: int = 10,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    energy_cutoff_kev: float = DEFAULT_CUTOFF_KEV,
+    estimator: str = "track_length",
+    pool_size: int | None = None,
+    keep_batches: bool = False,
+    majorant_floor_per_mm: float = 0.0,
+    workers: int = 1,
+    majorant: str = "global",
+    block_vox: int = 8,
+) -> DoseResult:
+    """Run the photon Monte Carlo in ``geometry`` for ``source``.
+
+    Parameters
+    ----------
+    geometry : VoxelGeometry
+    source : PointSource or CTSource (anything with ``sample(n, gen)``, ``max_energy_kev``,
+        ``dose_scale_per_mas``)
+    n_photons : int
+        Source photons (histories), split into ``n_batches`` batches.
+    n_batches : int
+        Batches for the per-voxel statistical uncertainty (>= 2).
+    seed : int
+        Seed of the torch generator; the same seed gives the same result on CPU.
+    device : "cpu", "cuda" or "auto"
+    progress : bool
+        Show a tqdm bar (only when stderr is a terminal).
+    energy_cutoff_kev : float
+        Photons below this energy deposit it locally.
+    estimator : "track_length" (default) or "analogue"
+        See :mod:`ctdose.physics.transport`.
+    pool_size : int, optional
+        Photons in flight at once (memory bound); default per device.
+    keep_batches : bool
+        Also return every batch's mean energy per photon (``DoseResult.batch_energy_ev``,
+        float32 [batch, z, y, x]) for uncertainties of sums over voxels (VOIs, organs).
+    majorant_floor_per_mm : float
+        Minimum majorant (1/mm): more track-length scoring sites in low-density regions
+        (air-filled chambers, a free-in-air kerma). 0 = the media's own majorant.
+    workers : int
+        CPU only: run the batches in this many parallel threads (each with one torch
+        intra-op thread; the caller's torch thread count is restored afterwards). The result
+        depends on ``seed`` and ``workers``; ``workers=1`` is the reference stream.
+    majorant : "global" | "block"
+        Woodcock majorant: one for the whole grid, or local per block of ``block_vox``^3
+        voxels (fewer virtual collisions in air and bone-free regions; exact, see
+        :func:`ctdose.physics.transport.build_block_majorant`).
+    block_vox : int
+        Block edge in voxels for ``majorant="block"``.
+
+    Returns
+    -------
+    DoseResult
+
+    Raises
+    ------
+    InputError
+        Zero photons, bad geometry (negative density, medium without composition), a source
+        that misses the grid, a spectrum with NaN, an unknown estimator.
+    """
+    n_photons = int(n_photons)
+    n_batches = int(n_batches)
+    if n_photons <= 0:
+        raise InputError(f"simulate: n_photons must be positive, got {n_photons}")
+    if n_batches < 2 or n_batches > n_photons:
+        raise InputError(f"simulate: n_batches must be in [2, n_photons], got {n_batches}")
+    if majorant not in ("global", "block"):
+        raise InputError(f"simulate: majorant must be 'global' or 'block', got {majorant!r}")
+    if estimator not in ("track_length", "analogue"):
+        raise InputError(f"simulate: estimator must be 'track_length' or 'analogue', got {estimator!r}")
+    if not (np.isfinite(energy_cutoff_kev) and energy_cutoff_kev >= 1.0):
+        raise InputError(f"simulate: energy_cutoff_kev must be >= 1 keV, got {energy_cutoff_kev}")
+    geometry.validate()
+    dev = resolve_device(device)
+    t0 = time.perf_counter()
+    mi = np.asarray(geometry.media_index)
+    rho = np.asarray(geometry.density_g_cm3, dtype=np.float32)
+    n_media = len(geometry.media)
+    rho_max = np.zeros(n_media)
+    np.maximum.at(rho_max, mi.ravel().astype(np.int64), rho.ravel().astype(np.float64))
+    grid = TransportGrid.from_arrays(mi, rho, geometry.spacing_mm, geometry.origin_mm, dev)
+    _check_source_reaches(geometry, grid, source, dev)
+    tables = build_tables(geometry.media, rho_max, float(source.max_energy_kev), dev, majorant_floor_per_mm)
+    block = (
+        build_block_majorant(mi, rho, tables, int(block_vox), majorant_floor_per_mm) if majorant == "block" else None
+    )
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(int(seed))
+    pool = int(pool_size or POOL_SIZE.get(dev.type, 1 << 17))
+    sizes = [n_photons // n_batches + (1 if b < n_photons % n_batches else 0) for b in range(n_batches)]
+    # all batches share one photon pool unless their tallies would not fit in memory;
+    # with workers > 1 the batches are split into that many groups run in parallel threads
+    # (torch releases the GIL in its kernels), each with its own generator
+    n_workers = max(1, min(int(workers), n_batches)) if dev.type == "cpu" else 1
+    per_worker = np.array_split(np.arange(n_batches), n_workers)
+    if n_batches * grid.n_vox * 8 <= _MAX_TALLY_BYTES:
+        groups = [[sizes[i] for i in idx] for idx in per_worker]
+    else:
+        groups = [[nb] for nb in sizes]
+    s1 = torch.zeros(grid.n_vox, dtype=torch.float64, device=dev)
+    s2 = torch.zeros(grid.n_vox, dtype=torch.float64, device=dev)
+    escaped = emitted = 0.0
+    steps = 0
+    batches = []
+    bar = None
+    if progress and sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_photons, unit="ph", unit_scale=True, desc="MC")
+
+    def run_group(group, group_gen):
+        return run_transport(
+            grid,
+            tables,
+            source.sample,
+            group,
+            group_gen,
+            track_length=(estimator == "track_length"),
+            cutoff_kev=float(energy_cutoff_kev),
+            pool_size=pool,
+            on_progress=(bar.update if bar is not None else None),
+        )
+
+    # CPU: one intra-op thread per worker (intra-op threads scale poorly on photon arrays
+    # of this size and collapse on a shared, busy machine); parallelism comes from workers
+    saved_threads = torch.get_num_threads()
+    if dev.type == "cpu" and saved_threads > 1:
+        torch.set_num_threads(1)
+    try:
+        if n_workers > 1 and len(groups) == n_workers:
+            from concurrent.futures import ThreadPoolExecutor
+
+            gens = [gen]
+            for g in range(1, n_workers):
+                extra = torch.Generator(device=dev)
+                extra.manual_seed(int(seed) + _WORKER_SEED_STRIDE * g)
+                gens.append(extra)
+            with ThreadPoolExecutor(n_workers) as ex:
+                tallies = list(ex.map(run_group, groups, gens))
+        else:
+            tallies = [run_group(group, gen) for group in groups]
+        for group, tally in zip(groups, tallies):
+            per = tally.energy_kev.view(len(group), grid.n_vox)
+            for i, nb in enumerate(group):
+                mean_b = per[i] / nb  # per-batch mean per photon (keV)
+                s1 += mean_b
+                s2 += mean_b * mean_b
+                if keep_batches:
+                    batches.append((mean_b * 1e3).to(torch.float32).cpu().numpy().reshape(geometry.shape))
+            escaped += tally.escaped_kev
+            emitted += tally.emitted_kev
+            steps += tally.n_steps
+    finally:
+        if bar is not None:
+            bar.close()
+        if torch.get_num_threads() != saved_threads:
+            torch.set_num_threads(saved_threads)
+    b = float(n_batches)
+    mean = (s1 / b).cpu().numpy()
+    var_mean = ((s2 / b).cpu().numpy() - mean * mean).clip(min=0.0) / (b - 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(mean > 0, np.sqrt(var_mean) / np.where(mean > 0, mean, 1.0), 1.0)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    # weighting of batches: equal sizes up to one photon; mean per photon over all batches
+    shape = geometry.shape
+    energy_kev = mean.reshape(shape)
+    mass = geometry.voxel_mass_kg()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dose = np.where(mass > 0, energy_kev * J_PER_KEV / np.where(mass > 0, mass, 1.0), 0.0)
+    scale = getattr(source, "dose_scale_per_mas", None)
+    per_mas = scale is not None
+    if per_mas:
+        dose = dose * float(scale)
+    wall = time.perf_counter() - t0
+    return DoseResult(
+        energy_ev=energy_kev * 1e3,
+        dose_gy=dose,
+        rel_sigma=rel.reshape(shape),
+        escaped_energy_ev=escaped / n_photons * 1e3,
+        emitted_energy_ev=emitted / n_photons * 1e3,
+        deposited_energy_ev=float(energy_kev.sum()) * 1e3,
+        n_photons=n_photons,
+        n_batches=n_batches,
+        wall_s=wall,
+        per_mas=per_mas,
+        dose_scale_per_mas=(float(scale) if per_mas else None),
+        estimator=estimator,
+        device=str(dev),
+        n_steps=steps,
+        batch_energy_ev=(np.stack(batches) if keep_batches else None),
+    )
+
+
+def geometry_from_case(case_ds, density_set: str = "paper") -> VoxelGeometry:
+    """Voxel geometry of a stored case: labels -> media (``organs.csv``) -> mass densities.
+
+    Parameters
+    ----------
+    case_ds : xarray.Dataset
+        A case from :class:`ctdose.store.CaseStore` with ``labels`` [z, y, x] and the
+        ``spacing_mm`` / ``origin_mm`` attributes (or z/y/x coordinates in mm).
+    density_set : "paper" | "icru46"
+
+    Returns
+    -------
+    VoxelGeometry
+    """
+    from ..materials import get_medium, medium_index_map, medium_of_label
+
+    if "labels" not in case_ds:
+        raise InputError(f"case {case_ds.attrs.get('case_id', '?')}: no 'labels' variable")
+    labels = np.asarray(case_ds["labels"].values)
+    names_of_label = list(medium_of_label())
+    if labels.size and int(labels.max()) >= len(names_of_label):
+        raise InputError(
+            f"case {case_ds.attrs.get('case_id', '?')}: label {int(labels.max())} is not in organs.csv"
+        )
+    present = [int(v) for v in np.unique(labels)]
+    missing = [v for v in present if not names_of_label[v]]
+    if missing:
+        raise InputError(
+            f"case {case_ds.attrs.get('case_id', '?')}: label ids {missing} have no medium in ctdose/data/organs.csv"
+        )
+    used = sorted({names_of_label[v] for v in present})
+    media = [get_medium(n, density_set=density_set) for n in used]
+    mi = np.asarray(medium_index_map(labels, used), dtype=np.uint8)
+    rho = np.array([m.density_g_cm3 for m in media], dtype=np.float32)[mi]
+    spacing, origin = _grid_of(case_ds)
+    return VoxelGeometry(mi, rho, media, spacing, origin)
+
+
+def _grid_of(case_ds) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    attrs = case_ds.attrs
+    if "spacing_mm" in attrs and "origin_mm" in attrs:
+        return tuple(float(v) for v in attrs["spacing_mm"]), tuple(float(v) for v in attrs["origin_mm"])
+    sp, og = [], []
+    for dim in ("z", "y", "x"):
+        c = np.asarray(case_ds[dim].values, dtype=float)
+        sp.append(float(c[1] - c[0]) if c.size > 1 else 1.0)
+        og.append(float(c[0]))
+    return tuple(sp), tuple(og)

@@ -1,0 +1,355 @@
+"""Photon sources for the Monte Carlo engine: a generic collimated point source and a CT scanner.
+
+Both sample :class:`~ctdose.physics.transport.PhotonState` batches in torch from an explicit
+generator (deterministic for a seed) and know their absolute normalisation:
+
+* a point source with an *absolute* spectrum (photons per mm^2 per mAs at 1 m, as
+  :mod:`ctdose.physics.spectrum` gives them) emits
+  ``N = Phi_1m * (1000 mm)^2 * Omega`` photons per mAs into its collimated solid angle
+  ``Omega``; dose per mAs = dose per simulated photon x N;
+* the CT source emits that many per mAs at every source position of the protocol; positions
+  are sampled in proportion to their tube load (mAs). Its result is expressed per mAs of one
+  rotation (tube current x rotation time, the convention of CTDIvol per mAs): the whole scan's
+  dose at tube current I and rotation time t is ``dose_gy_per_mas * I * t``.
+
+Directions are isotropic within the collimated field (uniform per solid angle): for the
+rectangular ("fan") field the tangent-plane point (a, b) is uniform in the rectangle and kept
+with probability (1 + a^2 + b^2)^(-3/2) (solid angle per unit tangent-plane area).
+The bowtie filter is applied as a statistical weight exp(-mu_Al(E) t(gamma)) that depends on
+the photon's in-plane fan angle gamma = atan(a).
+
+Scanner convention (B1's :mod:`ctdose.physics.scanner`): the source at gantry angle ``a``
+sits at ``(x, y) = (D sin a, -D cos a)`` (a = 0 anterior) and points at the isocentre.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from .interactions import rotate_direction
+from .transport import PhotonState
+
+__all__ = ["CTSource", "PointSource", "rectangle_solid_angle_sr"]
+
+#: Reference distance of spectrum fluences, mm.
+_REFERENCE_DISTANCE_MM = 1000.0
+#: Fan-angle samples of the bowtie weight table.
+_N_BOWTIE_ANGLES = 513
+
+
+def rectangle_solid_angle_sr(half_angle_1_rad: float, half_angle_2_rad: float) -> float:
+    """Solid angle of a rectangular pyramid with half-angles a1, a2: 4 asin(sin a1 sin a2)."""
+    return 4.0 * math.asin(math.sin(half_angle_1_rad) * math.sin(half_angle_2_rad))
+
+
+def _spectrum_arrays(energy_kev, spectrum):
+    """(bin centres, bin widths, probabilities, photons per mm^2 per mAs at 1 m or None)."""
+    if spectrum is not None:
+        e = np.asarray(spectrum.energy_kev, dtype=np.float64)
+        f = np.asarray(spectrum.fluence_per_mas_per_mm2_at_1m, dtype=np.float64)
+        if not (np.all(np.isfinite(e)) and np.all(np.isfinite(f))):
+            raise InputError("source spectrum: NaN or infinite values")
+        if np.any(f < 0) or not np.any(f > 0):
+            raise InputError("source spectrum: weights must be >= 0 and not all zero")
+        width = np.gradient(e) if e.size > 1 else np.zeros(1)
+        absolute = bool(getattr(spectrum, "absolute", True))
+        return e, width, f / f.sum(), (float(f.sum()) if absolute else None)
+    if energy_kev is None:
+        raise InputError("source: give energy_kev (monoenergetic) or a spectrum")
+    e = np.atleast_1d(np.asarray(energy_kev, dtype=np.float64))
+    if e.size != 1 or not np.isfinite(e[0]) or e[0] <= 0:
+        raise InputError(f"source energy_kev must be one positive finite number, got {energy_kev!r}")
+    return e, np.zeros(1), np.ones(1), None
+
+
+def _unit(vec, what: str) -> np.ndarray:
+    v = np.asarray(vec, dtype=np.float64).reshape(3)
+    n = float(np.linalg.norm(v))
+    if not np.isfinite(n) or n == 0:
+        raise InputError(f"{what}: must be a finite non-zero 3-vector, got {vec!r}")
+    return v / n
+
+
+class _EnergySampler:
+    """Bin by inverse cumulative, then uniform within the bin (continuous spectrum)."""
+
+    def __init__(self, centres, widths, probs, device):
+        self.centres = torch.tensor(centres, dtype=torch.float32, device=device)
+        self.widths = torch.tensor(widths, dtype=torch.float32, device=device)
+        cdf = np.cumsum(probs)
+        cdf /= cdf[-1]
+        self.cdf = torch.tensor(cdf, dtype=torch.float64, device=device)
+        self.n = len(centres)
+
+    def sample(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        dev = self.centres.device
+        if self.n == 1:
+            return self.centres.expand(n).clone(), torch.zeros(n, dtype=torch.int64, device=dev)
+        r = torch.rand(n, generator=gen, device=dev, dtype=torch.float64)
+        j = torch.searchsorted(self.cdf, r).clamp_(max=self.n - 1)
+        off = torch.rand(n, generator=gen, device=dev) - 0.5
+        return self.centres[j] + off * self.widths[j], j
+
+
+def _sample_rectangle(
+    n: int, tan1: float, tan2: float, gen, device, per_solid_angle: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tangent-plane coordinates (a, b) of directions in a rectangle.
+
+    Uniform per solid angle (isotropic source; default) or uniform on the plane (a source
+    behind a rectangular opening sampled by area, as some codes do).
+    """
+    if not per_solid_angle:
+        a = (torch.rand(n, generator=gen, device=device) * 2.0 - 1.0) * tan1
+        b = (torch.rand(n, generator=gen, device=device) * 2.0 - 1.0) * tan2
+        return a, b
+    acc_min = (1.0 + tan1 * tan1 + tan2 * tan2) ** -1.5
+    out_a, out_b, got = [], [], 0
+    while got < n:
+        m = int((n - got) / max(acc_min, 0.05) * 1.05) + 16
+        a = (torch.rand(m, generator=gen, device=device) * 2.0 - 1.0) * tan1
+        b = (torch.rand(m, generator=gen, device=device) * 2.0 - 1.0) * tan2
+        keep = torch.rand(m, generator=gen, device=device) < (1.0 + a * a + b * b) ** -1.5
+        a, b = a[keep], b[keep]
+        out_a.append(a)
+        out_b.append(b)
+        got += int(a.numel())
+    return torch.cat(out_a)[:n], torch.cat(out_b)[:n]
+
+
+@dataclass
+class PointSource:
+    """Isotropic point source collimated to a rectangular fan or a circular cone.
+
+    Parameters
+    ----------
+    position_mm : (x, y, z)
+        Focal spot in patient coordinates, mm.
+    direction : (u, v, w)
+        Central axis of the beam (normalised here).
+    energy_kev : float, optional
+        Monoenergetic source (give this or ``spectrum``).
+    spectrum : ctdose.physics.spectrum.Spectrum, optional
+        Energy distribution; if absolute, results are also available per mAs.
+    collimation : "fan" | "cone"
+    half_angles_rad : (fan, perpendicular)
+        Half-angles of the rectangular field: within the fan plane (spanned by ``direction`` and
+        ``fan_axis``) and perpendicular to it.
+    fan_axis : (x, y, z), optional
+        A vector in the fan plane; default: perpendicular to ``direction`` in the xy-plane
+        (a fan in the axial plane, collimated in z).
+    cone_half_angle_rad : float
+        Half-angle of the cone (``collimation="cone"``).
+    sampling : "solid_angle" | "plane"
+        Fan field: directions uniform per solid angle (an isotropic source, default) or
+        uniform over the rectangular opening's plane (matches codes that sample the opening
+        by area; then no per-mAs normalisation is offered).
+    """
+
+    position_mm: Sequence[float]
+    direction: Sequence[float]
+    energy_kev: float | None = None
+    spectrum: object | None = None
+    collimation: str = "fan"
+    half_angles_rad: Sequence[float] = (0.1, 0.01)
+    fan_axis: Sequence[float] | None = None
+    cone_half_angle_rad: float = 0.1
+    sampling: str = "solid_angle"
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        p = np.asarray(self.position_mm, dtype=np.float64).reshape(3)
+        if not np.all(np.isfinite(p)):
+            raise InputError(f"PointSource.position_mm must be finite, got {self.position_mm!r}")
+        self._pos = p
+        self._d = _unit(self.direction, "PointSource.direction")
+        if self.sampling not in ("solid_angle", "plane"):
+            raise InputError(f"PointSource.sampling must be 'solid_angle' or 'plane', got {self.sampling!r}")
+        if self.collimation not in ("fan", "cone"):
+            raise InputError(f"PointSource.collimation must be 'fan' or 'cone', got {self.collimation!r}")
+        if self.collimation == "fan":
+            a1, a2 = (float(a) for a in self.half_angles_rad)
+            if not (0 < a1 < math.pi / 2 and 0 < a2 < math.pi / 2):
+                raise InputError(f"PointSource.half_angles_rad must be in (0, pi/2), got {self.half_angles_rad!r}")
+            if self.fan_axis is None:
+                ax = np.cross([0.0, 0.0, 1.0], self._d)
+                if np.linalg.norm(ax) < 1e-9:
+                    ax = np.array([1.0, 0.0, 0.0])
+            else:
+                ax = np.asarray(self.fan_axis, dtype=np.float64)
+            ax = ax - np.dot(ax, self._d) * self._d
+            self._e1 = _unit(ax, "PointSource.fan_axis (must not be parallel to direction)")
+            self._e2 = np.cross(self._d, self._e1)
+            self.solid_angle_sr = rectangle_solid_angle_sr(a1, a2)
+        else:
+            a = float(self.cone_half_angle_rad)
+            if not (0 < a <= math.pi):
+                raise InputError(f"PointSource.cone_half_angle_rad must be in (0, pi], got {a}")
+            self.solid_angle_sr = 2.0 * math.pi * (1.0 - math.cos(a))
+        self._e, self._w, self._p, self._phi = _spectrum_arrays(self.energy_kev, self.spectrum)
+
+    # -- public properties -------------------------------------------------------------------
+    @property
+    def max_energy_kev(self) -> float:
+        return float(np.max(self._e + 0.5 * self._w))
+
+    @property
+    def photons_per_mas(self) -> float | None:
+        """Photons per mAs into the collimated field (None without an absolute spectrum)."""
+        if self._phi is None or self.sampling != "solid_angle":
+            return None
+        return self._phi * _REFERENCE_DISTANCE_MM**2 * self.solid_angle_sr
+
+    @property
+    def dose_scale_per_mas(self) -> float | None:
+        """Factor from dose per simulated photon to dose per mAs."""
+        return self.photons_per_mas
+
+    def probe_directions(self) -> tuple[np.ndarray, np.ndarray]:
+        """Origin and a few extreme directions of the field (for geometry checks)."""
+        return self._pos, self._d
+
+    # -- sampling ------------------------------------------------------------------------------
+    def sample(self, n: int, gen: torch.Generator) -> PhotonState:
+        """Draw ``n`` photons (weight 1) on the generator's device."""
+        dev = gen.device
+        key = str(dev)
+        if key not in self._cache:
+            self._cache[key] = _EnergySampler(self._e, self._w, self._p, dev)
+        energy, _ = self._cache[key].sample(n, gen)
+        d = torch.tensor(self._d, dtype=torch.float32, device=dev)
+        if self.collimation == "fan":
+            a1, a2 = (float(a) for a in self.half_angles_rad)
+            a, b = _sample_rectangle(n, math.tan(a1), math.tan(a2), gen, dev, self.sampling == "solid_angle")
+            e1 = torch.tensor(self._e1, dtype=torch.float32, device=dev)
+            e2 = torch.tensor(self._e2, dtype=torch.float32, device=dev)
+            dx = d[0] + a * e1[0] + b * e2[0]
+            dy = d[1] + a * e1[1] + b * e2[1]
+            dz = d[2] + a * e1[2] + b * e2[2]
+            inv = torch.rsqrt(dx * dx + dy * dy + dz * dz)
+            u, v, w = dx * inv, dy * inv, dz * inv
+        else:
+            cmin = math.cos(float(self.cone_half_angle_rad))
+            c = 1.0 - torch.rand(n, generator=gen, device=dev) * (1.0 - cmin)
+            phi = torch.rand(n, generator=gen, device=dev) * (2.0 * math.pi)
+            ones = torch.ones(n, device=dev)
+            u, v, w = rotate_direction(ones * d[0], ones * d[1], ones * d[2], c, phi)
+        pos = [torch.full((n,), float(self._pos[i]), dtype=torch.float32, device=dev) for i in range(3)]
+        return PhotonState(pos[0], pos[1], pos[2], u, v, w, energy, torch.ones(n, device=dev))
+
+
+class CTSource:
+    """The CT scanner's x-ray source over a protocol (axial or helical).
+
+    Parameters
+    ----------
+    scanner : ctdose.physics.scanner.CTScanner
+        Geometry (``source_to_isocentre_mm``, ``collimation_mm``, ``fan_half_angle_rad()``),
+        ``spectrum`` and ``bowtie`` (with ``transmission(energy_kev, angle_rad)``).
+    protocol : ctdose.physics.scanner.Protocol
+        ``source_positions(scanner)`` gives ``angle_rad``, ``z_mm`` and ``mas`` per position.
+    bowtie : bool
+        Apply the bowtie weight (default True).
+
+    Notes
+    -----
+    ``dose_scale_per_mas`` converts dose per simulated photon into dose per mAs of one
+    rotation: (total mAs of the scan) x (photons per mAs into the field) / (mAs per rotation).
+    """
+
+    def __init__(self, scanner, protocol, bowtie: bool = True):
+        self.scanner = scanner
+        self.protocol = protocol
+        pos = protocol.source_positions(scanner)
+        self.angle_rad = np.asarray(pos.angle_rad, dtype=np.float64).ravel()
+        self.z_mm = np.asarray(pos.z_mm, dtype=np.float64).ravel()
+        self.mas = np.asarray(pos.mas, dtype=np.float64).ravel()
+        if self.angle_rad.size == 0 or not (self.angle_rad.size == self.z_mm.size == self.mas.size):
+            raise InputError("CT protocol: no source positions, or arrays of unequal length")
+        if not (np.all(np.isfinite(self.mas)) and np.all(self.mas >= 0) and self.mas.sum() > 0):
+            raise InputError("CT protocol: tube loads (mAs) must be finite, >= 0 and not all zero")
+        self.distance_mm = float(scanner.source_to_isocentre_mm)
+        self.fan_half_angle_rad = float(scanner.fan_half_angle_rad())
+        self.z_half_angle_rad = math.atan(0.5 * float(scanner.collimation_mm) / self.distance_mm)
+        self.solid_angle_sr = rectangle_solid_angle_sr(self.fan_half_angle_rad, self.z_half_angle_rad)
+        self._e, self._w, self._p, self._phi = _spectrum_arrays(None, scanner.spectrum)
+        self.use_bowtie = bool(bowtie) and getattr(scanner, "bowtie", None) is not None
+        self._gamma = np.linspace(-self.fan_half_angle_rad, self.fan_half_angle_rad, _N_BOWTIE_ANGLES)
+        if self.use_bowtie:
+            cols = [np.asarray(scanner.bowtie.transmission(self._e, float(g)), dtype=np.float64).ravel() for g in self._gamma]
+            table = np.stack(cols, axis=1)  # (n_e, n_gamma)
+            if table.shape != (self._e.size, self._gamma.size) or not np.all(np.isfinite(table)):
+                raise InputError("CT scanner bowtie: transmission table is not finite or has a wrong shape")
+        else:
+            table = np.ones((self._e.size, self._gamma.size))
+        self._bowtie = table
+        tube = float(protocol.tube_current_ma) * float(protocol.rotation_time_s)
+        self.mas_per_rotation = tube if tube > 0 else float(self.mas.sum())
+        self._cache: dict = {}
+
+    @property
+    def max_energy_kev(self) -> float:
+        return float(np.max(self._e + 0.5 * self._w))
+
+    @property
+    def photons_per_mas(self) -> float | None:
+        if self._phi is None:
+            return None
+        return self._phi * _REFERENCE_DISTANCE_MM**2 * self.solid_angle_sr
+
+    @property
+    def dose_scale_per_mas(self) -> float | None:
+        """Dose per simulated photon -> dose per mAs of one rotation (see class notes)."""
+        if self.photons_per_mas is None:
+            return None
+        return self.photons_per_mas * float(self.mas.sum()) / self.mas_per_rotation
+
+    def _device_tables(self, dev):
+        key = str(dev)
+        if key not in self._cache:
+            cdf = np.cumsum(self.mas)
+            cdf /= cdf[-1]
+            self._cache[key] = dict(
+                energy=_EnergySampler(self._e, self._w, self._p, dev),
+                pos_cdf=torch.tensor(cdf, dtype=torch.float64, device=dev),
+                angle=torch.tensor(self.angle_rad, dtype=torch.float32, device=dev),
+                z=torch.tensor(self.z_mm, dtype=torch.float32, device=dev),
+                bowtie=torch.tensor(self._bowtie.reshape(-1), dtype=torch.float32, device=dev),
+            )
+        return self._cache[key]
+
+    def sample(self, n: int, gen: torch.Generator) -> PhotonState:
+        """Draw ``n`` photons; the bowtie enters as the photon weight."""
+        dev = gen.device
+        t = self._device_tables(dev)
+        energy, ebin = t["energy"].sample(n, gen)
+        r = torch.rand(n, generator=gen, device=dev, dtype=torch.float64)
+        k = torch.searchsorted(t["pos_cdf"], r).clamp_(max=self.angle_rad.size - 1)
+        ang = t["angle"][k]
+        sa, ca = torch.sin(ang), torch.cos(ang)
+        a, b = _sample_rectangle(n, math.tan(self.fan_half_angle_rad), math.tan(self.z_half_angle_rad), gen, dev)
+        # central direction (-sin, cos, 0), fan axis (cos, sin, 0), e2 = z
+        dx = -sa + a * ca
+        dy = ca + a * sa
+        dz = b
+        inv = torch.rsqrt(dx * dx + dy * dy + dz * dz)
+        x0 = self.distance_mm * sa
+        y0 = -self.distance_mm * ca
+        z0 = t["z"][k]
+        if self.use_bowtie:
+            n_g = self._gamma.size
+            g = torch.atan(a)
+            p = ((g + self.fan_half_angle_rad) / (2 * self.fan_half_angle_rad) * (n_g - 1)).clamp(0.0, n_g - 1.001)
+            j = p.to(torch.int64)
+            f = p - j
+            base = ebin * n_g + j
+            weight = t["bowtie"][base] * (1.0 - f) + t["bowtie"][base + 1] * f
+        else:
+            weight = torch.ones(n, device=dev)
+        return PhotonState(x0, y0, z0, dx * inv, dy * inv, dz * inv, energy, weight)

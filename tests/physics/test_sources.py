@@ -1,0 +1,94 @@
+"""Photon sources: geometry conventions, field shapes, solid angles, weights."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ctdose.errors import InputError
+from ctdose.physics.sources import CTSource, PointSource, rectangle_solid_angle_sr
+
+
+def _gen(seed=0):
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def test_rectangle_solid_angle_matches_numerical_integral():
+    a1, a2 = 0.4, 0.1
+    t1, t2 = math.tan(a1), math.tan(a2)
+    a = np.linspace(-t1, t1, 2001)
+    b = np.linspace(-t2, t2, 2001)
+    aa, bb = np.meshgrid(a, b)
+    integrand = (1 + aa**2 + bb**2) ** -1.5  # solid angle per unit tangent-plane area
+    numeric = np.trapezoid(np.trapezoid(integrand, a, axis=1), b)
+    assert rectangle_solid_angle_sr(a1, a2) == pytest.approx(numeric, rel=1e-5)
+
+
+def test_fan_is_isotropic_within_the_field():
+    src = PointSource((0, 0, 0), (1, 0, 0), energy_kev=50.0, collimation="fan", half_angles_rad=(0.5, 0.05),
+                      fan_axis=(0, 1, 0))
+    st = src.sample(200_000, _gen(1))
+    u, v, w = st.u.numpy(), st.v.numpy(), st.w.numpy()
+    np.testing.assert_allclose(u**2 + v**2 + w**2, 1.0, atol=1e-5)
+    assert np.all(np.abs(np.arctan2(v, u)) <= 0.5 + 1e-5) and np.all(np.abs(np.arctan2(w, u)) <= 0.05 + 1e-5)
+    # isotropic: the density in u = cos(angle to the axis) is flat near the axis, so the fraction
+    # within a small cone equals its solid angle over the field's
+    c = 0.02
+    frac = np.mean(u > math.cos(c))
+    expected = 2 * math.pi * (1 - math.cos(c)) / src.solid_angle_sr
+    assert frac == pytest.approx(expected, rel=0.1)
+
+
+def test_cone_directions_and_spectrum_sampling():
+    class Spec:
+        energy_kev = np.array([30.0, 60.0])
+        fluence_per_mas_per_mm2_at_1m = np.array([1.0, 3.0])
+        absolute = True
+
+    src = PointSource((1, 2, 3), (0, 0, -1), spectrum=Spec(), collimation="cone", cone_half_angle_rad=0.2)
+    st = src.sample(100_000, _gen(2))
+    cos = -st.w.numpy()
+    assert cos.min() >= math.cos(0.2) - 1e-6
+    # uniform in cos within the cone
+    assert np.mean(cos > (1 + math.cos(0.2)) / 2) == pytest.approx(0.5, abs=0.01)
+    e = st.energy_kev.numpy()
+    assert np.mean(e > 45.0) == pytest.approx(0.75, abs=0.01)  # bins of width 30 keV, 1:3
+    assert src.photons_per_mas == pytest.approx(4.0 * 1e6 * src.solid_angle_sr)
+
+
+def test_ct_source_geometry_follows_the_scanner_convention():
+    from ctdose.physics.scanner import CTScanner, Protocol, generic_body_bowtie
+    from ctdose.physics.spectrum import spekpy_spectrum
+
+    scanner = CTScanner(spekpy_spectrum(120.0), bowtie=generic_body_bowtie())
+    protocol = Protocol(mode="axial", z_start_mm=0.0, z_end_mm=80.0, projections_per_rotation=8)
+    src = CTSource(scanner, protocol)
+    st = src.sample(50_000, _gen(3))
+    x, y, z = st.x.numpy(), st.y.numpy(), st.z.numpy()
+    d = scanner.source_to_isocentre_mm
+    np.testing.assert_allclose(np.hypot(x, y), d, rtol=1e-5)
+    # central ray through the isocentre: direction ~ -(x, y)/D within the fan half-angle
+    cosang = -(x * st.u.numpy() + y * st.v.numpy()) / d / np.hypot(st.u.numpy(), st.v.numpy())
+    assert np.all(cosang >= math.cos(scanner.fan_half_angle_rad()) - 1e-5)
+    ang = np.mod(np.arctan2(x, -y), 2 * math.pi)  # a from (D sin a, -D cos a)
+    np.testing.assert_allclose(np.sort(np.unique(np.round(ang, 4))), np.round(src.angle_rad[:8], 4), atol=1e-3)
+    assert set(np.round(np.unique(z), 3)) == set(np.round(src.z_mm, 3))
+    # bowtie: weights below 1, smallest at the fan edges
+    wt = st.weight.numpy()
+    gamma = np.arccos(np.clip(cosang, -1, 1))
+    assert wt.max() <= 1.0 + 1e-6 and wt[gamma > 0.35].mean() < wt[gamma < 0.05].mean()
+    assert src.dose_scale_per_mas == pytest.approx(src.photons_per_mas * src.mas.sum() / (200.0 * 1.0))
+
+
+def test_bad_source_parameters():
+    with pytest.raises(InputError):
+        PointSource((0, 0, 0), (0, 0, 0), energy_kev=50.0)
+    with pytest.raises(InputError):
+        PointSource((0, 0, 0), (0, 0, 1), energy_kev=float("nan"))
+    with pytest.raises(InputError):
+        PointSource((0, 0, 0), (0, 0, 1), energy_kev=50.0, half_angles_rad=(2.0, 0.1))
