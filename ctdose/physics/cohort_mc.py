@@ -98,7 +98,7 @@ def simulate_case(
     """
     import xarray as xr
 
-    from .kerma import kerma_map
+    from .kerma import DEFAULT_GRID_MM, kerma_map
     from .mc import geometry_from_case, simulate
     from .scanner import protocol_for_case, scanner_from_profile
     from .sources import CTSource
@@ -141,6 +141,7 @@ def simulate_case(
             mc_mean_rel_sigma_body=rel_body,
             mc_unit="Gy per mAs of one rotation (tube current x rotation time)",
         )
+    inputs = cfg.get("inputs", {})
     for name in missing:
         if name.startswith("kerma_"):
             mode = name[len("kerma_"):]
@@ -154,6 +155,9 @@ def simulate_case(
                     protocol,
                     labels=np.asarray(labels),
                     device=device,
+                    density_set=str(inputs.get("kerma_density_set") or "paper"),
+                    grid_mm=float(inputs.get("kerma_grid_mm") or DEFAULT_GRID_MM),
+                    ray_step_mm=inputs.get("kerma_ray_step_mm"),
                     progress=False,
                 ),
                 dtype=np.float32,
