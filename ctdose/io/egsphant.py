@@ -44,8 +44,29 @@ VALUES_PER_LINE = 10
 _MM_PER_CM = 10.0
 
 
+class BoundsGrid:
+    """Mixin for EGSnrc grids given by voxel boundaries ``x/y/z_bounds_cm`` (cm)."""
+
+    x_bounds_cm: np.ndarray
+    y_bounds_cm: np.ndarray
+    z_bounds_cm: np.ndarray
+
+    def _bounds_zyx(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.z_bounds_cm, self.y_bounds_cm, self.x_bounds_cm
+
+    @property
+    def spacing_mm(self) -> tuple[float, float, float]:
+        """(dz, dy, dx) in mm (mean voxel size when the grid is not uniform)."""
+        return tuple(float(np.diff(b).mean() * _MM_PER_CM) for b in self._bounds_zyx())  # type: ignore[return-value]
+
+    @property
+    def origin_mm(self) -> tuple[float, float, float]:
+        """Centre of voxel [0, 0, 0] as (z0, y0, x0) in mm."""
+        return tuple(float((b[0] + b[1]) / 2 * _MM_PER_CM) for b in self._bounds_zyx())  # type: ignore[return-value]
+
+
 @dataclass
-class EgsPhantom:
+class EgsPhantom(BoundsGrid):
     """Contents of an ``.egsphant`` file in ctdose orientation.
 
     Attributes
@@ -72,15 +93,6 @@ class EgsPhantom:
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.media_index.shape)  # type: ignore[return-value]
 
-    @property
-    def spacing_mm(self) -> tuple[float, float, float]:
-        """(dz, dy, dx) in mm (mean voxel size when the grid is not uniform)."""
-        return tuple(float(np.diff(b).mean() * _MM_PER_CM) for b in (self.z_bounds_cm, self.y_bounds_cm, self.x_bounds_cm))  # type: ignore[return-value]
-
-    @property
-    def origin_mm(self) -> tuple[float, float, float]:
-        """Centre of voxel [0, 0, 0] as (z0, y0, x0) in mm."""
-        return tuple(float((b[0] + b[1]) / 2 * _MM_PER_CM) for b in (self.z_bounds_cm, self.y_bounds_cm, self.x_bounds_cm))  # type: ignore[return-value]
 
 
 def _bounds_cm(n: int, spacing_mm: float, origin_mm: float) -> np.ndarray:

@@ -27,15 +27,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import InputError
-from .egsphant import _atomic_write, _bounds_cm
+from .egsphant import BoundsGrid, _atomic_write, _bounds_cm
 
 __all__ = ["Dose3D", "read_3ddose", "write_3ddose"]
 
-_MM_PER_CM = 10.0
-
 
 @dataclass
-class Dose3D:
+class Dose3D(BoundsGrid):
     """Contents of a ``.3ddose`` file in ctdose orientation.
 
     Attributes
@@ -55,16 +53,6 @@ class Dose3D:
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.dose.shape)  # type: ignore[return-value]
-
-    @property
-    def spacing_mm(self) -> tuple[float, float, float]:
-        """(dz, dy, dx) in mm (mean voxel size when the grid is not uniform)."""
-        return tuple(float(np.diff(b).mean() * _MM_PER_CM) for b in (self.z_bounds_cm, self.y_bounds_cm, self.x_bounds_cm))  # type: ignore[return-value]
-
-    @property
-    def origin_mm(self) -> tuple[float, float, float]:
-        """Centre of voxel [0, 0, 0] as (z0, y0, x0) in mm."""
-        return tuple(float((b[0] + b[1]) / 2 * _MM_PER_CM) for b in (self.z_bounds_cm, self.y_bounds_cm, self.x_bounds_cm))  # type: ignore[return-value]
 
 
 def write_3ddose(
