@@ -130,7 +130,7 @@ def write_comparison_page(cfg, store, figures_dir: str | Path = "figures") -> Pa
         f"{COHORT_NAMES['synthetic']} and {COHORT_NAMES['surrogate']}. Numbers are therefore **not** "
         "expected to match the paper; the comparison shows whether the *trends* (out-of-distribution "
         "effect of the 0 % NN, benefit of 10-20 % real data) are reproduced.",
-        f"- Smaller profiles (smoke, demo) use coarse voxels, few cases and short training: their numbers "
+        "- Smaller profiles (smoke, demo) use coarse voxels, few cases and short training: their numbers "
         "are a check of the chain, not a result.",
         "",
         "## Table 3: maximal relative uncertainties of the summed organ dose (%)",

@@ -33,6 +33,7 @@ import xarray as xr
 import zarr
 
 from . import __version__
+from ._atomic import atomic_write_csv
 from .errors import InputError, MissingStepError
 from .paths import resolve_path
 
@@ -421,7 +422,7 @@ class CaseStore:
         _check_id("table name", name)
         self.tables_dir.mkdir(parents=True, exist_ok=True)
         path = self.tables_dir / f"{name}.csv"
-        _atomic_csv(df, path)
+        atomic_write_csv(df, path)
         return path
 
     def read_table(self, name: str) -> pd.DataFrame:
@@ -454,21 +455,11 @@ class CaseStore:
     def write_manifest(self) -> Path:
         """Rewrite ``<run_dir>/manifest.csv`` (atomically)."""
         path = self.run_dir / "manifest.csv"
-        _atomic_csv(self.manifest(), path)
+        atomic_write_csv(self.manifest(), path)
         return path
 
     def __repr__(self) -> str:
         return f"CaseStore({str(self.root)!r}, cases={len(self)})"
-
-
-def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 _STEP_OF = {

@@ -25,14 +25,13 @@ voxel (i, j, k) of the file; boundaries are ``(origin_mm + (index - 1/2) * spaci
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .._atomic import atomic_write_text
 from ..errors import InputError
 
 __all__ = ["EgsPhantom", "MAX_MEDIA", "egsphant_from_case", "read_egsphant", "write_egsphant"]
@@ -106,20 +105,6 @@ def _format_block(values: np.ndarray, fmt: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="ascii", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def write_egsphant(
     path: str | Path,
     media_index: np.ndarray,
@@ -185,7 +170,7 @@ def write_egsphant(
     for k in range(nz):
         rows = [" ".join(f"{v:.6g}" for v in rho[k, j]) for j in range(ny)]
         parts.append("\n".join(rows) + "\n\n")
-    return _atomic_write(path, "".join(parts))
+    return atomic_write_text(path, "".join(parts), encoding="ascii")
 
 
 def _fail(path: Path, what: str) -> InputError:

@@ -27,7 +27,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import InputError
-from .egsphant import BoundsGrid, _atomic_write, _bounds_cm
+from .._atomic import atomic_write_text
+from .egsphant import BoundsGrid, _bounds_cm
 
 __all__ = ["Dose3D", "read_3ddose", "write_3ddose"]
 
@@ -94,7 +95,7 @@ def write_3ddose(
         " ".join(f"{v:.7E}" for v in d.ravel()),
         " ".join(f"{v:.7E}" for v in u.ravel()),
     ]
-    return _atomic_write(path, "\n".join(lines) + "\n")
+    return atomic_write_text(path, "\n".join(lines) + "\n", encoding="ascii")
 
 
 def _fail(path: Path, what: str) -> InputError:

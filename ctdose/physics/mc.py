@@ -341,6 +341,7 @@ def simulate(
             cutoff_kev=float(energy_cutoff_kev),
             pool_size=pool,
             on_progress=(bar.update if bar is not None else None),
+            block=block,
         )
 
     # CPU: one intra-op thread per worker (intra-op threads scale poorly on photon arrays
