@@ -231,10 +231,14 @@ def figure3_inputs(
             "(ctdose run --only 02_mc_preparation)"
         )
     k = _mid_slice(case, slice_index)
+    body = np.asarray(case["body_mask"].values[k], bool) if "body_mask" in case else None
     fig = Figure(figsize=(3.2 * len(panels), 3.6), layout="constrained")
     axes = fig.subplots(1, len(panels))
     for ax, (var, label) in zip(np.atleast_1d(axes), panels):
-        im = ax.imshow(np.asarray(case[var].values)[k], extent=_extent_xy(case), cmap="viridis")
+        image = np.asarray(case[var].values)[k]
+        if var == "dose_mc" and body is not None:  # the dose in air is not a training target (eq. 2 mask)
+            image = np.where(body, image, np.nan)
+        im = ax.imshow(image, extent=_extent_xy(case), cmap="viridis")
         ax.set_title(label, fontsize=8)
         ax.set_xlabel("x (mm)", fontsize=7)
         ax.tick_params(labelsize=6)
