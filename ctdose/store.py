@@ -34,6 +34,7 @@ import zarr
 
 from . import __version__
 from ._atomic import atomic_write_csv
+from ._plain import to_plain
 from .errors import InputError, MissingStepError
 from .paths import resolve_path
 
@@ -55,20 +56,7 @@ def _check_id(kind: str, name: str) -> str:
 
 
 def _jsonable(value: Any) -> Any:
-    """Convert numpy scalars/arrays and tuples inside attributes to plain JSON types."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise InputError(f"attribute value {value!r} of type {type(value).__name__} is not JSON-serialisable")
+    return to_plain(value, "attribute")
 
 
 def provenance(profile: str | None = None, seed: int | None = None, **extra: Any) -> dict:

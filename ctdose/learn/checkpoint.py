@@ -26,7 +26,6 @@ with an :class:`~ctdose.errors.InputError` that says what differs.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,8 @@ import numpy as np
 import torch
 
 from .. import __version__
+from .._atomic import atomic_path
+from .._plain import to_plain
 from ..errors import InputError
 from .loss import MC_UNCERTAINTY_FRACTION
 from .normalise import Normaliser
@@ -111,30 +112,10 @@ def save_checkpoint(
         "spacing_mm": [float(s) for s in spacing_mm],
         "ctdose_version": __version__,
     }
-    payload.update(_plain(meta))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    payload.update(to_plain(meta, "checkpoint metadata"))
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise InputError(f"checkpoint metadata value {value!r} ({type(value).__name__}) is not a plain type")
 
 
 def check_compatible(

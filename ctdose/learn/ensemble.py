@@ -28,8 +28,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import uuid
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -40,6 +38,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .._atomic import atomic_write_csv
 from ..errors import InputError
 from ..paths import resolve_path
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -81,17 +80,6 @@ def member_seed(base_seed: int, member: int) -> int:
 
 def _sha1(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _grid_spacing(store, case_ids: Iterable[str]) -> list[float]:
@@ -209,7 +197,7 @@ def train_member(
             val_organ_dev=best, n_train=len(train_ids), n_val=len(val_ids), settings_sha1=settings,
             train_cases=list(train_ids), val_cases=list(val_ids),
         )
-        _atomic_csv(pd.DataFrame(module.curves, columns=["epoch", "train_loss", "val_loss", "val_organ_dev"]),
+        atomic_write_csv(pd.DataFrame(module.curves, columns=["epoch", "train_loss", "val_loss", "val_organ_dev"]),
                     curves_path)
 
     initial_dose = None
@@ -292,7 +280,7 @@ def _write_registry(path: Path, rows: list[dict]) -> None:
         keys = set(zip(new["model_id"], new["member"]))
         old = old[[(m, k) not in keys for m, k in zip(old["model_id"], old["member"])]]
         new = pd.concat([old, new], ignore_index=True) if len(old) else new
-    _atomic_csv(new.sort_values(["model_id", "member"]).reset_index(drop=True), path)
+    atomic_write_csv(new.sort_values(["model_id", "member"]).reset_index(drop=True), path)
 
 
 def collect_curves(run_dir: str | Path, registry: pd.DataFrame | None = None) -> pd.DataFrame:
