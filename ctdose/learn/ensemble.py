@@ -183,7 +183,7 @@ def train_member(
     if val_ids:
         evaluator = OrganDoseEvaluator(store, val_ids, kerma_mode, normaliser, groups, window,
                                        float(tcfg.get("infer_overlap", 0.5)), int(tcfg.get("infer_batch_size", 4)),
-                                       floor)
+                                       floor, max_cases=tcfg.get("val_organ_cases"))
 
     def write_results(module: DoseModule) -> None:
         net = UNet3d(2, 2, module.net.width, module.net.depth)
