@@ -52,6 +52,14 @@ _MAX_REJECTION_ROUNDS = 200
 #: Proposals per photon in the rejection rounds after the first (few photons left: one round
 #: with several proposals each costs less than many rounds of one).
 _WIDE_PROPOSALS = 8
+#: Proposals per rejection round below which a round gives each photon several proposals
+#: (larger rounds are bandwidth-bound: one proposal each wastes least work).
+_WIDE_ROUND_SIZE = 4096
+
+
+def _round_width(m: int) -> int:
+    """Proposals per photon in a rejection round after the first with ``m`` photons left."""
+    return max(1, min(_WIDE_PROPOSALS, _WIDE_ROUND_SIZE // max(m, 1)))
 
 
 @dataclass
@@ -147,23 +155,27 @@ def _rand(n: int, like: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.rand(n, generator=gen, device=like.device, dtype=like.dtype)
 
 
-def _kn_propose(k: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """One Butcher-Messel proposal: (epsilon = E'/E, acceptance factor g in [0, 1])."""
+def _kn_propose(k: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One Butcher-Messel proposal: (epsilon = E'/E, acceptance factor g in [0, 1], 1 - cos theta)."""
     n = k.numel()
-    eps0 = 1.0 / (1.0 + 2.0 * k)
-    a1 = -torch.log(eps0)
-    a2 = 0.5 * (1.0 - eps0 * eps0)
-    r1, r2 = _rand(n, k, gen), _rand(n, k, gen)
-    branch1 = r1 * (a1 + a2) < a1
+    two_k = 2.0 * k
+    eps0 = (1.0 + two_k).reciprocal_()
+    a1 = torch.log1p(two_k)  # -ln(eps0)
+    eps0sq = eps0 * eps0
+    one_minus_eps0sq = 1.0 - eps0sq  # 2 a2
+    r12 = _rand(2 * n, k, gen)
+    r1, r2 = r12[:n], r12[n:]
+    # branch 1 (1/eps part) with probability a1 / (a1 + a2)
+    branch1 = (r1 * torch.addcmul(a1, one_minus_eps0sq, torch.full_like(a1, 0.5))) < a1
     eps = torch.where(
         branch1,
         torch.exp(-a1 * r2),
-        torch.sqrt(eps0 * eps0 + (1.0 - eps0 * eps0) * r2),
+        torch.addcmul(eps0sq, one_minus_eps0sq, r2).sqrt_(),
     )
-    t = (1.0 - eps) / (k * eps)
-    sin2 = (t * (2.0 - t)).clamp_min(0.0)
-    g = 1.0 - eps * sin2 / (1.0 + eps * eps)
-    return eps, g
+    t = (1.0 - eps).div_(k * eps)  # 1 - cos theta
+    sin2 = (t * (2.0 - t)).clamp_min_(0.0)
+    g = 1.0 - (eps * sin2).div_(torch.addcmul(torch.ones_like(eps), eps, eps))
+    return eps, g, t
 
 
 def sample_klein_nishina(
@@ -195,21 +207,27 @@ def _first_accepted(accept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _sample_incoherent_impl(energy_kev, medium_idx, tables, gen):
     k_all = energy_kev / ELECTRON_REST_KEV
-    eps = torch.ones_like(energy_kev)
-    todo = torch.arange(energy_kev.numel(), device=energy_kev.device)
-    for round_ in range(_MAX_REJECTION_ROUNDS):
+    # first round: one proposal per photon, on the whole arrays (no gathers)
+    eps, g, one_minus_cos = _kn_propose(k_all, gen)
+    if tables is not None:
+        x = (energy_kev * (1.0 / HC_KEV_ANGSTROM)).mul_((0.5 * one_minus_cos).clamp_(0.0, 1.0).sqrt_())
+        g = g.mul_(_lookup_sf(tables, medium_idx, x))
+    rejected = _rand(k_all.numel(), k_all, gen) >= g
+    todo = rejected.nonzero().squeeze(1)
+    # later rounds (few photons, dispatch-bound): several proposals per photon, the first
+    # accepted one is taken
+    for round_ in range(1, _MAX_REJECTION_ROUNDS):
         m = todo.numel()
-        # first round one proposal per photon; later rounds (few photons, dispatch-bound)
-        # several proposals per photon, the first accepted one is taken
-        width = 1 if round_ == 0 else _WIDE_PROPOSALS
-        kk = k_all[todo].repeat_interleave(width) if width > 1 else k_all[todo]
-        e_try, g = _kn_propose(kk, gen)
+        if m == 0:
+            break
+        width = _round_width(m)
+        kk = k_all[todo].repeat_interleave(width)
+        e_try, g, one_minus_cos = _kn_propose(kk, gen)
         if tables is not None:
-            e_rep = energy_kev[todo].repeat_interleave(width) if width > 1 else energy_kev[todo]
-            m_rep = medium_idx[todo].repeat_interleave(width) if width > 1 else medium_idx[todo]
-            one_minus_cos = (1.0 - e_try) / (kk * e_try)
-            x = (e_rep / HC_KEV_ANGSTROM) * torch.sqrt((0.5 * one_minus_cos).clamp(0.0, 1.0))
-            g = g * _lookup_sf(tables, m_rep, x)
+            e_rep = energy_kev[todo].repeat_interleave(width)
+            m_rep = medium_idx[todo].repeat_interleave(width)
+            x = (e_rep * (1.0 / HC_KEV_ANGSTROM)).mul_((0.5 * one_minus_cos).clamp_(0.0, 1.0).sqrt_())
+            g = g.mul_(_lookup_sf(tables, m_rep, x))
         accept = (_rand(m * width, kk, gen) < g).view(m, width)
         if round_ == _MAX_REJECTION_ROUNDS - 1:
             accept[:, 0] = True
@@ -293,7 +311,7 @@ def sample_coherent(
     xmax2 = (energy_kev / HC_KEV_ANGSTROM) ** 2
     for round_ in range(_MAX_REJECTION_ROUNDS):
         m = todo.numel()
-        width = 1 if round_ == 0 else _WIDE_PROPOSALS
+        width = 1 if round_ == 0 else _round_width(m)
         e_frac, e_m, e_xmax2 = frac[todo], mbase[todo], xmax2[todo]
         if width > 1:
             e_frac = e_frac.repeat_interleave(width)

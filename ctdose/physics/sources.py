@@ -76,23 +76,47 @@ def _unit(vec, what: str) -> np.ndarray:
     return v / n
 
 
+def _alias_table(probs) -> tuple[np.ndarray, np.ndarray]:
+    """Walker's alias table (Vose's construction) of a discrete distribution.
+
+    Returns (keep probability, alias index) per bin: bin j is taken when a uniform number in
+    [0, 1) is below ``keep[j]``, otherwise ``alias[j]``; O(1) per sample.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    n = p.size
+    scaled = p / p.sum() * n
+    keep = np.ones(n)
+    alias = np.arange(n)
+    small = [i for i in range(n) if scaled[i] < 1.0]
+    large = [i for i in range(n) if scaled[i] >= 1.0]
+    while small and large:
+        s_i, l_i = small.pop(), large.pop()
+        keep[s_i] = scaled[s_i]
+        alias[s_i] = l_i
+        scaled[l_i] -= 1.0 - scaled[s_i]
+        (small if scaled[l_i] < 1.0 else large).append(l_i)
+    # what remains is 1 up to rounding
+    return keep, alias
+
+
 class _EnergySampler:
-    """Bin by inverse cumulative, then uniform within the bin (continuous spectrum)."""
+    """Bin by Walker's alias method, then uniform within the bin (continuous spectrum)."""
 
     def __init__(self, centres, widths, probs, device):
         self.centres = torch.tensor(centres, dtype=torch.float32, device=device)
         self.widths = torch.tensor(widths, dtype=torch.float32, device=device)
-        cdf = np.cumsum(probs)
-        cdf /= cdf[-1]
-        self.cdf = torch.tensor(cdf, dtype=torch.float64, device=device)
+        keep, alias = _alias_table(probs)
+        self.keep = torch.tensor(keep, dtype=torch.float64, device=device)
+        self.alias = torch.tensor(alias, dtype=torch.int64, device=device)
         self.n = len(centres)
 
     def sample(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         dev = self.centres.device
         if self.n == 1:
             return self.centres.expand(n).clone(), torch.zeros(n, dtype=torch.int64, device=dev)
-        r = torch.rand(n, generator=gen, device=dev, dtype=torch.float64)
-        j = torch.searchsorted(self.cdf, r).clamp_(max=self.n - 1)
+        r = torch.rand(n, generator=gen, device=dev, dtype=torch.float64).mul_(self.n)
+        j = r.to(torch.int64).clamp_(max=self.n - 1)
+        j = torch.where((r - j) < self.keep[j], j, self.alias[j])
         off = torch.rand(n, generator=gen, device=dev) - 0.5
         return self.centres[j] + off * self.widths[j], j
 

@@ -40,6 +40,12 @@ standard error follow from the batch sums (the batch method). All batches share 
 photons in flight (each photon carries its batch's tally offset), so the pool stays full and
 only one short tail of nearly empty steps remains at the very end.
 
+When few photons are left in flight (the tail of a run, and small runs) a step is dispatch-
+bound; each photon then samples several successive free paths in one step (``n_paths`` of
+:func:`_step`): the tentative sites lie on one ray, the first real collision or exit ends the
+flight, and the sites before it are virtual. This is the same random process as one path per
+step, with many fewer (larger) tensor operations.
+
 Optionally the majorant is local to blocks of voxels (:func:`build_block_majorant`): the free
 path is sampled with the block's majorant and cut at the block face (exact by the memoryless
 exponential law). It is validated against the global majorant; on CPU it has not paid off in
@@ -82,6 +88,11 @@ __all__ = [
 MM_PER_CM = 10.0
 #: Relative safety margin on the majorant (float32 rounding of the tables).
 _MAJORANT_MARGIN = 1.0 + 1e-5
+#: Tentative collision sites per step below which a small pool samples several free paths per
+#: photon at once (:func:`_step` ``n_paths``); the tail of a run is dispatch-bound.
+_PATH_SITES_PER_STEP = 1 << 16
+#: Most free paths sampled per photon and step.
+_MAX_PATHS_PER_STEP = 64
 #: Distance (mm) a photon entering the box is moved inside past the boundary.
 _ENTRY_EPS_MM = 1e-4
 
@@ -150,6 +161,12 @@ class TransportGrid:
     spacing_mm: tuple[float, float, float]
     media: torch.Tensor
     density: torch.Tensor
+    #: (n_vox, 2) float32: medium index and density per voxel (one gather per lookup)
+    voxel_table: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.voxel_table is None:
+            self.voxel_table = torch.stack([self.media.to(torch.float32), self.density.to(torch.float32)], 1)
 
     @property
     def n_vox(self) -> int:
@@ -199,6 +216,12 @@ class TransportTables:
     maj_a: torch.Tensor
     maj_b: torch.Tensor
     scatter: ScatterTables
+    #: (n_media * n_e, 4): total_a, total_b, tr_a, tr_b side by side (one gather per lookup)
+    total_tr_ab: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.total_tr_ab is None:
+            self.total_tr_ab = torch.stack([self.total_a, self.total_b, self.tr_a, self.tr_b], 1)
 
 
 @dataclass
@@ -450,8 +473,17 @@ def _step(
     track_length: bool,
     cutoff_kev: float,
     block: BlockMajorant | None = None,
+    n_paths: int = 1,
 ) -> PhotonState:
     """One Woodcock step for every photon of ``st``; returns the surviving photons.
+
+    With ``n_paths`` = k > 1 (global majorant only) each photon samples k successive free
+    paths at once (the energy and direction do not change at virtual collisions, so the k
+    tentative sites lie on one ray at the cumulative distances) and stops at the first site
+    that is a real collision or outside the box; the sites before it are virtual (and score
+    the track-length estimator). The result is the same random process as k single steps;
+    it only trades a little wasted work for k times fewer tensor operations, which pays when
+    few photons are left (the tail, dispatch-bound).
 
     Memory traffic per step: a handful of fused-size elementwise passes, one gather each of
     the medium index and density (flat voxel index), two of the interpolated majorant and
@@ -463,53 +495,87 @@ def _step(
     dx, dy, dz = grid.spacing_mm
     lox, loy, loz = grid.lo_mm
     e = st.energy_kev
+    n = e.numel()
     pe = ((e - tab.e0_kev) * (1.0 / tab.de_kev)).clamp_(0.0, tab.n_e - 1.001)
     ie = pe.to(torch.int64)
     fe = pe - ie
     coll = None
+    k_paths = int(n_paths) if block is None else 1
     if block is None:
         maj = _interp(tab.maj_a, tab.maj_b, ie, fe)
         # -ln(r): several times faster than Tensor.exponential_ on CPU
-        s = _uniform(e, gen).log_().neg_().div_(maj)
+        s = torch.rand((n, k_paths), generator=gen, device=e.device, dtype=e.dtype).log_().neg_()
+        s = s.div_(maj[:, None])
+        if k_paths > 1:
+            s = s.cumsum(1)
     else:
         maj, s, coll = _block_free_path(st, grid, tab, block, ie, fe, gen)
-    x = torch.addcmul(st.x, s, st.u)
-    y = torch.addcmul(st.y, s, st.v)
-    z = torch.addcmul(st.z, s, st.w)
+        s = s[:, None]
+    x = torch.addcmul(st.x[:, None], s, st.u[:, None])
+    y = torch.addcmul(st.y[:, None], s, st.v[:, None])
+    z = torch.addcmul(st.z[:, None], s, st.w[:, None])
     fx = (x - lox).mul_(1.0 / dx)
     fy = (y - loy).mul_(1.0 / dy)
     fz = (z - loz).mul_(1.0 / dz)
     inside = (fx >= 0) & (fx < nx) & (fy >= 0) & (fy < ny) & (fz >= 0) & (fz < nz)
     all_inside = bool(inside.all())
-    w8 = st.weight
     if not all_inside:
-        out = ~inside
-        tally.escaped_kev += float((e * w8).masked_select(out).sum(dtype=torch.float64))
-        # escaped photons get a valid (clamped) voxel and zero weight for the scoring below;
-        # they are dropped at the compaction
+        # sites outside get a valid (clamped) voxel and zero weight for the scoring below
         fx = fx.clamp_(0.0, nx - 1)
         fy = fy.clamp_(0.0, ny - 1)
         fz = fz.clamp_(0.0, nz - 1)
-        w8 = w8 * inside
     flat = (fz.to(torch.int64) * ny + fy.to(torch.int64)) * nx + fx.to(torch.int64)
-    med = grid.media.index_select(0, flat).to(torch.int64)
-    rho = grid.density.index_select(0, flat)
+    vox = grid.voxel_table.index_select(0, flat.view(-1)).view(n, k_paths, 2)
+    med = vox[..., 0].to(torch.int64)
+    rho = vox[..., 1]
     # tally index: the photon's batch block of the tally
-    tflat = flat if st.offset is None else flat + st.offset
-    mi = med * tab.n_e + ie
-    mu = _interp(tab.total_a, tab.total_b, mi, fe) * rho
-    if coll is not None:
-        # photons stopped at a block face have no (tentative) collision this step
-        w8 = w8 * coll
-    if track_length:
-        score = _interp(tab.tr_a, tab.tr_b, mi, fe).mul_(rho).mul_(e).mul_(w8).div_(maj)
-        tally.energy_kev.scatter_add_(0, tflat, score.to(torch.float64))
-    r = _uniform(e, gen).mul_(maj)
+    tflat = flat if st.offset is None else flat + st.offset[:, None]
+    mi = med * tab.n_e + ie[:, None]
+    fe2 = fe[:, None]
+    coef = tab.total_tr_ab.index_select(0, mi.view(-1)).view(n, k_paths, 4)
+    mu = torch.addcmul(coef[..., 0], fe2, coef[..., 1]).mul_(rho)
+    r = torch.rand((n, k_paths), generator=gen, device=e.device, dtype=e.dtype).mul_(maj[:, None])
     real = r < mu
     if coll is not None:
-        real &= coll
+        real &= coll[:, None]
     if not all_inside:
         real &= inside
+    # scoring sites: all (k = 1) or those up to the first real collision or exit (k > 1)
+    score_mask = None if all_inside else inside
+    if k_paths > 1:
+        stop = real if all_inside else (real | ~inside)
+        has = stop.any(1)
+        first = torch.argmax(stop.to(torch.uint8), dim=1)
+        kst = torch.where(has, first, torch.full_like(first, k_paths - 1))
+        upto = torch.arange(k_paths, device=e.device)[None, :] <= kst[:, None]
+        score_mask = upto if score_mask is None else score_mask & upto
+    if coll is not None:
+        # photons stopped at a block face have no (tentative) collision this step
+        score_mask = coll[:, None] if score_mask is None else score_mask & coll[:, None]
+    w8 = st.weight
+    if track_length:
+        score = torch.addcmul(coef[..., 2], fe2, coef[..., 3]).mul_(rho).mul_((e * w8).div_(maj)[:, None])
+        if score_mask is not None:
+            score = score.mul_(score_mask)
+        tally.energy_kev.scatter_add_(0, tflat.reshape(-1), score.view(-1).to(torch.float64))
+    # state at each photon's last site
+    if k_paths > 1:
+        g = kst[:, None]
+
+        def pick(t):
+            return t.gather(1, g).squeeze(1)
+    else:
+
+        def pick(t):
+            return t[:, 0]
+
+    x, y, z = pick(x), pick(y), pick(z)
+    real = pick(real)
+    r, mi, rho, med, tflat = pick(r), pick(mi), pick(rho), pick(med), pick(tflat)
+    if not all_inside:
+        inside = pick(inside)
+        out = ~inside
+        tally.escaped_kev += float((e * w8).masked_select(out).sum(dtype=torch.float64))
     ridx = real.nonzero().squeeze(1)
     alive = inside.clone() if not all_inside else torch.ones_like(real)
     u, v, w = st.u, st.v, st.w
@@ -583,7 +649,9 @@ def run_transport(
     dev = grid.density.device
     n_b = len(batch_sizes)
     tally = TransportTally(energy_kev=torch.zeros(n_b * grid.n_vox, dtype=torch.float64, device=dev))
-    bounds = torch.tensor(np.cumsum(batch_sizes), dtype=torch.int64, device=dev)
+    ends = np.cumsum(np.asarray(batch_sizes, dtype=np.int64))
+    starts = ends - np.asarray(batch_sizes, dtype=np.int64)
+    batch_offsets = torch.arange(n_b, dtype=torch.int64, device=dev) * grid.n_vox
     total = int(sum(batch_sizes))
     drawn = 0
     pool: PhotonState | None = None
@@ -592,8 +660,11 @@ def run_transport(
         if drawn < total and n_alive < pool_size // 2:
             k = min(pool_size - n_alive, total - drawn)
             fresh = sample(k, gen)
-            gidx = torch.arange(drawn, drawn + k, dtype=torch.int64, device=dev)
-            fresh.offset = torch.searchsorted(bounds, gidx, right=True) * grid.n_vox
+            # photons drawn..drawn+k-1 by batch (batches are consecutive ranges of photons)
+            counts = np.clip(np.minimum(ends, drawn + k) - np.maximum(starts, drawn), 0, None)
+            fresh.offset = torch.repeat_interleave(
+                batch_offsets, torch.as_tensor(counts, dtype=torch.int64, device=dev), output_size=k
+            )
             tally.emitted_kev += float((fresh.energy_kev * fresh.weight).sum(dtype=torch.float64))
             entered, missed = enter_grid(fresh, grid)
             if bool(missed.any()):
@@ -606,5 +677,6 @@ def run_transport(
                 on_progress(k)
         if pool is None or len(pool) == 0:
             continue
-        pool = _step(pool, grid, tab, tally, gen, track_length, cutoff_kev, block)
+        n_paths = 1 if block is not None else max(1, min(_MAX_PATHS_PER_STEP, _PATH_SITES_PER_STEP // len(pool)))
+        pool = _step(pool, grid, tab, tally, gen, track_length, cutoff_kev, block, n_paths)
     return tally
