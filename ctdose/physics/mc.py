@@ -266,7 +266,9 @@ def simulate(
     majorant : "global" | "block"
         Woodcock majorant: one for the whole grid, or local per block of ``block_vox``^3
         voxels (fewer virtual collisions in air and bone-free regions; exact, see
-        :func:`ctdose.physics.transport.build_block_majorant`).
+        :func:`ctdose.physics.transport.build_block_majorant`). Experimental: unbiased, but
+        on grids with large air or vacuum regions some photons advance in very small steps
+        and a run can be many times slower than with the global majorant.
     block_vox : int
         Block edge in voxels for ``majorant="block"``.
 
