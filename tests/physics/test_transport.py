@@ -227,3 +227,23 @@ def test_block_majorant_is_unbiased():
         b, sb = blk.sum_with_sigma(region.astype(float))
         assert abs(a - b) < 4 * math.hypot(sa, sb), (a, sa, b, sb)
     assert blk.deposited_energy_ev + blk.escaped_energy_ev == pytest.approx(blk.emitted_energy_ev, rel=0.02)
+
+
+def test_several_free_paths_per_step_equal_one_path_per_step(monkeypatch):
+    """The photon tail samples many free paths per step: the same process as one per step."""
+    from ctdose.physics import transport
+
+    water, bone, air = get_medium("water"), get_medium("spine_bone"), get_medium("air")
+    mi = np.zeros((12, 12, 12), np.uint8)
+    mi[2:10, 2:10, 2:10] = 1
+    mi[5:7, 5:7, 5:7] = 2
+    rho = np.array([air.density_g_cm3, 1.0, bone.density_g_cm3], np.float32)[mi]
+    geo = VoxelGeometry(mi, rho, [air, water, bone], (8.0, 8.0, 8.0), (-44.0, -44.0, -44.0))
+    src = PointSource((0, -400.0, 0), (0, 1, 0), energy_kev=60.0, collimation="fan", half_angles_rad=(0.15, 0.15))
+    many = simulate(geo, src, 30_000, seed=11, keep_batches=True)
+    monkeypatch.setattr(transport, "_PATH_SITES_PER_STEP", 1)  # one free path per photon and step
+    one = simulate(geo, src, 30_000, seed=12, keep_batches=True)
+    for region in (mi == 1, mi == 2):
+        a, sa = many.sum_with_sigma(region.astype(float))
+        b, sb = one.sum_with_sigma(region.astype(float))
+        assert abs(a - b) < 4 * math.hypot(sa, sb), (a, sa, b, sb)
