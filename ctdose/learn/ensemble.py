@@ -5,7 +5,8 @@ every data mix (``train.mixes_percent_real``), ``train.members`` networks with d
 seeds (the deep ensemble of eqs. 3-6). Member ``k`` uses the seed
 ``SeedSequence([cfg.seed, k])`` in every mix and mode, as the paper trains "each network
 five times with five different seeds". The seed fixes the initial weights and the patch
-draws; on CPU the same seed gives bit-identical weights.
+draws; on CPU the same seed gives bit-identical weights at the same number of torch threads
+(reductions in the convolution backward pass round differently with another thread count).
 
 Written under ``<run_dir>/models/``::
 
