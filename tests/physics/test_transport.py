@@ -212,13 +212,18 @@ def test_filter_hvl_of_spectrum_matches_transport():
     assert abs(ratio - 0.5) < 4 * sigma + 0.005
 
 
+def _bone_in_water_in_air(n: int, water: slice, bone: slice, origin_mm: float):
+    """Cube of ``n``^3 voxels of 8 mm: air around a water cube with a bone core (labels 0/1/2)."""
+    media = [get_medium("air"), get_medium("water"), get_medium("spine_bone")]
+    mi = np.zeros((n, n, n), np.uint8)
+    mi[water, water, water] = 1
+    mi[bone, bone, bone] = 2
+    rho = np.array([media[0].density_g_cm3, 1.0, media[2].density_g_cm3], np.float32)[mi]
+    return mi, VoxelGeometry(mi, rho, media, (8.0, 8.0, 8.0), (origin_mm,) * 3)
+
+
 def test_block_majorant_is_unbiased():
-    water, bone, air = get_medium("water"), get_medium("spine_bone"), get_medium("air")
-    mi = np.zeros((16, 16, 16), np.uint8)  # air around
-    mi[3:13, 3:13, 3:13] = 1
-    mi[6:9, 6:9, 6:9] = 2
-    rho = np.array([air.density_g_cm3, 1.0, bone.density_g_cm3], np.float32)[mi]
-    geo = VoxelGeometry(mi, rho, [air, water, bone], (8.0, 8.0, 8.0), (-60.0, -60.0, -60.0))
+    mi, geo = _bone_in_water_in_air(16, slice(3, 13), slice(6, 9), -60.0)
     src = PointSource((0, -400.0, 0), (0, 1, 0), energy_kev=60.0, collimation="fan", half_angles_rad=(0.2, 0.2))
     glob = simulate(geo, src, 40_000, seed=1, keep_batches=True)
     blk = simulate(geo, src, 40_000, seed=2, keep_batches=True, majorant="block", block_vox=4)
@@ -233,12 +238,7 @@ def test_several_free_paths_per_step_equal_one_path_per_step(monkeypatch):
     """The photon tail samples many free paths per step: the same process as one per step."""
     from ctdose.physics import transport
 
-    water, bone, air = get_medium("water"), get_medium("spine_bone"), get_medium("air")
-    mi = np.zeros((12, 12, 12), np.uint8)
-    mi[2:10, 2:10, 2:10] = 1
-    mi[5:7, 5:7, 5:7] = 2
-    rho = np.array([air.density_g_cm3, 1.0, bone.density_g_cm3], np.float32)[mi]
-    geo = VoxelGeometry(mi, rho, [air, water, bone], (8.0, 8.0, 8.0), (-44.0, -44.0, -44.0))
+    mi, geo = _bone_in_water_in_air(12, slice(2, 10), slice(5, 7), -44.0)
     src = PointSource((0, -400.0, 0), (0, 1, 0), energy_kev=60.0, collimation="fan", half_angles_rad=(0.15, 0.15))
     many = simulate(geo, src, 30_000, seed=11, keep_batches=True)
     monkeypatch.setattr(transport, "_PATH_SITES_PER_STEP", 1)  # one free path per photon and step
