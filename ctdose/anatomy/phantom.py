@@ -188,6 +188,22 @@ class PhantomParams:
                 raise InputError(f"{where}: organ volume {k}={v} mL must be positive")
 
 
+def params_from_design(row, **extra) -> PhantomParams:
+    """Phantom parameters from one row of a sampled cohort design.
+
+    Takes ``sex``, ``height_m``, ``fat_scale`` and ``vol_<organ>_ml`` from ``row`` (a
+    mapping or pandas Series); ``extra`` sets the cohort-specific fields.
+    """
+    row = dict(row)
+    return PhantomParams(
+        sex=str(row["sex"]),
+        height_m=float(row["height_m"]),
+        fat_scale=float(row["fat_scale"]),
+        organ_volumes_ml={o: float(row[f"vol_{o}_ml"]) for o in VOLUME_ORGANS},
+        **extra,
+    )
+
+
 @dataclass
 class _Unit:
     """A calibrated organ: parts it resizes, the labels counted, its target."""

@@ -43,7 +43,7 @@ import pandas as pd
 
 from .._data import read_table
 from ..errors import InputError
-from .phantom import VOLUME_ORGANS, PhantomParams, reference_height_m, reference_organ_volumes_ml
+from .phantom import VOLUME_ORGANS, PhantomParams, params_from_design, reference_height_m, reference_organ_volumes_ml
 
 __all__ = ["sample_surrogate", "surrogate_params", "population", "SHIFTED_ORGANS"]
 
@@ -160,11 +160,8 @@ def sample_surrogate(n: int, seed: int, arms_raised_fraction: float | None = Non
 def surrogate_params(row: pd.Series | dict) -> PhantomParams:
     """Phantom parameters of one row of :func:`sample_surrogate` (with table and offsets)."""
     row = dict(row)
-    return PhantomParams(
-        sex=str(row["sex"]),
-        height_m=float(row["height_m"]),
-        fat_scale=float(row["fat_scale"]),
-        organ_volumes_ml={o: float(row[f"vol_{o}_ml"]) for o in VOLUME_ORGANS},
+    return params_from_design(
+        row,
         trunk_scale_x=float(row["trunk_scale_x"]),
         trunk_scale_y=float(row["trunk_scale_y"]),
         arms=str(row["arms"]),

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from .phantom import VOLUME_ORGANS, PhantomParams, reference_organ_volumes_ml
+from .phantom import VOLUME_ORGANS, PhantomParams, params_from_design, reference_organ_volumes_ml
 
 __all__ = ["SYNTHETIC_DESIGN", "sample_synthetic", "synthetic_params"]
 
@@ -82,12 +82,4 @@ def sample_synthetic(n: int, seed: int, prefix: str = "synthetic") -> pd.DataFra
 
 def synthetic_params(row: pd.Series | dict) -> PhantomParams:
     """Phantom parameters of one row of :func:`sample_synthetic` (centred, arms down, no table)."""
-    row = dict(row)
-    return PhantomParams(
-        sex=str(row["sex"]),
-        height_m=float(row["height_m"]),
-        fat_scale=float(row["fat_scale"]),
-        organ_volumes_ml={o: float(row[f"vol_{o}_ml"]) for o in VOLUME_ORGANS},
-        arms="down",
-        table=False,
-    )
+    return params_from_design(row, arms="down", table=False)
