@@ -7,9 +7,11 @@ one Dask task simulates the profile's CT protocol over the case ROI
 arrive, one case at a time, atomically (:meth:`ctdose.store.CaseStore.add_variables`): an
 interrupted run keeps every finished case and a re-run resumes with the rest.
 
-Scheduling: ``cfg["mc"]["scheduler"]`` = ``null`` runs an embedded in-process Dask cluster
-(threads; no set-up) with ``cfg["mc"]["n_workers"]`` concurrent cases, each on one torch
-thread (torch releases the GIL inside its kernels, so threads run in parallel); an address (``"tcp://host:8786"``) sends the tasks to that cluster (the workers
+Scheduling: ``cfg["mc"]["scheduler"]`` = ``null`` runs an embedded local Dask cluster (no
+set-up) with ``cfg["mc"]["n_workers"]`` concurrent cases, each on one torch thread: worker
+processes for the track-length estimator (its compiled kernels hold Python's GIL, see
+:mod:`ctdose.physics.kernels`), threads for the eager estimators (torch releases the GIL in
+its kernels); an address (``"tcp://host:8786"``) sends the tasks to that cluster (the workers
 need ctdose installed; inputs travel with the task, results come back to this process).
 
 Stored variables: ``dose_mc`` and ``dose_mc_sigma`` (Gy per mAs of one rotation, float32; the
@@ -184,16 +186,23 @@ def _roi_of(attrs: Mapping[str, Any], shape, spacing, origin) -> tuple[float, fl
     return z0 - dz / 2, z0 + (shape[0] - 0.5) * dz
 
 
-def _client(mc: dict, n_workers: int):
+def _client(mc: dict, n_workers: int, device: str):
+    import logging
+
     from distributed import Client, LocalCluster
+
+    from .kernels import compile_enabled
 
     if mc.get("scheduler"):
         return Client(str(mc["scheduler"])), None
+    # compiled kernels hold the GIL: concurrent cases need processes (each compiles once)
+    processes = n_workers > 1 and device == "cpu" and mc["estimator"] == "track_length" and compile_enabled()
     cluster = LocalCluster(
-        n_workers=1,
-        threads_per_worker=n_workers,
-        processes=False,
+        n_workers=n_workers if processes else 1,
+        threads_per_worker=1 if processes else n_workers,
+        processes=processes,
         dashboard_address=":0",  # a free port; no clash with another cluster
+        silence_logs=logging.ERROR,
     )
     return Client(cluster), cluster
 
@@ -252,7 +261,7 @@ def run_cohort_mc(cfg: Mapping[str, Any], store, progress: bool = True, case_ids
     from .scanner import scanner_from_profile
 
     scanner = scanner_from_profile(cfg)
-    client, cluster = _client(mc, n_workers)
+    client, cluster = _client(mc, n_workers, device)
     rows = []
     bar = None
     try:

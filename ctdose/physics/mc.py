@@ -28,12 +28,22 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .transport import TransportGrid, build_block_majorant, build_tables, enter_grid, run_transport
+from .transport import (
+    TrackLengthSetup,
+    TransportGrid,
+    TransportTally,
+    build_block_majorant,
+    build_tables,
+    enter_grid,
+    run_transport,
+)
 
-__all__ = ["DoseResult", "VoxelGeometry", "geometry_from_case", "resolve_device", "simulate"]
+__all__ = ["ESTIMATORS", "DoseResult", "VoxelGeometry", "geometry_from_case", "resolve_device", "simulate"]
 
 #: Joule per keV.
 J_PER_KEV = 1.602176634e-16
+#: Energy scoring methods of :func:`simulate` (:mod:`ctdose.physics.transport`).
+ESTIMATORS = ("track_length", "collision", "analogue")
 #: Default photon energy cutoff (keV): the paper's EGSnrc photon cutoff (PCUT 0.001 MeV).
 DEFAULT_CUTOFF_KEV = 1.0
 #: Photons in flight at once (bounded memory): CPU and CUDA.
@@ -228,8 +238,10 @@ def simulate(
     keep_batches: bool = False,
     majorant_floor_per_mm: float = 0.0,
     workers: int = 1,
-    majorant: str = "global",
+    majorant: str = "auto",
     block_vox: int = 8,
+    track_spacing_mm: float | None = None,
+    compile: bool | None = None,
 ) -> DoseResult:
     """Run the photon Monte Carlo in ``geometry`` for ``source``.
 
@@ -249,8 +261,8 @@ def simulate(
         Show a tqdm bar (only when stderr is a terminal).
     energy_cutoff_kev : float
         Photons below this energy deposit it locally.
-    estimator : "track_length" (default) or "analogue"
-        See :mod:`ctdose.physics.transport`.
+    estimator : "track_length" (default), "collision" or "analogue"
+        How energy is scored; all three are unbiased (see :mod:`ctdose.physics.transport`).
     pool_size : int, optional
         Photons in flight at once (memory bound); default per device.
     keep_batches : bool
@@ -263,14 +275,21 @@ def simulate(
         CPU only: run the batches in this many parallel threads (each with one torch
         intra-op thread; the caller's torch thread count is restored afterwards). The result
         depends on ``seed`` and ``workers``; ``workers=1`` is the reference stream.
-    majorant : "global" | "block"
+    majorant : "auto" | "global" | "block"
         Woodcock majorant: one for the whole grid, or local per block of ``block_vox``^3
         voxels (fewer virtual collisions in air and bone-free regions; exact, see
-        :func:`ctdose.physics.transport.build_block_majorant`). Experimental: unbiased, but
-        on grids with large air or vacuum regions some photons advance in very small steps
-        and a run can be many times slower than with the global majorant.
+        :func:`ctdose.physics.transport.build_block_majorant`). "auto" (default): "block"
+        with the track-length estimator (its fused kernel makes the block bookkeeping cheap),
+        "global" with the eager ones.
     block_vox : int
         Block edge in voxels for ``majorant="block"``.
+    track_spacing_mm : float, optional
+        Track-length estimator: spacing of the scoring points along a flight (mm); default
+        the smallest voxel edge. Smaller is less noisy and slower; any value is unbiased.
+    compile : bool, optional
+        Fuse the track-length step with :func:`torch.compile` (default: yes, unless the
+        environment sets ``CTDOSE_MC_COMPILE=0``; falls back to eager PyTorch with a warning
+        where no compiler works). See :mod:`ctdose.physics.kernels`.
 
     Returns
     -------
@@ -288,13 +307,15 @@ def simulate(
         raise InputError(f"simulate: n_photons must be positive, got {n_photons}")
     if n_batches < 2 or n_batches > n_photons:
         raise InputError(f"simulate: n_batches must be in [2, n_photons], got {n_batches}")
-    if majorant not in ("global", "block"):
-        raise InputError(f"simulate: majorant must be 'global' or 'block', got {majorant!r}")
-    if estimator not in ("track_length", "analogue"):
-        raise InputError(f"simulate: estimator must be 'track_length' or 'analogue', got {estimator!r}")
+    if majorant not in ("auto", "global", "block"):
+        raise InputError(f"simulate: majorant must be 'auto', 'global' or 'block', got {majorant!r}")
+    if estimator not in ESTIMATORS:
+        raise InputError(f"simulate: estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
     if not (np.isfinite(energy_cutoff_kev) and energy_cutoff_kev >= 1.0):
         raise InputError(f"simulate: energy_cutoff_kev must be >= 1 keV, got {energy_cutoff_kev}")
     geometry.validate()
+    if majorant == "auto":
+        majorant = "block" if estimator == "track_length" else "global"
     dev = resolve_device(device)
     t0 = time.perf_counter()
     mi = np.asarray(geometry.media_index)
@@ -308,14 +329,28 @@ def simulate(
     block = (
         build_block_majorant(mi, rho, tables, int(block_vox), majorant_floor_per_mm) if majorant == "block" else None
     )
+    track_setup = (
+        TrackLengthSetup.build(grid, tables, track_spacing_mm, compile, block)
+        if estimator == "track_length"
+        else None
+    )
     gen = torch.Generator(device=dev)
     gen.manual_seed(int(seed))
     pool = int(pool_size or POOL_SIZE.get(dev.type, 1 << 17))
     sizes = [n_photons // n_batches + (1 if b < n_photons % n_batches else 0) for b in range(n_batches)]
-    # all batches share one photon pool unless their tallies would not fit in memory;
-    # with workers > 1 the batches are split into that many groups run in parallel threads
-    # (torch releases the GIL in its kernels), each with its own generator
-    n_workers = max(1, min(int(workers), n_batches)) if dev.type == "cpu" else 1
+    # all batches share one photon pool unless their tallies would not fit in memory. With
+    # workers > 1 the batches are split into that many groups, each with its own generator:
+    # the eager estimators run them in threads (torch releases the GIL in its kernels); the
+    # compiled track-length kernels hold the GIL, so their groups go to worker processes
+    # (ctdose.physics.mc_workers), or, where processes cannot be started, the kernels use
+    # several OpenMP threads instead.
+    from . import mc_workers
+
+    fused = track_setup is not None and track_setup.compiled
+    cpu_parallel = dev.type == "cpu" and int(workers) > 1
+    use_processes = cpu_parallel and fused and mc_workers.can_use_processes()
+    n_threads = max(1, int(workers)) if (cpu_parallel and fused and not use_processes) else 1
+    n_workers = max(1, min(int(workers), n_batches)) if (cpu_parallel and (use_processes or not fused)) else 1
     per_worker = np.array_split(np.arange(n_batches), n_workers)
     if n_batches * grid.n_vox * 8 <= _MAX_TALLY_BYTES:
         groups = [[sizes[i] for i in idx] for idx in per_worker]
@@ -339,20 +374,39 @@ def simulate(
             source.sample,
             group,
             group_gen,
-            track_length=(estimator == "track_length"),
+            estimator=estimator,
             cutoff_kev=float(energy_cutoff_kev),
             pool_size=pool,
             on_progress=(bar.update if bar is not None else None),
             block=block,
+            track_setup=track_setup,
         )
 
-    # CPU: one intra-op thread per worker (intra-op threads scale poorly on photon arrays
-    # of this size and collapse on a shared, busy machine); parallelism comes from workers
+    # CPU: one intra-op thread per worker (intra-op threads scale poorly on the eager photon
+    # arrays and collapse on a shared, busy machine); parallelism comes from workers
     saved_threads = torch.get_num_threads()
-    if dev.type == "cpu" and saved_threads > 1:
-        torch.set_num_threads(1)
+    if dev.type == "cpu" and saved_threads != n_threads:
+        torch.set_num_threads(n_threads)
     try:
-        if n_workers > 1 and len(groups) == n_workers:
+        if n_workers > 1 and len(groups) == n_workers and use_processes:
+            jobs = [
+                mc_workers.GroupJob(
+                    mi, rho, list(geometry.media), tuple(geometry.spacing_mm), tuple(geometry.origin_mm), source,
+                    list(group), int(seed) + _WORKER_SEED_STRIDE * g, estimator, float(energy_cutoff_kev), pool,
+                    float(majorant_floor_per_mm), track_spacing_mm, compile, majorant, int(block_vox),
+                )
+                for g, group in enumerate(groups[1:], start=1)
+            ]
+            futures = mc_workers.submit(jobs)
+            tallies = [run_group(groups[0], gen)]
+            for fut, group in zip(futures, groups[1:]):
+                r = fut.result()
+                tallies.append(
+                    TransportTally(torch.from_numpy(r.energy_kev).to(dev), r.escaped_kev, r.emitted_kev, r.n_steps)
+                )
+                if bar is not None:
+                    bar.update(int(sum(group)))
+        elif n_workers > 1 and len(groups) == n_workers:
             from concurrent.futures import ThreadPoolExecutor
 
             gens = [gen]

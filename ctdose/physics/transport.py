@@ -23,17 +23,25 @@ electron transport does not matter at these voxel sizes).
 
 Estimators
 ----------
-``"analogue"``
-    Energy is deposited at real interactions: the whole photon energy at photoabsorption,
-    E - E' at incoherent scattering, the remaining energy at the cutoff.
-``"track_length"``
+``"track_length"`` (default)
+    The track-length estimator of collision kerma: along every flight segment the photon
+    scores ``int w E mu_tr(E, p(t)) dt`` with ``mu_tr = mu_photo + mu_incoh <1 - E'/E>`` of the
+    sampled models (collision kerma with local fluorescence), estimated by stratified
+    (systematic) sampling at about one point per voxel edge
+    (:func:`ctdose.physics.kernels.score_segment`); every voxel a photon crosses gets its
+    share. Real interactions then deposit nothing, except at the energy cutoff. The step runs
+    as fused kernels compiled with :func:`torch.compile` (:mod:`ctdose.physics.kernels`).
+``"collision"``
     The expected-value estimator on the Woodcock collision sites: at *every* tentative
     collision (real or virtual) the photon scores ``w E mu_tr(E, voxel) / mu_maj(E)``. The
     sites form a Poisson process of rate mu_maj along the path, so the expectation is the
-    track-length integral of ``w E mu_tr`` - exactly the mean of what the analogue estimator
-    deposits, with ``mu_tr = mu_photo + mu_incoh <1 - E'/E>`` of the sampled models (collision
-    kerma with local fluorescence). Real interactions then deposit nothing, except the cutoff.
-    It is unbiased and much less noisy in small or thin voxels; tests compare both.
+    same track-length integral, but only the voxels with a site score (noisier in small or
+    thin voxels unless a majorant floor adds sites). Eager PyTorch.
+``"analogue"``
+    Energy is deposited at real interactions: the whole photon energy at photoabsorption,
+    E - E' at incoherent scattering, the remaining energy at the cutoff. Eager PyTorch.
+
+All three are unbiased; tests compare them region by region.
 
 Statistics: photons run in ``n_batches`` independent batches; the per-voxel mean and its
 standard error follow from the batch sums (the batch method). All batches share one pool of
@@ -46,11 +54,12 @@ bound; each photon then samples several successive free paths in one step (``n_p
 flight, and the sites before it are virtual. This is the same random process as one path per
 step, with many fewer (larger) tensor operations.
 
-Optionally the majorant is local to blocks of voxels (:func:`build_block_majorant`): the free
+The majorant can be local to blocks of voxels (:func:`build_block_majorant`): the free
 path is sampled with the block's majorant and cut at the block face (exact by the memoryless
-exponential law). It is validated against the global majorant; on CPU it has not paid off in
-the thorax phantoms measured (fewer steps, costlier steps), so the global majorant is the
-default.
+exponential law); a photon stopped at a face is put just past it along the exit axis, so it
+always makes progress. In a thorax the global majorant is set by bone (several times soft
+tissue at low energies); blocks without bone then need far fewer virtual collisions. It is the
+default with the track-length estimator and validated against the global majorant.
 """
 
 from __future__ import annotations
@@ -95,6 +104,15 @@ _PATH_SITES_PER_STEP = 1 << 16
 _MAX_PATHS_PER_STEP = 64
 #: Distance (mm) a photon entering the box is moved inside past the boundary.
 _ENTRY_EPS_MM = 1e-4
+#: Track-length estimator: sample spacing along a flight as a fraction of the smallest voxel edge.
+_TRACK_SPACING_PER_VOXEL = 1.0
+#: Track-length estimator: the points per step cover this multiple of the pool's mean free path
+#: at the full density (longer flights get proportionally wider spacing).
+_TRACK_SEGMENT_COVER = 2.0
+#: Track-length estimator: most points per photon and step.
+_TRACK_MAX_SLOTS = 64
+#: Track-length estimator: most points per step (memory of the (photons x points) arrays).
+_TRACK_SITES_PER_STEP = {"cpu": 1 << 22, "cuda": 1 << 26}
 
 
 @dataclass
@@ -464,6 +482,57 @@ def _block_free_path(st, grid, tab, block, ie, fe, gen):
     return maj, s, coll
 
 
+def _interact(ridx, r, mi, fe, rho, med, tflat, e, w8, u, v, w, alive, tab, tally, gen, deposit, cutoff_kev):
+    """Real interactions of the photons ``ridx``: type, new energy and direction, local deposits.
+
+    ``r`` is the rejection variate ``r_real * mu_maj`` (uniform on [0, mu) for a real
+    collision, so it also picks photoelectric / incoherent / coherent in proportion to the
+    partial coefficients). ``deposit``: the analogue estimator's local deposits (whole
+    energy at photoabsorption, E - E' at incoherent scattering); the cutoff deposit is always
+    made. Updates ``alive`` in place; returns the new ``e, u, v, w``.
+    """
+    if ridx.numel() == 0:
+        return e, u, v, w
+    r_r = r[ridx]
+    mi_r, fe_r, rho_r = mi[ridx], fe[ridx], rho[ridx]
+    ph = _interp(tab.photo_a, tab.photo_b, mi_r, fe_r) * rho_r
+    is_photo = r_r < ph
+    e_r = e[ridx]
+    w_r = w8[ridx]
+    flat_r = tflat[ridx]
+    dep = torch.where(is_photo, e_r, torch.zeros_like(e_r)) if deposit else torch.zeros_like(e_r)
+    new_e = e_r.clone()
+    sc = (~is_photo).nonzero().squeeze(1)
+    if sc.numel() > 0:
+        inc = _interp(tab.incoh_a, tab.incoh_b, mi_r[sc], fe_r[sc]) * rho_r[sc]
+        inc_s = r_r[sc] < ph[sc] + inc
+        e_s = e_r[sc]
+        m_s = med[ridx[sc]]
+        cos_s = torch.empty_like(e_s)
+        ii = inc_s.nonzero().squeeze(1)
+        if ii.numel() > 0:
+            eps, c = sample_incoherent(e_s[ii], m_s[ii], tab.scatter, gen)
+            cos_s[ii] = c
+            new_e[sc[ii]] = e_s[ii] * eps
+            if deposit:
+                dep[sc[ii]] = e_s[ii] * (1.0 - eps)
+        ci = (~inc_s).nonzero().squeeze(1)
+        if ci.numel() > 0:
+            cos_s[ci] = sample_coherent(e_s[ci], m_s[ci], tab.scatter, gen)
+        phi = torch.rand(sc.shape, generator=gen, device=e.device, dtype=e.dtype) * (2.0 * math.pi)
+        gidx = ridx[sc]
+        un, vn, wn = rotate_direction(u[gidx], v[gidx], w[gidx], cos_s, phi)
+        u = u.index_put((gidx,), un)
+        v = v.index_put((gidx,), vn)
+        w = w.index_put((gidx,), wn)
+    below = (~is_photo) & (new_e < cutoff_kev)
+    dep = torch.where(below, dep + new_e, dep)
+    tally.energy_kev.scatter_add_(0, flat_r, (dep * w_r).to(torch.float64))
+    e = e.index_put((ridx,), new_e)
+    alive.index_put_((ridx,), ~(is_photo | below))
+    return e, u, v, w
+
+
 def _step(
     st: PhotonState,
     grid: TransportGrid,
@@ -578,49 +647,144 @@ def _step(
         tally.escaped_kev += float((e * w8).masked_select(out).sum(dtype=torch.float64))
     ridx = real.nonzero().squeeze(1)
     alive = inside.clone() if not all_inside else torch.ones_like(real)
-    u, v, w = st.u, st.v, st.w
-    if ridx.numel() > 0:
-        r_r = r[ridx]
-        mi_r, fe_r, rho_r = mi[ridx], fe[ridx], rho[ridx]
-        ph = _interp(tab.photo_a, tab.photo_b, mi_r, fe_r) * rho_r
-        is_photo = r_r < ph
-        e_r = e[ridx]
-        w_r = w8[ridx]
-        flat_r = tflat[ridx]
-        dep = torch.where(is_photo, e_r, torch.zeros_like(e_r)) if not track_length else torch.zeros_like(e_r)
-        new_e = e_r.clone()
-        sc = (~is_photo).nonzero().squeeze(1)
-        if sc.numel() > 0:
-            inc = _interp(tab.incoh_a, tab.incoh_b, mi_r[sc], fe_r[sc]) * rho_r[sc]
-            inc_s = r_r[sc] < ph[sc] + inc
-            e_s = e_r[sc]
-            m_s = med[ridx[sc]]
-            cos_s = torch.empty_like(e_s)
-            ii = inc_s.nonzero().squeeze(1)
-            if ii.numel() > 0:
-                eps, c = sample_incoherent(e_s[ii], m_s[ii], tab.scatter, gen)
-                cos_s[ii] = c
-                new_e[sc[ii]] = e_s[ii] * eps
-                if not track_length:
-                    dep[sc[ii]] = e_s[ii] * (1.0 - eps)
-            ci = (~inc_s).nonzero().squeeze(1)
-            if ci.numel() > 0:
-                cos_s[ci] = sample_coherent(e_s[ci], m_s[ci], tab.scatter, gen)
-            phi = torch.rand(sc.shape, generator=gen, device=e.device, dtype=e.dtype) * (2.0 * math.pi)
-            gidx = ridx[sc]
-            un, vn, wn = rotate_direction(u[gidx], v[gidx], w[gidx], cos_s, phi)
-            u = u.index_put((gidx,), un)
-            v = v.index_put((gidx,), vn)
-            w = w.index_put((gidx,), wn)
-        below = (~is_photo) & (new_e < cutoff_kev)
-        dep = torch.where(below, dep + new_e, dep)
-        tally.energy_kev.scatter_add_(0, flat_r, (dep * w_r).to(torch.float64))
-        e = e.index_put((ridx,), new_e)
-        alive.index_put_((ridx,), ~(is_photo | below))
+    e, u, v, w = _interact(ridx, r, mi, fe, rho, med, tflat, e, w8, st.u, st.v, st.w, alive, tab, tally, gen,
+                           deposit=not track_length, cutoff_kev=cutoff_kev)
     tally.n_steps += 1
     keep = alive.nonzero().squeeze(1)
     new = PhotonState(x, y, z, u, v, w, e, st.weight, st.offset)
     if keep.numel() == alive.numel():
+        return new
+    return new.select(keep)
+
+
+@dataclass
+class TrackLengthSetup:
+    """Constants of the track-length step for one run (device tensors) and its kernels."""
+
+    grid_f: torch.Tensor
+    grid_i: torch.Tensor
+    energy_f: torch.Tensor
+    maj_ab: torch.Tensor
+    h_mm: torch.Tensor
+    h_value_mm: float
+    slots: torch.Tensor
+    max_sites: int
+    diagonal_mm: float
+    cover: float
+    kernels: tuple
+    #: local majorant (``advance_block``): block_ab (n_blocks * n_e, 2), block_f (10,), block_i (3,)
+    block_ab: torch.Tensor | None = None
+    block_f: torch.Tensor | None = None
+    block_i: torch.Tensor | None = None
+
+    @property
+    def compiled(self) -> bool:
+        """True when the kernels are the compiled ones (not the eager fallback)."""
+        from .kernels import advance
+
+        return self.kernels[0] is not advance
+
+    @staticmethod
+    def build(
+        grid: TransportGrid,
+        tab: TransportTables,
+        spacing_mm: float | None,
+        compile: bool | None,
+        block: BlockMajorant | None = None,
+    ):
+        from .kernels import get_kernels
+
+        dev = grid.density.device
+        nz, ny, nx = grid.shape
+        dx, dy, dz = grid.spacing_mm
+        h = float(spacing_mm) if spacing_mm else min(dx, dy, dz) * _TRACK_SPACING_PER_VOXEL
+        f32 = dict(dtype=torch.float32, device=dev)
+        n_sites = _TRACK_SITES_PER_STEP.get(dev.type, _TRACK_SITES_PER_STEP["cpu"])
+        return TrackLengthSetup(
+            grid_f=torch.tensor([*grid.lo_mm, 1.0 / dx, 1.0 / dy, 1.0 / dz, nx, ny, nz], **f32),
+            grid_i=torch.tensor([nx, ny, nz, tab.n_e], dtype=torch.int64, device=dev),
+            energy_f=torch.tensor([tab.e0_kev, 1.0 / tab.de_kev, tab.n_e - 1.001], **f32),
+            maj_ab=torch.stack([tab.maj_a, tab.maj_b], 1).contiguous(),
+            h_mm=torch.tensor(h, **f32),
+            h_value_mm=h,
+            slots=torch.arange(_TRACK_MAX_SLOTS, **f32),
+            max_sites=int(n_sites),
+            diagonal_mm=math.sqrt((nx * dx) ** 2 + (ny * dy) ** 2 + (nz * dz) ** 2),
+            cover=_TRACK_SEGMENT_COVER,
+            kernels=get_kernels(dev, compile),
+            **(_block_tensors(grid, block) if block is not None else {}),
+        )
+
+
+def _block_tensors(grid: TransportGrid, block: BlockMajorant) -> dict:
+    dev = grid.density.device
+    b = block.block_vox
+    bw = [b * d for d in grid.spacing_mm]
+    nbz, nby, nbx = block.n_blocks
+    f32 = dict(dtype=torch.float32, device=dev)
+    return dict(
+        block_ab=torch.stack([block.maj_a, block.maj_b], 1).contiguous(),
+        block_f=torch.tensor([1.0 / bw[0], 1.0 / bw[1], 1.0 / bw[2], *bw, nbx, nby, nbz, _BLOCK_EPS_MM], **f32),
+        block_i=torch.tensor([nbx, nby, nbz], dtype=torch.int64, device=dev),
+    )
+
+
+def _step_track_length(
+    st: PhotonState,
+    grid: TransportGrid,
+    tab: TransportTables,
+    tally: TransportTally,
+    gen: torch.Generator,
+    cutoff_kev: float,
+    setup: TrackLengthSetup,
+) -> PhotonState:
+    """One Woodcock step with the stratified track-length estimator; returns the survivors.
+
+    The free flight and the collision test run in :func:`ctdose.physics.kernels.advance`; the
+    segment just flown is scored by :func:`ctdose.physics.kernels.score_segment` with ``K``
+    points per photon, ``K`` set per step so that the typical segment (twice the pool's mean
+    free path) gets one point per ``setup.h_value_mm``; real interactions then deposit
+    nothing except at the energy cutoff.
+    """
+    from .kernels import MIN_COMPILED_PHOTONS, advance, advance_block, score_segment
+
+    n = len(st)
+    adv, score, adv_block = setup.kernels if n >= MIN_COMPILED_PHOTONS else (advance, score_segment, advance_block)
+    e = st.energy_kev
+    rnd = torch.rand((3, n), generator=gen, device=e.device, dtype=e.dtype)
+    r_path = torch.sub(1.0, rnd[0])  # in (0, 1]: finite free paths
+    if setup.block_ab is None:
+        s, x1, y1, z1, ie, fe, maj, flat, med, mi, rho, rr, real, inside = adv(
+            st.x, st.y, st.z, st.u, st.v, st.w, e, r_path, rnd[1], setup.grid_f, setup.grid_i, setup.energy_f,
+            setup.maj_ab, grid.voxel_table, tab.total_tr_ab,
+        )
+    else:
+        s, x1, y1, z1, ie, fe, maj, flat, med, mi, rho, rr, real, inside = adv_block(
+            st.x, st.y, st.z, st.u, st.v, st.w, e, r_path, rnd[1], setup.grid_f, setup.grid_i, setup.energy_f,
+            setup.block_ab, setup.block_f, setup.block_i, grid.voxel_table, tab.total_tr_ab,
+        )
+    mean_s = float(s.clamp(max=setup.diagonal_mm).mean())
+    k = int(math.ceil(setup.cover * mean_s / setup.h_value_mm))
+    k = max(2, min(k, _TRACK_MAX_SLOTS, max(2, setup.max_sites // max(n, 1))))
+    ew = e * st.weight
+    offset = st.offset if st.offset is not None else torch.zeros_like(flat)
+    sidx, sval = score(
+        st.x, st.y, st.z, st.u, st.v, st.w, s, ew, ie, fe, offset, rnd[2], setup.slots[:k], setup.h_mm,
+        setup.grid_f, setup.grid_i, grid.voxel_table, tab.total_tr_ab,
+    )
+    tally.energy_kev.index_add_(0, sidx.view(-1), sval.view(-1))
+    flat = flat + offset
+    out = ~inside
+    if bool(out.any()):
+        tally.escaped_kev += float(ew.masked_select(out).sum(dtype=torch.float64))
+    alive = inside.clone()
+    ridx = real.nonzero().squeeze(1)
+    e, u, v, w = _interact(ridx, rr, mi, fe, rho, med, flat, e, st.weight, st.u, st.v, st.w, alive, tab, tally,
+                           gen, deposit=False, cutoff_kev=cutoff_kev)
+    tally.n_steps += 1
+    new = PhotonState(x1, y1, z1, u, v, w, e, st.weight, st.offset)
+    keep = alive.nonzero().squeeze(1)
+    if keep.numel() == n:
         return new
     return new.select(keep)
 
@@ -631,13 +795,17 @@ def run_transport(
     sample: Callable[[int, torch.Generator], PhotonState],
     batch_sizes: Sequence[int],
     gen: torch.Generator,
-    track_length: bool,
+    estimator: str,
     cutoff_kev: float,
     pool_size: int,
     on_progress: Callable[[int], None] | None = None,
     block: BlockMajorant | None = None,
+    track_setup: TrackLengthSetup | None = None,
 ) -> TransportTally:
     """Transport all batches' source photons through one shared pool; return the tally.
+
+    ``estimator`` is ``"track_length"`` (needs ``track_setup``; global majorant),
+    ``"collision"`` or ``"analogue"`` (see the module docstring).
 
     Photons are drawn from ``sample(n, gen)`` in portions, in batch order, and carry the
     offset of their batch's block in the tally (``energy_kev`` has ``len(batch_sizes) *
@@ -677,6 +845,9 @@ def run_transport(
                 on_progress(k)
         if pool is None or len(pool) == 0:
             continue
+        if estimator == "track_length":
+            pool = _step_track_length(pool, grid, tab, tally, gen, cutoff_kev, track_setup)
+            continue
         n_paths = 1 if block is not None else max(1, min(_MAX_PATHS_PER_STEP, _PATH_SITES_PER_STEP // len(pool)))
-        pool = _step(pool, grid, tab, tally, gen, track_length, cutoff_kev, block, n_paths)
+        pool = _step(pool, grid, tab, tally, gen, estimator == "collision", cutoff_kev, block, n_paths)
     return tally

@@ -88,7 +88,8 @@ def test_energy_balance_analogue_exact_and_track_length_statistical():
     assert abs(dep - dep_a) < 4 * math.hypot(sig, sig_a)
 
 
-def test_track_length_agrees_with_analogue_per_region_and_is_less_noisy():
+@pytest.mark.parametrize("estimator", ["track_length", "collision"])
+def test_expected_value_estimators_agree_with_analogue_per_region_and_are_less_noisy(estimator):
     water = get_medium("water")
     lung = get_medium("lung")
     mi = np.zeros((10, 10, 10), np.uint8)
@@ -97,7 +98,7 @@ def test_track_length_agrees_with_analogue_per_region_and_is_less_noisy():
     geo = VoxelGeometry(mi, rho, [water, lung], (10.0, 10.0, 10.0), (-45.0, -45.0, -45.0))
     src = PointSource((0, -400.0, 0), (0, 1, 0), energy_kev=50.0, collimation="fan", half_angles_rad=(0.12, 0.12))
     ana = simulate(geo, src, 50_000, seed=5, estimator="analogue", keep_batches=True)
-    trk = simulate(geo, src, 50_000, seed=6, estimator="track_length", keep_batches=True)
+    trk = simulate(geo, src, 50_000, seed=6, estimator=estimator, keep_batches=True)
     for region in (mi == 0, mi == 1):
         a, sa = ana.sum_with_sigma(region.astype(float))
         t, st = trk.sum_with_sigma(region.astype(float))
@@ -222,11 +223,12 @@ def _bone_in_water_in_air(n: int, water: slice, bone: slice, origin_mm: float):
     return mi, VoxelGeometry(mi, rho, media, (8.0, 8.0, 8.0), (origin_mm,) * 3)
 
 
-def test_block_majorant_is_unbiased():
+@pytest.mark.parametrize("estimator", ["track_length", "collision"])
+def test_block_majorant_is_unbiased(estimator):
     mi, geo = _bone_in_water_in_air(16, slice(3, 13), slice(6, 9), -60.0)
     src = PointSource((0, -400.0, 0), (0, 1, 0), energy_kev=60.0, collimation="fan", half_angles_rad=(0.2, 0.2))
-    glob = simulate(geo, src, 40_000, seed=1, keep_batches=True)
-    blk = simulate(geo, src, 40_000, seed=2, keep_batches=True, majorant="block", block_vox=4)
+    glob = simulate(geo, src, 120_000, seed=1, keep_batches=True, estimator=estimator, majorant="global")
+    blk = simulate(geo, src, 120_000, seed=2, keep_batches=True, estimator=estimator, majorant="block", block_vox=4)
     for region in (mi == 1, mi == 2, mi == 0):
         a, sa = glob.sum_with_sigma(region.astype(float))
         b, sb = blk.sum_with_sigma(region.astype(float))
@@ -240,9 +242,9 @@ def test_several_free_paths_per_step_equal_one_path_per_step(monkeypatch):
 
     mi, geo = _bone_in_water_in_air(12, slice(2, 10), slice(5, 7), -44.0)
     src = PointSource((0, -400.0, 0), (0, 1, 0), energy_kev=60.0, collimation="fan", half_angles_rad=(0.15, 0.15))
-    many = simulate(geo, src, 30_000, seed=11, keep_batches=True)
+    many = simulate(geo, src, 30_000, seed=11, keep_batches=True, estimator="collision")
     monkeypatch.setattr(transport, "_PATH_SITES_PER_STEP", 1)  # one free path per photon and step
-    one = simulate(geo, src, 30_000, seed=12, keep_batches=True)
+    one = simulate(geo, src, 30_000, seed=12, keep_batches=True, estimator="collision")
     for region in (mi == 1, mi == 2):
         a, sa = many.sum_with_sigma(region.astype(float))
         b, sb = one.sum_with_sigma(region.astype(float))

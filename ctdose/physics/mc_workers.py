@@ -1,0 +1,120 @@
+"""Worker processes for :func:`ctdose.physics.mc.simulate` on several CPU cores.
+
+The compiled track-length kernels (:mod:`ctdose.physics.kernels`) run with Python's global
+interpreter lock held, so threads cannot run them side by side. ``simulate(workers=n)``
+therefore sends groups of batches to ``n - 1`` worker processes (the calling process runs the
+first group itself). The pool is started once per process with the ``spawn`` method (safe with
+torch's threads) and reused by later calls; a worker builds its tables and compiles its
+kernels on first use (Inductor's on-disk cache makes that quick after the first time).
+
+Each group has its own generator (seed ``seed + group * stride``), so a result depends on
+``seed`` and ``workers`` and on nothing else. Inside a daemonic process (which may not start
+children, e.g. a Dask worker) :func:`can_use_processes` is False and the caller falls back.
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["GroupJob", "GroupResult", "can_use_processes", "run_group", "submit"]
+
+_POOL: ProcessPoolExecutor | None = None
+_POOL_SIZE = 0
+
+
+@dataclass
+class GroupJob:
+    """Everything a worker process needs to transport one group of batches."""
+
+    media_index: np.ndarray
+    density_g_cm3: np.ndarray
+    media: list
+    spacing_mm: tuple
+    origin_mm: tuple
+    source: Any
+    batch_sizes: list
+    seed: int
+    estimator: str
+    cutoff_kev: float
+    pool_size: int
+    majorant_floor_per_mm: float
+    track_spacing_mm: float | None
+    compile: bool | None
+    majorant: str = "global"
+    block_vox: int = 8
+
+
+@dataclass
+class GroupResult:
+    """A group's tally (keV x weight, batch-major, float64) and its energy bookkeeping."""
+
+    energy_kev: np.ndarray
+    escaped_kev: float
+    emitted_kev: float
+    n_steps: int
+
+
+def run_group(job: GroupJob) -> GroupResult:
+    """Transport ``job`` in this process (the body of a worker task)."""
+    import torch
+
+    from .transport import TrackLengthSetup, TransportGrid, build_block_majorant, build_tables, run_transport
+
+    torch.set_num_threads(1)
+    dev = torch.device("cpu")
+    mi = np.asarray(job.media_index)
+    rho = np.asarray(job.density_g_cm3, dtype=np.float32)
+    rho_max = np.zeros(len(job.media))
+    np.maximum.at(rho_max, mi.ravel().astype(np.int64), rho.ravel().astype(np.float64))
+    grid = TransportGrid.from_arrays(mi, rho, job.spacing_mm, job.origin_mm, dev)
+    tables = build_tables(job.media, rho_max, float(job.source.max_energy_kev), dev, job.majorant_floor_per_mm)
+    block = (
+        build_block_majorant(mi, rho, tables, int(job.block_vox), job.majorant_floor_per_mm)
+        if job.majorant == "block"
+        else None
+    )
+    setup = (
+        TrackLengthSetup.build(grid, tables, job.track_spacing_mm, job.compile, block)
+        if job.estimator == "track_length"
+        else None
+    )
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(int(job.seed))
+    tally = run_transport(
+        grid, tables, job.source.sample, job.batch_sizes, gen, estimator=job.estimator,
+        cutoff_kev=job.cutoff_kev, pool_size=job.pool_size, block=block, track_setup=setup,
+    )
+    return GroupResult(tally.energy_kev.numpy(), tally.escaped_kev, tally.emitted_kev, tally.n_steps)
+
+
+def can_use_processes() -> bool:
+    """False inside a daemonic process (it may not start worker processes)."""
+    return not multiprocessing.current_process().daemon
+
+
+def _pool(n: int) -> ProcessPoolExecutor:
+    global _POOL, _POOL_SIZE
+    if _POOL is None or _POOL_SIZE < n:
+        if _POOL is not None:
+            _POOL.shutdown(wait=True)
+        _POOL = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
+        _POOL_SIZE = n
+    return _POOL
+
+
+def submit(jobs: list[GroupJob]) -> list[Future]:
+    """Start ``jobs`` in the shared pool of worker processes (grown to ``len(jobs)``)."""
+    pool = _pool(len(jobs))
+    return [pool.submit(run_group, job) for job in jobs]
+
+
+@atexit.register
+def _shutdown() -> None:
+    if _POOL is not None:
+        _POOL.shutdown(wait=False, cancel_futures=True)
