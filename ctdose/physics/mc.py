@@ -272,9 +272,14 @@ def simulate(
         Minimum majorant (1/mm): more track-length scoring sites in low-density regions
         (air-filled chambers, a free-in-air kerma). 0 = the media's own majorant.
     workers : int
-        CPU only: run the batches in this many parallel threads (each with one torch
-        intra-op thread; the caller's torch thread count is restored afterwards). The result
-        depends on ``seed`` and ``workers``; ``workers=1`` is the reference stream.
+        CPU only: split the batches into this many groups run in parallel, each with one
+        torch intra-op thread and its own generator: in worker processes for the compiled
+        track-length kernels (:mod:`ctdose.physics.mc_workers`; a script that uses them needs
+        the usual ``if __name__ == "__main__":`` guard), in threads for the eager estimators.
+        Inside a daemonic process (a Dask worker) the compiled kernels use this many OpenMP
+        threads instead, with the result of ``workers=1``. The caller's torch thread count is
+        restored afterwards. The result depends on ``seed`` and ``workers``; ``workers=1`` is
+        the reference stream.
     majorant : "auto" | "global" | "block"
         Woodcock majorant: one for the whole grid, or local per block of ``block_vox``^3
         voxels (fewer virtual collisions in air and bone-free regions; exact, see
