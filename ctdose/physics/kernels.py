@@ -42,6 +42,36 @@ _COMPILED: dict[str, tuple] = {}
 _FAILED: set[str] = set()
 
 
+def _energy_index(e, energy_f):
+    """Table index and fraction of each energy (linear interpolation on the uniform grid)."""
+    pe = ((e - energy_f[0]) * energy_f[1]).clamp(min=0.0).minimum(energy_f[2])
+    ie = pe.to(torch.int64)
+    return ie, pe - ie.to(pe.dtype)
+
+
+def _locate(px, py, pz, grid_f, grid_i):
+    """Whether each point (mm) is inside the grid, and its voxel index (clamped into the grid)."""
+    fx = (px - grid_f[0]) * grid_f[3]
+    fy = (py - grid_f[1]) * grid_f[4]
+    fz = (pz - grid_f[2]) * grid_f[5]
+    inside = (fx >= 0) & (fx < grid_f[6]) & (fy >= 0) & (fy < grid_f[7]) & (fz >= 0) & (fz < grid_f[8])
+    ix = fx.clamp(min=0.0).minimum(grid_f[6] - 1).to(torch.int64)
+    iy = fy.clamp(min=0.0).minimum(grid_f[7] - 1).to(torch.int64)
+    iz = fz.clamp(min=0.0).minimum(grid_f[8] - 1).to(torch.int64)
+    return inside, (iz * grid_i[1] + iy) * grid_i[0] + ix
+
+
+def _collide(x1, y1, z1, ie, fe, maj, r_real, grid_f, grid_i, voxel_table, total_tr_ab):
+    """Voxel, medium and density at the new positions, and the real-collision test there."""
+    inside, flat = _locate(x1, y1, z1, grid_f, grid_i)
+    med = voxel_table[flat, 0].to(torch.int64)
+    rho = voxel_table[flat, 1]
+    mi = med * grid_i[3] + ie
+    mu = (total_tr_ab[mi, 0] + fe * total_tr_ab[mi, 1]) * rho
+    rr = r_real * maj
+    return flat, med, mi, rho, rr, (rr < mu) & inside, inside
+
+
 def advance(x, y, z, u, v, w, e, r_path, r_real, grid_f, grid_i, energy_f, maj_ab, voxel_table, total_tr_ab):
     """One free flight with the global majorant, and the real-collision test at its end.
 
@@ -74,28 +104,14 @@ def advance(x, y, z, u, v, w, e, r_path, r_real, grid_f, grid_i, energy_f, maj_a
     rr : ``r_real * maj``, the rejection variate (also picks the interaction type)
     real, inside : real collision (inside the grid), new position inside the grid
     """
-    pe = ((e - energy_f[0]) * energy_f[1]).clamp(min=0.0).minimum(energy_f[2])
-    ie = pe.to(torch.int64)
-    fe = pe - ie.to(pe.dtype)
+    ie, fe = _energy_index(e, energy_f)
     maj = maj_ab[ie, 0] + fe * maj_ab[ie, 1]
     s = -torch.log(r_path) / maj
     x1 = x + s * u
     y1 = y + s * v
     z1 = z + s * w
-    fx = (x1 - grid_f[0]) * grid_f[3]
-    fy = (y1 - grid_f[1]) * grid_f[4]
-    fz = (z1 - grid_f[2]) * grid_f[5]
-    inside = (fx >= 0) & (fx < grid_f[6]) & (fy >= 0) & (fy < grid_f[7]) & (fz >= 0) & (fz < grid_f[8])
-    ix = fx.clamp(min=0.0).minimum(grid_f[6] - 1).to(torch.int64)
-    iy = fy.clamp(min=0.0).minimum(grid_f[7] - 1).to(torch.int64)
-    iz = fz.clamp(min=0.0).minimum(grid_f[8] - 1).to(torch.int64)
-    flat = (iz * grid_i[1] + iy) * grid_i[0] + ix
-    med = voxel_table[flat, 0].to(torch.int64)
-    rho = voxel_table[flat, 1]
-    mi = med * grid_i[3] + ie
-    mu = (total_tr_ab[mi, 0] + fe * total_tr_ab[mi, 1]) * rho
-    rr = r_real * maj
-    real = (rr < mu) & inside
+    flat, med, mi, rho, rr, real, inside = _collide(x1, y1, z1, ie, fe, maj, r_real, grid_f, grid_i, voxel_table,
+                                                    total_tr_ab)
     return s, x1, y1, z1, ie, fe, maj, flat, med, mi, rho, rr, real, inside
 
 
@@ -124,9 +140,7 @@ def advance_block(
     Returns the same tuple as :func:`advance`; ``s`` is the distance flown (to the collision
     site or the block face) and ``real`` is False at a face.
     """
-    pe = ((e - energy_f[0]) * energy_f[1]).clamp(min=0.0).minimum(energy_f[2])
-    ie = pe.to(torch.int64)
-    fe = pe - ie.to(pe.dtype)
+    ie, fe = _energy_index(e, energy_f)
     gx = (x - grid_f[0]) * block_f[0]
     gy = (y - grid_f[1]) * block_f[1]
     gz = (z - grid_f[2]) * block_f[2]
@@ -159,21 +173,9 @@ def advance_block(
     x1 = torch.where(ax, fxp + torch.where(u > 0, eps, -eps), x1)
     y1 = torch.where(ay, fyp + torch.where(v > 0, eps, -eps), y1)
     z1 = torch.where(az, fzp + torch.where(w > 0, eps, -eps), z1)
-    fx = (x1 - grid_f[0]) * grid_f[3]
-    fy = (y1 - grid_f[1]) * grid_f[4]
-    fz = (z1 - grid_f[2]) * grid_f[5]
-    inside = (fx >= 0) & (fx < grid_f[6]) & (fy >= 0) & (fy < grid_f[7]) & (fz >= 0) & (fz < grid_f[8])
-    ix = fx.clamp(min=0.0).minimum(grid_f[6] - 1).to(torch.int64)
-    iy = fy.clamp(min=0.0).minimum(grid_f[7] - 1).to(torch.int64)
-    iz = fz.clamp(min=0.0).minimum(grid_f[8] - 1).to(torch.int64)
-    flat = (iz * grid_i[1] + iy) * grid_i[0] + ix
-    med = voxel_table[flat, 0].to(torch.int64)
-    rho = voxel_table[flat, 1]
-    mi = med * grid_i[3] + ie
-    mu = (total_tr_ab[mi, 0] + fe * total_tr_ab[mi, 1]) * rho
-    rr = r_real * maj
-    real = (rr < mu) & inside & coll
-    return s, x1, y1, z1, ie, fe, maj, flat, med, mi, rho, rr, real, inside
+    flat, med, mi, rho, rr, real, inside = _collide(x1, y1, z1, ie, fe, maj, r_real, grid_f, grid_i, voxel_table,
+                                                    total_tr_ab)
+    return s, x1, y1, z1, ie, fe, maj, flat, med, mi, rho, rr, real & coll, inside
 
 
 def score_segment(
@@ -216,14 +218,9 @@ def score_segment(
     k = slots.shape[0]
     hi = torch.maximum(s / k, h_mm)
     t = (slots[:, None] + r_strat[None, :]) * hi[None, :]
-    fx = (x[None, :] + t * u[None, :] - grid_f[0]) * grid_f[3]
-    fy = (y[None, :] + t * v[None, :] - grid_f[1]) * grid_f[4]
-    fz = (z[None, :] + t * w[None, :] - grid_f[2]) * grid_f[5]
-    ok = (t < s[None, :]) & (fx >= 0) & (fx < grid_f[6]) & (fy >= 0) & (fy < grid_f[7]) & (fz >= 0) & (fz < grid_f[8])
-    ix = fx.clamp(min=0.0).minimum(grid_f[6] - 1).to(torch.int64)
-    iy = fy.clamp(min=0.0).minimum(grid_f[7] - 1).to(torch.int64)
-    iz = fz.clamp(min=0.0).minimum(grid_f[8] - 1).to(torch.int64)
-    flat = (iz * grid_i[1] + iy) * grid_i[0] + ix
+    inside, flat = _locate(x[None, :] + t * u[None, :], y[None, :] + t * v[None, :], z[None, :] + t * w[None, :],
+                           grid_f, grid_i)
+    ok = (t < s[None, :]) & inside
     med = voxel_table[flat, 0].to(torch.int64)
     rho = voxel_table[flat, 1]
     mi = med * grid_i[3] + ie[None, :]
