@@ -28,15 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .transport import (
-    TrackLengthSetup,
-    TransportGrid,
-    TransportTally,
-    build_block_majorant,
-    build_tables,
-    enter_grid,
-    run_transport,
-)
+from .transport import TransportGrid, TransportTally, enter_grid, prepare_transport, run_transport
 
 __all__ = ["ESTIMATORS", "DoseResult", "VoxelGeometry", "geometry_from_case", "resolve_device", "simulate"]
 
@@ -325,20 +317,12 @@ def simulate(
     t0 = time.perf_counter()
     mi = np.asarray(geometry.media_index)
     rho = np.asarray(geometry.density_g_cm3, dtype=np.float32)
-    n_media = len(geometry.media)
-    rho_max = np.zeros(n_media)
-    np.maximum.at(rho_max, mi.ravel().astype(np.int64), rho.ravel().astype(np.float64))
-    grid = TransportGrid.from_arrays(mi, rho, geometry.spacing_mm, geometry.origin_mm, dev)
+    prep = prepare_transport(
+        mi, rho, geometry.media, geometry.spacing_mm, geometry.origin_mm, float(source.max_energy_kev), dev,
+        estimator, majorant, block_vox, majorant_floor_per_mm, track_spacing_mm, compile,
+    )
+    grid, tables, block, track_setup = prep.grid, prep.tables, prep.block, prep.track_setup
     _check_source_reaches(geometry, grid, source, dev)
-    tables = build_tables(geometry.media, rho_max, float(source.max_energy_kev), dev, majorant_floor_per_mm)
-    block = (
-        build_block_majorant(mi, rho, tables, int(block_vox), majorant_floor_per_mm) if majorant == "block" else None
-    )
-    track_setup = (
-        TrackLengthSetup.build(grid, tables, track_spacing_mm, compile, block)
-        if estimator == "track_length"
-        else None
-    )
     gen = torch.Generator(device=dev)
     gen.manual_seed(int(seed))
     pool = int(pool_size or POOL_SIZE.get(dev.type, 1 << 17))

@@ -64,31 +64,19 @@ def run_group(job: GroupJob) -> GroupResult:
     """Transport ``job`` in this process (the body of a worker task)."""
     import torch
 
-    from .transport import TrackLengthSetup, TransportGrid, build_block_majorant, build_tables, run_transport
+    from .transport import prepare_transport, run_transport
 
     torch.set_num_threads(1)
     dev = torch.device("cpu")
-    mi = np.asarray(job.media_index)
-    rho = np.asarray(job.density_g_cm3, dtype=np.float32)
-    rho_max = np.zeros(len(job.media))
-    np.maximum.at(rho_max, mi.ravel().astype(np.int64), rho.ravel().astype(np.float64))
-    grid = TransportGrid.from_arrays(mi, rho, job.spacing_mm, job.origin_mm, dev)
-    tables = build_tables(job.media, rho_max, float(job.source.max_energy_kev), dev, job.majorant_floor_per_mm)
-    block = (
-        build_block_majorant(mi, rho, tables, int(job.block_vox), job.majorant_floor_per_mm)
-        if job.majorant == "block"
-        else None
-    )
-    setup = (
-        TrackLengthSetup.build(grid, tables, job.track_spacing_mm, job.compile, block)
-        if job.estimator == "track_length"
-        else None
+    prep = prepare_transport(
+        job.media_index, job.density_g_cm3, job.media, job.spacing_mm, job.origin_mm, float(job.source.max_energy_kev),
+        dev, job.estimator, job.majorant, job.block_vox, job.majorant_floor_per_mm, job.track_spacing_mm, job.compile,
     )
     gen = torch.Generator(device=dev)
     gen.manual_seed(int(job.seed))
     tally = run_transport(
-        grid, tables, job.source.sample, job.batch_sizes, gen, estimator=job.estimator,
-        cutoff_kev=job.cutoff_kev, pool_size=job.pool_size, block=block, track_setup=setup,
+        prep.grid, prep.tables, job.source.sample, job.batch_sizes, gen, estimator=job.estimator,
+        cutoff_kev=job.cutoff_kev, pool_size=job.pool_size, block=prep.block, track_setup=prep.track_setup,
     )
     return GroupResult(tally.energy_kev.numpy(), tally.escaped_kev, tally.emitted_kev, tally.n_steps)
 

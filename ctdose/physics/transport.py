@@ -88,6 +88,8 @@ __all__ = [
     "TransportTables",
     "TransportTally",
     "build_tables",
+    "prepare_transport",
+    "TransportSetup",
     "enter_grid",
     "run_transport",
     "MM_PER_CM",
@@ -787,6 +789,48 @@ def _step_track_length(
     if keep.numel() == n:
         return new
     return new.select(keep)
+
+
+@dataclass
+class TransportSetup:
+    """Everything :func:`run_transport` needs for one geometry, built by :func:`prepare_transport`."""
+
+    grid: TransportGrid
+    tables: TransportTables
+    block: BlockMajorant | None
+    track_setup: TrackLengthSetup | None
+
+
+def prepare_transport(
+    media_index: np.ndarray,
+    density_g_cm3: np.ndarray,
+    media: Sequence,
+    spacing_mm_zyx: Sequence[float],
+    origin_mm_zyx: Sequence[float],
+    max_energy_kev: float,
+    device,
+    estimator: str,
+    majorant: str,
+    block_vox: int = 8,
+    majorant_floor_per_mm: float = 0.0,
+    track_spacing_mm: float | None = None,
+    compile: bool | None = None,
+) -> TransportSetup:
+    """Grid, coefficient tables, (block) majorant and track-length kernels for one geometry.
+
+    ``majorant`` is "global" or "block"; ``estimator`` as in :func:`run_transport`.
+    """
+    mi = np.asarray(media_index)
+    rho = np.asarray(density_g_cm3, dtype=np.float32)
+    rho_max = np.zeros(len(media))
+    np.maximum.at(rho_max, mi.ravel().astype(np.int64), rho.ravel().astype(np.float64))
+    grid = TransportGrid.from_arrays(mi, rho, spacing_mm_zyx, origin_mm_zyx, device)
+    tables = build_tables(media, rho_max, float(max_energy_kev), device, majorant_floor_per_mm)
+    block = build_block_majorant(mi, rho, tables, int(block_vox), majorant_floor_per_mm) if majorant == "block" else None
+    track = (
+        TrackLengthSetup.build(grid, tables, track_spacing_mm, compile, block) if estimator == "track_length" else None
+    )
+    return TransportSetup(grid, tables, block, track)
 
 
 def run_transport(
