@@ -36,6 +36,7 @@ __all__ = [
     "build_scatter_tables",
     "incoherent_transfer_fraction",
     "klein_nishina_pdf",
+    "kn_proposal",
     "rotate_direction",
     "sample_coherent",
     "sample_incoherent",
@@ -155,27 +156,42 @@ def _rand(n: int, like: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.rand(n, generator=gen, device=like.device, dtype=like.dtype)
 
 
-def _kn_propose(k: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One Butcher-Messel proposal: (epsilon = E'/E, acceptance factor g in [0, 1], 1 - cos theta)."""
-    n = k.numel()
+def kn_proposal(
+    k: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One Butcher-Messel proposal from two uniform numbers (pure: no in-place operations).
+
+    Parameters
+    ----------
+    k : Tensor
+        Photon energy in units of the electron rest energy (E / m_e c^2).
+    r1, r2 : Tensor
+        Uniform numbers in [0, 1): the branch and the energy ratio within it.
+
+    Returns
+    -------
+    eps, g, one_minus_cos : Tensor
+        Proposed E'/E, its Klein-Nishina acceptance factor in [0, 1] and 1 - cos theta.
+    """
     two_k = 2.0 * k
-    eps0 = (1.0 + two_k).reciprocal_()
+    eps0 = 1.0 / (1.0 + two_k)
     a1 = torch.log1p(two_k)  # -ln(eps0)
     eps0sq = eps0 * eps0
     one_minus_eps0sq = 1.0 - eps0sq  # 2 a2
-    r12 = _rand(2 * n, k, gen)
-    r1, r2 = r12[:n], r12[n:]
     # branch 1 (1/eps part) with probability a1 / (a1 + a2)
-    branch1 = (r1 * torch.addcmul(a1, one_minus_eps0sq, torch.full_like(a1, 0.5))) < a1
-    eps = torch.where(
-        branch1,
-        torch.exp(-a1 * r2),
-        torch.addcmul(eps0sq, one_minus_eps0sq, r2).sqrt_(),
-    )
-    t = (1.0 - eps).div_(k * eps)  # 1 - cos theta
-    sin2 = (t * (2.0 - t)).clamp_min_(0.0)
-    g = 1.0 - (eps * sin2).div_(torch.addcmul(torch.ones_like(eps), eps, eps))
+    branch1 = (r1 * (a1 + 0.5 * one_minus_eps0sq)) < a1
+    eps = torch.where(branch1, torch.exp(-a1 * r2), torch.sqrt(eps0sq + one_minus_eps0sq * r2))
+    t = (1.0 - eps) / (k * eps)  # 1 - cos theta
+    sin2 = (t * (2.0 - t)).clamp(min=0.0)
+    g = 1.0 - eps * sin2 / (1.0 + eps * eps)
     return eps, g, t
+
+
+def _kn_propose(k: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One Butcher-Messel proposal: (epsilon = E'/E, acceptance factor g in [0, 1], 1 - cos theta)."""
+    n = k.numel()
+    r12 = _rand(2 * n, k, gen)
+    return kn_proposal(k, r12[:n], r12[n:])
 
 
 def sample_klein_nishina(

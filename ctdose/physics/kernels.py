@@ -1,39 +1,63 @@
 """Fused per-photon kernels of the track-length Woodcock step, compiled where possible.
 
-The per-photon arithmetic of one step lives in two pure tensor functions:
+The per-photon arithmetic of one step lives in three pure tensor functions:
 
-:func:`advance`
-    free path with the majorant, move, voxel lookup, real-collision test;
-:func:`score_segment`
-    the stratified track-length estimator along the segment just flown.
+:func:`advance` (:func:`advance_block` with the local majorant)
+    free path with the majorant, move, voxel lookup, real-collision test, and the number of
+    track-length points on the segment flown (:func:`segment_points`);
+:func:`score_points`
+    the stratified track-length estimator at those points, which lie photon after photon in
+    one flat array (no empty slots for short segments);
+:func:`interact`
+    the real interactions (photoelectric, incoherent, coherent) with a fixed number of
+    rejection-sampling proposals per photon, all evaluated at once; the caller gives the few
+    photons none of whose proposals was accepted another pass.
 
 In eager PyTorch every elementwise operation is one pass over memory, and a step is some
-fifty of them; :func:`torch.compile` fuses each function into one loop (C++ on CPU, Triton on
-CUDA), which is about ten times faster per photon on CPU. :func:`get_kernels` returns the
-compiled pair when a compiler backend works here and the eager functions otherwise (the
+hundred of them; :func:`torch.compile` fuses each function into one loop (C++ on CPU, Triton
+on CUDA), which is about ten times faster per photon on CPU. :func:`get_kernels` returns the
+compiled kernels when a compiler backend works here and the eager functions otherwise (the
 same arithmetic; results then differ from a compiled run only by floating-point rounding).
 
 Compilation happens once per process and device (shapes are dynamic, so neither the pool
-size nor the number of samples per segment recompiles); Inductor caches the generated code
-on disk, so later processes start faster. Set ``CTDOSE_MC_COMPILE=0`` to never compile.
+size nor the number of points per segment recompiles); Inductor caches the generated code on
+disk, so later processes start faster. Set ``CTDOSE_MC_COMPILE=0`` to never compile.
 
-Grid and table constants enter as small tensors (``grid_f``, ``grid_i``, ``energy_f``), not
-Python numbers, so that a new geometry does not trigger a recompilation.
+Grid and table constants enter as small tensors (``grid_f``, ``grid_i``, ``energy_f``,
+``scatter_f``, ...), not Python numbers, so that a new geometry does not trigger a
+recompilation. The kernels are elementwise (no reductions), so their results do not depend
+on the number of threads.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import warnings
 
 import torch
 
-__all__ = ["advance", "advance_block", "score_segment", "get_kernels", "compile_enabled", "MIN_COMPILED_PHOTONS"]
+from .interactions import ELECTRON_REST_KEV, HC_KEV_ANGSTROM, kn_proposal, rotate_direction
+
+__all__ = [
+    "advance",
+    "advance_block",
+    "segment_points",
+    "score_points",
+    "interact",
+    "interaction_uniforms",
+    "get_kernels",
+    "shape_settings",
+    "compile_enabled",
+    "MIN_COMPILED_PHOTONS",
+    "INCOHERENT_PROPOSALS",
+    "COHERENT_PROPOSALS",
+]
 
 #: Pools smaller than this run the eager kernels (the tail of a run; also avoids the
-#: compiler's specialisation on sizes 0 and 1).
+#: compiler's specialisation on sizes 0 and 1); smaller interaction passes are padded to it.
 MIN_COMPILED_PHOTONS = 64
 
 _log = logging.getLogger(__name__)
@@ -61,26 +85,38 @@ def _locate(px, py, pz, grid_f, grid_i):
     return inside, (iz * grid_i[1] + iy) * grid_i[0] + ix
 
 
-def _collide(x1, y1, z1, ie, fe, maj, r_real, grid_f, grid_i, voxel_table, total_tr_ab):
-    """Voxel, medium and density at the new positions, and the real-collision test there."""
+def _voxel(x1, y1, z1, ie, grid_f, grid_i, voxel_table):
+    """Inside flag, voxel index, medium, table row ``med * n_e + ie`` and density at each point."""
     inside, flat = _locate(x1, y1, z1, grid_f, grid_i)
     med = voxel_table[flat, 0].to(torch.int64)
     rho = voxel_table[flat, 1]
-    mi = med * grid_i[3] + ie
+    return inside, flat, med, med * grid_i[3] + ie, rho
+
+
+def _collide(x1, y1, z1, ie, fe, maj, r_real, grid_f, grid_i, voxel_table, total_tr_ab):
+    """The real-collision test at the new positions: ``(rr, real, inside)``."""
+    inside, _, _, mi, rho = _voxel(x1, y1, z1, ie, grid_f, grid_i, voxel_table)
     mu = (total_tr_ab[mi, 0] + fe * total_tr_ab[mi, 1]) * rho
     rr = r_real * maj
-    return flat, med, mi, rho, rr, (rr < mu) & inside, inside
+    return rr, (rr < mu) & inside, inside
 
 
-def advance(x, y, z, u, v, w, e, r_path, r_real, grid_f, grid_i, energy_f, maj_ab, voxel_table, total_tr_ab):
-    """One free flight with the global majorant, and the real-collision test at its end.
+def advance(
+    x, y, z, u, v, w, e, r_path, r_real, r_strat, n_slots, h_mm, grid_f, grid_i, energy_f, maj_ab, voxel_table,
+    total_tr_ab,
+):
+    """One free flight with the global majorant, the real-collision test at its end, and the
+    number of track-length points on the segment flown (:func:`segment_points`).
 
     Parameters
     ----------
     x, y, z, u, v, w, e : Tensor (n,)
         Position (mm), unit direction and energy (keV) of each photon.
-    r_path, r_real : Tensor (n,)
-        Uniform random numbers in [0, 1) for the free path and the rejection test.
+    r_path, r_real, r_strat : Tensor (n,)
+        Uniform random numbers in [0, 1) for the free path, the rejection test and the
+        offset of the track-length points.
+    n_slots, h_mm : Tensor () float
+        Most points per segment and their smallest spacing (mm), see :func:`segment_points`.
     grid_f : Tensor (9,) float32
         ``lo_x, lo_y, lo_z`` (mm), ``1/dx, 1/dy, 1/dz`` (1/mm), ``nx, ny, nz``.
     grid_i : Tensor (4,) int64
@@ -98,11 +134,13 @@ def advance(x, y, z, u, v, w, e, r_path, r_real, grid_f, grid_i, energy_f, maj_a
     -------
     s, x1, y1, z1 : free path (mm) and the new position
     ie, fe : energy table index and fraction
-    maj : majorant at the photon energy (1/mm)
-    flat : voxel index of the new position (clamped into the grid)
-    med, mi, rho : medium index, table row ``med * n_e + ie``, density there
-    rr : ``r_real * maj``, the rejection variate (also picks the interaction type)
+    rr : ``r_real * maj`` with the majorant ``maj`` (1/mm) at the photon energy: the
+        rejection variate (it also picks the interaction type, see :func:`interact`)
     real, inside : real collision (inside the grid), new position inside the grid
+    count, hi : track-length points on the segment and their spacing (mm)
+
+    The voxel data at the new position are looked up again for the (fewer) photons that
+    interact (:func:`interact`): writing them for every photon would cost more.
     """
     ie, fe = _energy_index(e, energy_f)
     maj = maj_ab[ie, 0] + fe * maj_ab[ie, 1]
@@ -110,14 +148,14 @@ def advance(x, y, z, u, v, w, e, r_path, r_real, grid_f, grid_i, energy_f, maj_a
     x1 = x + s * u
     y1 = y + s * v
     z1 = z + s * w
-    flat, med, mi, rho, rr, real, inside = _collide(x1, y1, z1, ie, fe, maj, r_real, grid_f, grid_i, voxel_table,
-                                                    total_tr_ab)
-    return s, x1, y1, z1, ie, fe, maj, flat, med, mi, rho, rr, real, inside
+    rr, real, inside = _collide(x1, y1, z1, ie, fe, maj, r_real, grid_f, grid_i, voxel_table, total_tr_ab)
+    count, hi = segment_points(s, r_strat, n_slots, h_mm)
+    return s, x1, y1, z1, ie, fe, rr, real, inside, count, hi
 
 
 def advance_block(
-    x, y, z, u, v, w, e, r_path, r_real, grid_f, grid_i, energy_f, block_ab, block_f, block_i, voxel_table,
-    total_tr_ab,
+    x, y, z, u, v, w, e, r_path, r_real, r_strat, n_slots, h_mm, grid_f, grid_i, energy_f, block_ab, block_f, block_i,
+    voxel_table, total_tr_ab,
 ):
     """:func:`advance` with a local majorant per block of voxels (fewer virtual collisions).
 
@@ -173,65 +211,275 @@ def advance_block(
     x1 = torch.where(ax, fxp + torch.where(u > 0, eps, -eps), x1)
     y1 = torch.where(ay, fyp + torch.where(v > 0, eps, -eps), y1)
     z1 = torch.where(az, fzp + torch.where(w > 0, eps, -eps), z1)
-    flat, med, mi, rho, rr, real, inside = _collide(x1, y1, z1, ie, fe, maj, r_real, grid_f, grid_i, voxel_table,
-                                                    total_tr_ab)
-    return s, x1, y1, z1, ie, fe, maj, flat, med, mi, rho, rr, real & coll, inside
+    rr, real, inside = _collide(x1, y1, z1, ie, fe, maj, r_real, grid_f, grid_i, voxel_table, total_tr_ab)
+    count, hi = segment_points(s, r_strat, n_slots, h_mm)
+    return s, x1, y1, z1, ie, fe, rr, real & coll, inside, count, hi
 
 
-def score_segment(
-    x, y, z, u, v, w, s, ew, ie, fe, offset, r_strat, slots, h_mm, grid_f, grid_i, voxel_table, total_tr_ab
-):
-    """Stratified track-length estimate of the energy transferred along each flight segment.
+def segment_points(s, r_strat, n_slots, h_mm):
+    """Number and spacing of the stratified track-length points on each flight segment.
 
-    For a segment of length ``s`` from ``(x, y, z)`` along ``(u, v, w)`` the expected energy
-    transferred to charged particles is the track-length integral
-    ``int_0^s w E mu_tr(E, p(t)) dt``. With ``K`` slots and spacing ``h = max(h_mm, s / K)``
-    the points ``t_j = (j + U) h`` (one uniform ``U`` per photon, ``j < K``, kept where
-    ``t_j < s``) give ``h sum_j f(t_j)``, an unbiased estimate of that integral for every
-    integrand (systematic sampling): each voxel crossed gets its share, not only the voxels
-    where the photon happens to collide. Points outside the grid score nothing (vacuum).
+    For a segment of length ``s`` the expected energy transferred to charged particles is
+    the track-length integral ``int_0^s w E mu_tr(E, p(t)) dt``. With ``K`` slots and the
+    spacing ``h = max(h_mm, s / K)`` the points ``t_j = (j + U) h`` (one uniform ``U`` per
+    photon; ``j < K`` and ``t_j < s``) give ``h sum_j f(t_j)``, an unbiased estimate of that
+    integral for every integrand (systematic sampling): each voxel crossed gets its share, not
+    only the voxels where the photon happens to collide. :func:`score_points` scores them.
 
     Parameters
     ----------
-    ew : Tensor (n,)
-        Photon energy times weight (keV).
-    offset : Tensor (n,) int64
-        Start of the photon's batch block in ``tally``.
+    s : Tensor (n,)
+        Segment lengths (mm).
     r_strat : Tensor (n,)
         The uniform offset ``U`` per photon.
-    slots : Tensor (K,) float
-        ``0, 1, ..., K - 1``.
+    n_slots : Tensor () float
+        ``K``, the most points per segment.
     h_mm : Tensor () float
-        Smallest spacing of the sample points (mm).
+        Smallest spacing of the points (mm).
 
     Returns
     -------
-    index : Tensor (K, n) int64
+    count : Tensor (n,) int64
+        Points on the segment: the number of ``j < K`` with ``(j + U) h < s``, exactly as
+        :func:`score_points` places them.
+    h : Tensor (n,)
+        Spacing of the points (mm).
+    """
+    hi = torch.maximum(s / n_slots, h_mm)
+    c = (s / hi - r_strat).ceil().clamp(min=0.0).minimum(n_slots)
+    # the same test as the points' own positions (float rounding of the estimate above)
+    c = torch.where((c > 0) & ((c - 1.0 + r_strat) * hi >= s), c - 1.0, c)
+    c = torch.where((c < n_slots) & ((c + r_strat) * hi < s), c + 1.0, c)
+    return c.to(torch.int64), hi
+
+
+def score_points(
+    pid, start, x, y, z, u, v, w, hi, ew, ie, fe, offset, r_strat, grid_f, grid_i, voxel_table, total_tr_ab
+):
+    """Track-length scores of the points of :func:`segment_points`, photon after photon.
+
+    Point ``p`` belongs to photon ``pid[p]`` and is its ``j = p - start[pid[p]]``-th, at
+    ``t_j = (j + U) h`` along the photon's segment. Points outside the grid score nothing
+    (vacuum).
+
+    Parameters
+    ----------
+    pid : Tensor (P,) int64
+        Photon of each point (nondecreasing: a photon's points are consecutive).
+    start : Tensor (n,) int64
+        Index of each photon's first point.
+    x, y, z, u, v, w : Tensor (n,)
+        Segment start (mm) and unit direction.
+    hi : Tensor (n,)
+        Point spacing (mm), from :func:`segment_points`.
+    ew : Tensor (n,)
+        Photon energy times weight (keV).
+    ie, fe : Tensor (n,)
+        Energy table index and fraction.
+    offset : Tensor (n,) int64
+        Start of the photon's batch block in the tally.
+    r_strat : Tensor (n,)
+        The uniform offset ``U`` per photon.
+
+    Returns
+    -------
+    index : Tensor (P,) int64
         Tally index (``offset`` + voxel index, clamped into the grid) of each point.
-    score : Tensor (K, n) float64
-        Energy (keV x weight) scored there; zero outside the segment or the grid.
+    score : Tensor (P,) float64
+        Energy (keV x weight) scored there; zero outside the grid.
 
     The caller adds ``score`` into the tally with one serial ``index_add_`` (the kernel may
     run on several threads; a serial sum keeps the result bit-for-bit reproducible).
     """
-    # points run along the first axis, photons along the second (the long, vectorised one)
-    k = slots.shape[0]
-    hi = torch.maximum(s / k, h_mm)
-    t = (slots[:, None] + r_strat[None, :]) * hi[None, :]
-    inside, flat = _locate(x[None, :] + t * u[None, :], y[None, :] + t * v[None, :], z[None, :] + t * w[None, :],
-                           grid_f, grid_i)
-    ok = (t < s[None, :]) & inside
+    j = torch.arange(pid.shape[0], device=pid.device) - start[pid]
+    h = hi[pid]
+    t = (j.to(h.dtype) + r_strat[pid]) * h
+    inside, flat = _locate(x[pid] + t * u[pid], y[pid] + t * v[pid], z[pid] + t * w[pid], grid_f, grid_i)
     med = voxel_table[flat, 0].to(torch.int64)
     rho = voxel_table[flat, 1]
-    mi = med * grid_i[3] + ie[None, :]
-    mu_tr = (total_tr_ab[mi, 2] + fe[None, :] * total_tr_ab[mi, 3]) * rho
-    score = torch.where(ok, mu_tr * (ew * hi)[None, :], torch.zeros_like(mu_tr))
-    return flat + offset[None, :], score.to(torch.float64)
+    mi = med * grid_i[3] + ie[pid]
+    mu_tr = (total_tr_ab[mi, 2] + fe[pid] * total_tr_ab[mi, 3]) * rho
+    score = torch.where(inside, mu_tr * (ew[pid] * h), torch.zeros_like(mu_tr))
+    return flat + offset[pid], score.to(torch.float64)
+
+
+#: Incoherent (Klein-Nishina x S) proposals per photon and pass of :func:`interact`: the
+#: acceptance is about 0.6 at CT energies, so some 5 % of the incoherent photons are left for
+#: the next pass (few passes over few photons cost less than more proposals for all).
+INCOHERENT_PROPOSALS = 3
+#: Coherent (form factor x Thomson) proposals per photon and pass: the acceptance is 0.75 to
+#: 0.98, so 1 to 6 % of the coherent photons (a few % of all) are left for the next pass.
+COHERENT_PROPOSALS = 2
+#: Uniform numbers per incoherent proposal (branch, energy ratio, acceptance test).
+_UNIFORMS_PER_INCOHERENT = 3
+#: Uniform numbers per coherent proposal (form factor inversion, Thomson acceptance test).
+_UNIFORMS_PER_COHERENT = 2
+
+
+def interaction_uniforms() -> int:
+    """Rows of uniform numbers that :func:`interact` takes per photon.
+
+    ``INCOHERENT_PROPOSALS`` incoherent proposals (3 numbers each); the ``COHERENT_PROPOSALS``
+    coherent ones (2 numbers each) use the same rows (a photon makes one kind of interaction);
+    the last row is the azimuth.
+    """
+    rows = max(_UNIFORMS_PER_INCOHERENT * INCOHERENT_PROPOSALS, _UNIFORMS_PER_COHERENT * COHERENT_PROPOSALS)
+    return rows + 1
+
+
+def _incoherent(e, med, rnd, n_prop, sf_ratio, scatter_f, scatter_i):
+    """Klein-Nishina x S(x)/S(inf) with ``n_prop`` proposals per photon (rows ``3p, 3p + 1, 3p + 2``
+    of ``rnd``: branch, energy ratio, acceptance): the first accepted E'/E, and whether any was."""
+    k = e * (1.0 / ELECTRON_REST_KEV)
+    x_max = e * (1.0 / HC_KEV_ANGSTROM)
+    base = med * scatter_i[0]
+    eps_out = torch.ones_like(e)
+    done = torch.zeros_like(e, dtype=torch.bool)
+    # unrolled (one fused loop over the photons); the first accepted proposal wins: going
+    # backwards, each accepted one overwrites the later ones
+    for p in reversed(range(n_prop)):
+        r = rnd[_UNIFORMS_PER_INCOHERENT * p:_UNIFORMS_PER_INCOHERENT * (p + 1)]
+        eps, g, one_minus_cos = kn_proposal(k, r[0], r[1])
+        x = x_max * (0.5 * one_minus_cos).clamp(min=0.0, max=1.0).sqrt()
+        px = (x * scatter_f[0]).clamp(min=0.0).minimum(scatter_f[1])
+        jx = px.to(torch.int64)
+        lo = sf_ratio[base + jx]
+        sf = lo + (px - jx.to(px.dtype)) * (sf_ratio[base + jx + 1] - lo)
+        acc = r[2] < g * sf
+        eps_out = torch.where(acc, eps, eps_out)
+        done = done | acc
+    return eps_out, done
+
+
+def _coherent(e, med, rnd, n_prop, coh_x2_inv, coh_frac, scatter_f, scatter_i):
+    """Form factor x Thomson with ``n_prop`` proposals per photon (rows ``2p, 2p + 1`` of ``rnd``:
+    x^2 by the inverse cumulative table, acceptance): the first accepted cos theta, and
+    whether any was."""
+    pe = (e * scatter_f[2]).clamp(min=0.0).minimum(scatter_f[3])
+    je = pe.to(torch.int64)
+    te = pe - je.to(pe.dtype)
+    fb = med * scatter_i[1] + je
+    frac = coh_frac[fb] * (1.0 - te) + coh_frac[fb + 1] * te
+    xmax2 = (e * (1.0 / HC_KEV_ANGSTROM)) ** 2
+    base = med * scatter_i[2]
+    cos_out = torch.ones_like(e)
+    done = torch.zeros_like(e, dtype=torch.bool)
+    for p in reversed(range(n_prop)):
+        r = rnd[_UNIFORMS_PER_COHERENT * p:_UNIFORMS_PER_COHERENT * (p + 1)]
+        uu = (r[0] * frac * scatter_f[4]).clamp(min=0.0).minimum(scatter_f[5])
+        j = uu.to(torch.int64)
+        lo = coh_x2_inv[base + j]
+        x2 = lo + (uu - j.to(uu.dtype)) * (coh_x2_inv[base + j + 1] - lo)
+        c = (1.0 - 2.0 * x2 / xmax2).clamp(min=-1.0, max=1.0)
+        acc = r[1] * 2.0 < 1.0 + c * c
+        cos_out = torch.where(acc, c, cos_out)
+        done = done | acc
+    return cos_out, done
+
+
+def interact(idx, rnd, e, u, v, w, weight, x1, y1, z1, ie, fe, rr, offset, cutoff_kev, grid_f, grid_i, voxel_table,
+             xs_ab, sf_ratio, coh_x2_inv, coh_frac, scatter_f, scatter_i):
+    """Real interactions of the photons ``idx``: type, new energy and direction, cutoff deposit.
+
+    The rejection samplers of :mod:`ctdose.physics.interactions` with a fixed number of
+    proposals per photon, all evaluated at once (no loops over shrinking subsets): the
+    first accepted proposal is the sample (exact: rejection sampling is the first accepted
+    of a sequence of independent proposals). A photon none of whose proposals is accepted
+    is returned unchanged with ``done`` False; the caller samples it again with fresh
+    numbers (exact for the same reason).
+
+    Parameters
+    ----------
+    idx : Tensor (m,) int64
+        The photons (indices into the per-photon arrays) that interact.
+    rnd : Tensor (R, m)
+        Uniform numbers in [0, 1), ``R = interaction_uniforms()``.
+    e, u, v, w, weight : Tensor (n,)
+        Energy (keV), unit direction and statistical weight of every photon.
+    x1, y1, z1, ie, fe, rr : Tensor (n,)
+        From :func:`advance`: the collision site (mm), energy table index and fraction and
+        the rejection variate ``r * mu_maj`` (uniform on [0, mu): it picks the interaction).
+    offset : Tensor (n,) int64
+        Start of each photon's batch block in the tally.
+    cutoff_kev : Tensor () float
+        Energy cutoff (keV): a scattered photon below it deposits its energy and stops.
+    grid_f, grid_i, voxel_table :
+        As in :func:`advance`.
+    xs_ab : Tensor (n_media * n_e, 4)
+        Photoelectric and incoherent coefficients per density (value, slope, value, slope).
+    sf_ratio, coh_x2_inv, coh_frac : Tensor
+        The flattened :class:`ctdose.physics.interactions.ScatterTables`.
+    scatter_f : Tensor (6,) float32
+        ``1 / sf_x_step`` (A), largest fractional x index, ``1 / coh energy step`` (1/keV),
+        largest fractional energy index, ``n_u - 1``, largest fractional u index.
+    scatter_i : Tensor (3,) int64
+        ``n_x``, ``n_e`` of ``coh_frac``, ``n_u``.
+
+    Returns
+    -------
+    e1, u1, v1, w1 : Tensor (m,)
+        New energy and direction (the old ones where not ``done``).
+    alive : Tensor (m,) bool
+        False after photoabsorption or below the cutoff.
+    deposit : Tensor (m,) float64
+        Energy (keV x weight) deposited at the cutoff (0 where not ``done``).
+    tidx : Tensor (m,) int64
+        Tally index of the photon's voxel.
+    done : Tensor (m,) bool
+        The interaction was sampled.
+    """
+    e0 = e[idx]
+    f = fe[idx]
+    r = rr[idx]
+    _, flat, m, row, d = _voxel(x1[idx], y1[idx], z1[idx], ie[idx], grid_f, grid_i, voxel_table)
+    ph = (xs_ab[row, 0] + f * xs_ab[row, 1]) * d
+    inc = (xs_ab[row, 2] + f * xs_ab[row, 3]) * d
+    is_photo = r < ph
+    is_inc = (~is_photo) & (r < ph + inc)
+    is_coh = (~is_photo) & (~is_inc)
+    eps, done_inc = _incoherent(e0, m, rnd, INCOHERENT_PROPOSALS, sf_ratio, scatter_f, scatter_i)
+    cos_coh, done_coh = _coherent(e0, m, rnd, COHERENT_PROPOSALS, coh_x2_inv, coh_frac, scatter_f, scatter_i)
+    k = e0 * (1.0 / ELECTRON_REST_KEV)
+    cos_inc = (1.0 - (1.0 - eps) / (k * eps)).clamp(min=-1.0, max=1.0)
+    cos_t = torch.where(is_inc, cos_inc, cos_coh)
+    phi = rnd[-1] * (2.0 * math.pi)
+    u0, v0, w0 = u[idx], v[idx], w[idx]
+    un, vn, wn = rotate_direction(u0, v0, w0, cos_t, phi)
+    done = is_photo | (is_inc & done_inc) | (is_coh & done_coh)
+    scattered = done & (~is_photo)
+    e1 = torch.where(is_inc & done, e0 * eps, e0)
+    below = scattered & (e1 < cutoff_kev)
+    alive = ~((done & is_photo) | below)
+    deposit = torch.where(below, e1 * weight[idx], torch.zeros_like(e1))
+    return (
+        e1,
+        torch.where(scattered, un, u0),
+        torch.where(scattered, vn, v0),
+        torch.where(scattered, wn, w0),
+        alive,
+        deposit.to(torch.float64),
+        flat + offset[idx],
+        done,
+    )
 
 
 def compile_enabled() -> bool:
     """False when the environment variable ``CTDOSE_MC_COMPILE`` is ``0``/``false``/``no``."""
     return os.environ.get("CTDOSE_MC_COMPILE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+_SHAPE_CONFIG = torch.fx.experimental._config
+
+
+def shape_settings():
+    """Context for calling the compiled kernels: no "duck sizing" of their input shapes.
+
+    Equal sizes of unrelated inputs (e.g. the table rows of a one-medium grid) must not become
+    guards that force a recompilation later. Each kernel call sets this itself; a caller that
+    makes many calls (:func:`ctdose.physics.transport.run_transport`) sets it once around
+    them, which saves the cost of changing the setting at every call.
+    """
+    return _SHAPE_CONFIG.patch(use_duck_shape=False)
 
 
 class _Guarded:
@@ -243,9 +491,9 @@ class _Guarded:
     def __call__(self, *args):
         if self.key not in _FAILED:
             try:
-                # no "duck sizing": equal sizes of unrelated inputs (e.g. the table rows of a
-                # one-medium grid) must not become guards that force a recompilation later
-                with torch.fx.experimental._config.patch(use_duck_shape=False):
+                if not _SHAPE_CONFIG.use_duck_shape:  # inside shape_settings(): no patch per call
+                    return self.compiled(*args)
+                with shape_settings():
                     return self.compiled(*args)
             except Exception as exc:  # a missing compiler or backend: run eager, say so once
                 _FAILED.add(self.key)
@@ -259,8 +507,14 @@ class _Guarded:
         return self.eager(*args)
 
 
+#: The kernels in the order :func:`get_kernels` returns them.
+EAGER_KERNELS = (advance, score_points, advance_block, interact)
+
+
 def get_kernels(device: torch.device, compile: bool | None = None):
-    """``(advance, score_segment, advance_block)`` for ``device``: compiled when asked and possible.
+    """``(advance, score_points, advance_block, interact)`` for ``device``.
+
+    Compiled when asked and possible, else the eager functions.
 
     Parameters
     ----------
@@ -271,13 +525,9 @@ def get_kernels(device: torch.device, compile: bool | None = None):
     want = compile_enabled() if compile is None else bool(compile)
     key = torch.device(device).type
     if not want or key in _FAILED:
-        return advance, score_segment, advance_block
+        return EAGER_KERNELS
     with _LOCK:
         if key not in _COMPILED:
             opts = dict(dynamic=True, fullgraph=True)
-            _COMPILED[key] = (
-                _Guarded(key, torch.compile(advance, **opts), advance),
-                _Guarded(key, torch.compile(score_segment, **opts), score_segment),
-                _Guarded(key, torch.compile(advance_block, **opts), advance_block),
-            )
+            _COMPILED[key] = tuple(_Guarded(key, torch.compile(f, **opts), f) for f in EAGER_KERNELS)
         return _COMPILED[key]

@@ -27,10 +27,12 @@ Estimators
     The track-length estimator of collision kerma: along every flight segment the photon
     scores ``int w E mu_tr(E, p(t)) dt`` with ``mu_tr = mu_photo + mu_incoh <1 - E'/E>`` of the
     sampled models (collision kerma with local fluorescence), estimated by stratified
-    (systematic) sampling at about one point per voxel edge
-    (:func:`ctdose.physics.kernels.score_segment`); every voxel a photon crosses gets its
-    share. Real interactions then deposit nothing, except at the energy cutoff. The step runs
-    as fused kernels compiled with :func:`torch.compile` (:mod:`ctdose.physics.kernels`).
+    (systematic) sampling at one point per voxel edge (at most ``_TRACK_MAX_SLOTS`` points per
+    flight; :func:`ctdose.physics.kernels.segment_points`); every voxel a photon crosses gets
+    its share. Real interactions then deposit nothing, except at the energy cutoff. The step
+    runs as fused kernels compiled with :func:`torch.compile` (:mod:`ctdose.physics.kernels`):
+    free flight, scoring, and the interactions, sampled with a fixed number of rejection
+    proposals per photon and pass (the few photons with none accepted get another pass).
 ``"collision"``
     The expected-value estimator on the Woodcock collision sites: at *every* tentative
     collision (real or virtual) the photon scores ``w E mu_tr(E, voxel) / mu_maj(E)``. The
@@ -64,6 +66,7 @@ default with the track-length estimator and validated against the global majoran
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -79,6 +82,7 @@ from .interactions import (
     sample_coherent,
     sample_incoherent,
 )
+from .kernels import shape_settings
 
 __all__ = [
     "BlockMajorant",
@@ -108,12 +112,13 @@ _MAX_PATHS_PER_STEP = 64
 _ENTRY_EPS_MM = 1e-4
 #: Track-length estimator: sample spacing along a flight as a fraction of the smallest voxel edge.
 _TRACK_SPACING_PER_VOXEL = 1.0
-#: Track-length estimator: the points per step cover this multiple of the pool's mean free path
-#: at the full density (longer flights get proportionally wider spacing).
-_TRACK_SEGMENT_COVER = 2.0
-#: Track-length estimator: most points per photon and step.
+#: Track-length estimator: most points per photon and step (longer flights get proportionally
+#: wider spacing; with the block majorant flights end at block faces and rarely need more).
 _TRACK_MAX_SLOTS = 64
-#: Track-length estimator: most points per step (memory of the (photons x points) arrays).
+#: Largest fractional index into a table of n entries is n minus this: linear interpolation
+#: then always has the next entry.
+_TABLE_INDEX_MARGIN = 1.001
+#: Track-length estimator: most points per step (memory of the points' index and score arrays).
 _TRACK_SITES_PER_STEP = {"cpu": 1 << 22, "cuda": 1 << 26}
 
 
@@ -669,11 +674,18 @@ class TrackLengthSetup:
     maj_ab: torch.Tensor
     h_mm: torch.Tensor
     h_value_mm: float
-    slots: torch.Tensor
+    #: most points per segment as 0-d float tensors, by value (index k holds k)
+    slot_counts: tuple
     max_sites: int
-    diagonal_mm: float
-    cover: float
     kernels: tuple
+    #: interaction tables for :func:`ctdose.physics.kernels.interact`: photoelectric and
+    #: incoherent coefficients (n_media * n_e, 4), flattened scatter tables and their sizes
+    xs_ab: torch.Tensor
+    sf_ratio: torch.Tensor
+    coh_x2_inv: torch.Tensor
+    coh_frac: torch.Tensor
+    scatter_f: torch.Tensor
+    scatter_i: torch.Tensor
     #: local majorant (``advance_block``): block_ab (n_blocks * n_e, 2), block_f (10,), block_i (3,)
     block_ab: torch.Tensor | None = None
     block_f: torch.Tensor | None = None
@@ -705,17 +717,38 @@ class TrackLengthSetup:
         return TrackLengthSetup(
             grid_f=torch.tensor([*grid.lo_mm, 1.0 / dx, 1.0 / dy, 1.0 / dz, nx, ny, nz], **f32),
             grid_i=torch.tensor([nx, ny, nz, tab.n_e], dtype=torch.int64, device=dev),
-            energy_f=torch.tensor([tab.e0_kev, 1.0 / tab.de_kev, tab.n_e - 1.001], **f32),
+            energy_f=torch.tensor([tab.e0_kev, 1.0 / tab.de_kev, tab.n_e - _TABLE_INDEX_MARGIN], **f32),
             maj_ab=torch.stack([tab.maj_a, tab.maj_b], 1).contiguous(),
             h_mm=torch.tensor(h, **f32),
             h_value_mm=h,
-            slots=torch.arange(_TRACK_MAX_SLOTS, **f32),
+            slot_counts=tuple(torch.tensor(float(k), **f32) for k in range(_TRACK_MAX_SLOTS + 1)),
             max_sites=int(n_sites),
-            diagonal_mm=math.sqrt((nx * dx) ** 2 + (ny * dy) ** 2 + (nz * dz) ** 2),
-            cover=_TRACK_SEGMENT_COVER,
             kernels=get_kernels(dev, compile),
+            **_interaction_tensors(tab),
             **(_block_tensors(grid, block) if block is not None else {}),
         )
+
+
+def _interaction_tensors(tab: TransportTables) -> dict:
+    """Coefficient and scatter tables of :func:`ctdose.physics.kernels.interact` (see there)."""
+    sc = tab.scatter
+    dev = tab.photo_a.device
+    n_x = int(sc.sf_ratio.shape[1])
+    n_e = int(sc.coh_frac.shape[1])
+    e_step = float(sc.coh_frac_energy_kev[1] - sc.coh_frac_energy_kev[0])
+    n_u = sc.n_u
+    top = _TABLE_INDEX_MARGIN
+    return dict(
+        xs_ab=torch.stack([tab.photo_a, tab.photo_b, tab.incoh_a, tab.incoh_b], 1).contiguous(),
+        sf_ratio=sc.sf_ratio.reshape(-1).contiguous(),
+        coh_x2_inv=sc.coh_x2_inv.reshape(-1).contiguous(),
+        coh_frac=sc.coh_frac.reshape(-1).contiguous(),
+        scatter_f=torch.tensor(
+            [1.0 / sc.sf_x_step, n_x - top, 1.0 / e_step, n_e - top, n_u - 1, n_u - top], dtype=torch.float32,
+            device=dev,
+        ),
+        scatter_i=torch.tensor([n_x, n_e, n_u], dtype=torch.int64, device=dev),
+    )
 
 
 def _block_tensors(grid: TransportGrid, block: BlockMajorant) -> dict:
@@ -742,53 +775,155 @@ def _step_track_length(
 ) -> PhotonState:
     """One Woodcock step with the stratified track-length estimator; returns the survivors.
 
-    The free flight and the collision test run in :func:`ctdose.physics.kernels.advance`; the
-    segment just flown is scored by :func:`ctdose.physics.kernels.score_segment` with ``K``
-    points per photon, ``K`` set per step so that the typical segment (twice the pool's mean
-    free path) gets one point per ``setup.h_value_mm``; real interactions then deposit
-    nothing except at the energy cutoff.
+    The free flight, the collision test and the number of track-length points on the segment
+    just flown (at most ``K`` = ``_TRACK_MAX_SLOTS``, fewer when the pool is large, spaced
+    ``max(setup.h_value_mm, s / K)``) come from :func:`ctdose.physics.kernels.advance`; the
+    points are scored by :func:`_score_track`; real interactions then deposit nothing except at
+    the energy cutoff and are sampled by :func:`_interact_fixed`. ``st`` is consumed: its
+    energy and direction tensors are updated in place.
     """
-    from .kernels import MIN_COMPILED_PHOTONS, advance, advance_block, score_segment
+    from .kernels import EAGER_KERNELS, MIN_COMPILED_PHOTONS
 
     n = len(st)
-    adv, score, adv_block = setup.kernels if n >= MIN_COMPILED_PHOTONS else (advance, score_segment, advance_block)
+    kernels = setup.kernels if n >= MIN_COMPILED_PHOTONS else EAGER_KERNELS
     e = st.energy_kev
     rnd = torch.rand((3, n), generator=gen, device=e.device, dtype=e.dtype)
     r_path = torch.sub(1.0, rnd[0])  # in (0, 1]: finite free paths
+    n_slots = setup.slot_counts[max(2, min(_TRACK_MAX_SLOTS, setup.max_sites // n))]
+    common = (st.x, st.y, st.z, st.u, st.v, st.w, e, r_path, rnd[1], rnd[2], n_slots, setup.h_mm, setup.grid_f,
+              setup.grid_i, setup.energy_f)
     if setup.block_ab is None:
-        s, x1, y1, z1, ie, fe, maj, flat, med, mi, rho, rr, real, inside = adv(
-            st.x, st.y, st.z, st.u, st.v, st.w, e, r_path, rnd[1], setup.grid_f, setup.grid_i, setup.energy_f,
-            setup.maj_ab, grid.voxel_table, tab.total_tr_ab,
-        )
+        out = kernels[0](*common, setup.maj_ab, grid.voxel_table, tab.total_tr_ab)
     else:
-        s, x1, y1, z1, ie, fe, maj, flat, med, mi, rho, rr, real, inside = adv_block(
-            st.x, st.y, st.z, st.u, st.v, st.w, e, r_path, rnd[1], setup.grid_f, setup.grid_i, setup.energy_f,
-            setup.block_ab, setup.block_f, setup.block_i, grid.voxel_table, tab.total_tr_ab,
-        )
-    mean_s = float(s.clamp(max=setup.diagonal_mm).mean())
-    k = int(math.ceil(setup.cover * mean_s / setup.h_value_mm))
-    k = max(2, min(k, _TRACK_MAX_SLOTS, max(2, setup.max_sites // max(n, 1))))
+        out = kernels[2](*common, setup.block_ab, setup.block_f, setup.block_i, grid.voxel_table, tab.total_tr_ab)
+    _, x1, y1, z1, ie, fe, rr, real, inside, count, hi = out  # the path length is not needed here
     ew = e * st.weight
-    offset = st.offset if st.offset is not None else torch.zeros_like(flat)
-    sidx, sval = score(
-        st.x, st.y, st.z, st.u, st.v, st.w, s, ew, ie, fe, offset, rnd[2], setup.slots[:k], setup.h_mm,
-        setup.grid_f, setup.grid_i, grid.voxel_table, tab.total_tr_ab,
-    )
-    tally.energy_kev.index_add_(0, sidx.view(-1), sval.view(-1))
-    flat = flat + offset
+    offset = st.offset if st.offset is not None else torch.zeros_like(ie)
+    _score_track(st, count, hi, ew, ie, fe, offset, rnd[2], grid, tab, tally, setup, kernels[1])
     out = ~inside
     if bool(out.any()):
         tally.escaped_kev += float(ew.masked_select(out).sum(dtype=torch.float64))
     alive = inside.clone()
-    ridx = real.nonzero().squeeze(1)
-    e, u, v, w = _interact(ridx, rr, mi, fe, rho, med, flat, e, st.weight, st.u, st.v, st.w, alive, tab, tally,
-                           gen, deposit=False, cutoff_kev=cutoff_kev)
+    # energy and direction change in place (st is consumed)
+    _interact_fixed(_indices(real), e, st.u, st.v, st.w, st.weight, x1, y1, z1, ie, fe, rr, offset, alive, tally,
+                    gen, cutoff_kev, grid, setup, kernels)
     tally.n_steps += 1
-    new = PhotonState(x1, y1, z1, u, v, w, e, st.weight, st.offset)
+    new = PhotonState(x1, y1, z1, st.u, st.v, st.w, e, st.weight, st.offset)
     keep = alive.nonzero().squeeze(1)
     if keep.numel() == n:
         return new
     return new.select(keep)
+
+
+def _score_track(
+    st: PhotonState,
+    count: torch.Tensor,
+    hi: torch.Tensor,
+    ew: torch.Tensor,
+    ie: torch.Tensor,
+    fe: torch.Tensor,
+    offset: torch.Tensor,
+    r_strat: torch.Tensor,
+    grid: TransportGrid,
+    tab: TransportTables,
+    tally: TransportTally,
+    setup: TrackLengthSetup,
+    score: Callable,
+) -> None:
+    """Score the segments just flown: ``count`` points spaced ``hi`` (mm) on each.
+
+    The points lie photon after photon in one flat array (no empty slots) for
+    :func:`ctdose.physics.kernels.score_points`; one serial ``index_add_`` adds the scores
+    (bit-for-bit reproducible).
+    """
+    ends = count.cumsum(0)
+    total = int(ends[-1])
+    if total == 0:
+        return
+    pid = _owners(ends, total)
+    sidx, sval = score(
+        pid, ends - count, st.x, st.y, st.z, st.u, st.v, st.w, hi, ew, ie, fe, offset, r_strat, setup.grid_f,
+        setup.grid_i, grid.voxel_table, tab.total_tr_ab,
+    )
+    tally.energy_kev.index_add_(0, sidx, sval)
+
+
+def _owners(ends: torch.Tensor, total: int) -> torch.Tensor:
+    """Photon of each of ``total`` points, the points of photon ``i`` ending at ``ends[i]``.
+
+    ``repeat_interleave(counts)``, computed as the running count of photon ends (exact integer
+    sums; about twice as fast on CPU).
+    """
+    marks = torch.zeros(total + 1, dtype=torch.int32, device=ends.device)
+    one = torch.ones(1, dtype=torch.int32, device=ends.device)
+    marks.index_put_((ends,), one.expand(ends.numel()), accumulate=True)
+    return marks[:total].cumsum(0, dtype=torch.int64)
+
+
+def _indices(mask: torch.Tensor) -> torch.Tensor:
+    """Positions of the True entries of a 1-D mask: int64, not a view (a view would add a guard
+    on its base to the compiled kernels, and a recompilation when later inputs are no views)."""
+    return mask.nonzero().view(-1).clone()
+
+
+#: Passes of the interaction kernel after which a photon still not sampled is an error (each
+#: pass leaves at most a few % of its photons; NaN energies would never be accepted).
+_MAX_INTERACTION_PASSES = 50
+
+
+def _interact_fixed(
+    idx: torch.Tensor,
+    e: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    weight: torch.Tensor,
+    x1: torch.Tensor,
+    y1: torch.Tensor,
+    z1: torch.Tensor,
+    ie: torch.Tensor,
+    fe: torch.Tensor,
+    rr: torch.Tensor,
+    offset: torch.Tensor,
+    alive: torch.Tensor,
+    tally: TransportTally,
+    gen: torch.Generator,
+    cutoff_kev: float,
+    grid: TransportGrid,
+    setup: TrackLengthSetup,
+    kernels: tuple,
+) -> None:
+    """Real interactions of the photons ``idx`` with :func:`ctdose.physics.kernels.interact`.
+
+    Each pass gives every photon a fixed number of proposals (``INCOHERENT_PROPOSALS`` or
+    ``COHERENT_PROPOSALS``); the few photons none of whose proposals was accepted go to the
+    next pass (fresh numbers: exact). Updates ``e``, ``u``, ``v``, ``w`` and ``alive`` in place
+    and adds the cutoff deposits to the tally.
+    """
+    from .kernels import MIN_COMPILED_PHOTONS, interaction_uniforms
+
+    cutoff = torch.full((), float(cutoff_kev), dtype=e.dtype, device=e.device)
+    for _ in range(_MAX_INTERACTION_PASSES):
+        m = idx.numel()
+        if m == 0:
+            return
+        # few photons (the passes over those left over, the tail of a run): padded with copies
+        # of the last one to the compiled kernels' smallest size; the copies are dropped
+        run_idx = idx if m >= MIN_COMPILED_PHOTONS else torch.cat([idx, idx[-1:].expand(MIN_COMPILED_PHOTONS - m)])
+        rnd = torch.rand((interaction_uniforms(), run_idx.numel()), generator=gen, device=e.device, dtype=e.dtype)
+        e1, u1, v1, w1, alive1, deposit, tidx, done = (t[:m] for t in kernels[3](
+            run_idx, rnd, e, u, v, w, weight, x1, y1, z1, ie, fe, rr, offset, cutoff, setup.grid_f, setup.grid_i,
+            grid.voxel_table, setup.xs_ab, setup.sf_ratio, setup.coh_x2_inv, setup.coh_frac, setup.scatter_f,
+            setup.scatter_i,
+        ))
+        e.index_copy_(0, idx, e1)
+        u.index_copy_(0, idx, u1)
+        v.index_copy_(0, idx, v1)
+        w.index_copy_(0, idx, w1)
+        alive.index_copy_(0, idx, alive1)
+        tally.energy_kev.index_add_(0, tidx, deposit)
+        idx = idx.masked_select(~done)
+    raise RuntimeError(f"interaction sampling did not converge for {idx.numel()} photons (NaN energies?)")
 
 
 @dataclass
@@ -858,9 +993,32 @@ def run_transport(
     memory; only one short tail of nearly empty steps at the very end). Deposited energies are
     in keV times weight.
     """
+    n_b = len(batch_sizes)
+    tally = TransportTally(energy_kev=torch.zeros(n_b * grid.n_vox, dtype=torch.float64, device=grid.density.device))
+    # the compiled kernels' shape settings once for the whole run (one thread runs them)
+    with shape_settings() if track_setup is not None else contextlib.nullcontext():
+        _transport_loop(grid, tab, sample, batch_sizes, gen, estimator, cutoff_kev, pool_size, on_progress, block,
+                        track_setup, tally)
+    return tally
+
+
+def _transport_loop(
+    grid: TransportGrid,
+    tab: TransportTables,
+    sample: Callable[[int, torch.Generator], PhotonState],
+    batch_sizes: Sequence[int],
+    gen: torch.Generator,
+    estimator: str,
+    cutoff_kev: float,
+    pool_size: int,
+    on_progress: Callable[[int], None] | None,
+    block: BlockMajorant | None,
+    track_setup: TrackLengthSetup | None,
+    tally: TransportTally,
+) -> None:
+    """The body of :func:`run_transport`: draw, enter and transport photons until none is left."""
     dev = grid.density.device
     n_b = len(batch_sizes)
-    tally = TransportTally(energy_kev=torch.zeros(n_b * grid.n_vox, dtype=torch.float64, device=dev))
     ends = np.cumsum(np.asarray(batch_sizes, dtype=np.int64))
     starts = ends - np.asarray(batch_sizes, dtype=np.int64)
     batch_offsets = torch.arange(n_b, dtype=torch.int64, device=dev) * grid.n_vox
@@ -894,4 +1052,3 @@ def run_transport(
             continue
         n_paths = 1 if block is not None else max(1, min(_MAX_PATHS_PER_STEP, _PATH_SITES_PER_STEP // len(pool)))
         pool = _step(pool, grid, tab, tally, gen, estimator == "collision", cutoff_kev, block, n_paths)
-    return tally

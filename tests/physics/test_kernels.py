@@ -1,4 +1,5 @@
-"""Fused track-length kernels: exact integrals, compiled = eager, block faces, parallel runs."""
+"""Fused track-length kernels: exact integrals, exact interaction distributions, compiled = eager,
+block faces, parallel runs."""
 
 from __future__ import annotations
 
@@ -10,16 +11,19 @@ import pytest
 import torch
 
 from ctdose.materials import get_medium
-from ctdose.physics import kernels, mc_workers
-from ctdose.physics.kernels import advance, advance_block, get_kernels, score_segment
+from ctdose.physics import kernels, mc_workers, transport
+from ctdose.physics.interactions import ELECTRON_REST_KEV, HC_KEV_ANGSTROM, klein_nishina_pdf
+from ctdose.physics.kernels import advance, advance_block, get_kernels, score_points, segment_points
 from ctdose.physics.mc import VoxelGeometry, simulate
 from ctdose.physics.sources import PointSource
 from ctdose.physics.transport import (
     TrackLengthSetup,
     TransportGrid,
+    TransportTally,
     build_block_majorant,
     build_tables,
 )
+from ctdose.physics.xsection import form_factor_sq, incoherent_sf
 
 F32 = dict(dtype=torch.float32)
 
@@ -46,6 +50,8 @@ def _mu_tr_per_mm(tab, medium: int, energy_kev: float, rho: float) -> float:
 
 
 def _score(setup, grid, tab, n, x0, s, energy_kev, k, seed=0, u=1.0):
+    """Score ``n`` equal segments with at most ``k`` points: tally index and score of each point,
+    and each photon's total."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.full((n,), x0, **F32)
     zero = torch.zeros(n, **F32)
@@ -53,32 +59,60 @@ def _score(setup, grid, tab, n, x0, s, energy_kev, k, seed=0, u=1.0):
     pe = ((e - tab.e0_kev) / tab.de_kev).clamp(0, tab.n_e - 1.001)
     ie = pe.to(torch.int64)
     fe = pe - ie
-    idx, val = score_segment(
-        x, zero + 1.0, zero + 1.0, torch.full((n,), u, **F32), zero, torch.full((n,), math.sqrt(1 - u * u), **F32),
-        torch.full((n,), s, **F32), e, ie, fe, torch.zeros(n, dtype=torch.int64), torch.rand(n, generator=gen),
-        torch.arange(k, **F32), setup.h_mm, setup.grid_f, setup.grid_i, grid.voxel_table, tab.total_tr_ab,
+    r_strat = torch.rand(n, generator=gen)
+    seg = torch.full((n,), s, **F32)
+    count, hi = segment_points(seg, r_strat, torch.tensor(float(k)), setup.h_mm)
+    ends = count.cumsum(0)
+    pid = torch.repeat_interleave(count, output_size=int(ends[-1]))
+    idx, val = score_points(
+        pid, ends - count, x, zero + 1.0, zero + 1.0, torch.full((n,), u, **F32), zero,
+        torch.full((n,), math.sqrt(1 - u * u), **F32), hi, e, ie, fe, torch.zeros(n, dtype=torch.int64), r_strat,
+        setup.grid_f, setup.grid_i, grid.voxel_table, tab.total_tr_ab,
     )
-    return idx, val
+    per = torch.zeros(n, dtype=torch.float64).index_add_(0, pid, val)
+    return idx, val, per.numpy()
 
 
-def test_score_segment_is_the_exact_track_length_integral_in_one_medium():
+def test_segment_points_are_the_points_inside_the_segment():
+    """The count is exactly the number of slots j < K with (j + U) h < s, as placed in float32."""
+    grid, tab, *_ = _slab_world()
+    setup = TrackLengthSetup.build(grid, tab, None, compile=False)
+    gen = torch.Generator().manual_seed(8)
+    n, k = 50_000, 16
+    s = torch.cat([torch.rand(n, generator=gen) * 60.0, torch.tensor([0.0, 2.0, 4.0, 32.0, 1e6])])
+    r = torch.cat([torch.rand(n, generator=gen), torch.tensor([0.5, 0.0, 0.999, 0.0, 0.3])])
+    count, hi = segment_points(s, r, torch.tensor(float(k)), setup.h_mm)
+    h_ref = torch.maximum(s / k, setup.h_mm)
+    t = (torch.arange(k, **F32)[:, None] + r[None, :]) * h_ref[None, :]
+    np.testing.assert_array_equal(count.numpy(), (t < s[None, :]).sum(0).numpy())
+    np.testing.assert_array_equal(hi.numpy(), h_ref.numpy())
+
+
+def test_point_owners_are_repeat_interleave():
+    counts = torch.tensor([0, 3, 1, 0, 0, 5, 2, 0])
+    ends = counts.cumsum(0)
+    owners = transport._owners(ends, int(ends[-1]))
+    np.testing.assert_array_equal(owners.numpy(), torch.repeat_interleave(counts).numpy())
+    assert owners.dtype == torch.int64
+
+
+def test_score_points_give_the_exact_track_length_integral_in_one_medium():
     grid, tab, *_ = _slab_world()
     setup = TrackLengthSetup.build(grid, tab, None, compile=False)
     energy, s_mm = 60.0, 37.3
     mu_tr = _mu_tr_per_mm(tab, 0, energy, 1.0)
     # K points cover the segment (spacing s/K > h): every estimate is exact
-    idx, val = _score(setup, grid, tab, 8, 1.0, s_mm, energy, k=8)
-    np.testing.assert_allclose(val.sum(0).numpy(), energy * mu_tr * s_mm, rtol=2e-6)
+    idx, val, per = _score(setup, grid, tab, 8, 1.0, s_mm, energy, k=8)
+    np.testing.assert_allclose(per, energy * mu_tr * s_mm, rtol=2e-6)
     # more slots than the segment needs: each estimate is h * (#points < s); its mean is exact
-    idx, val = _score(setup, grid, tab, 20_000, 1.0, s_mm, energy, k=64)
-    per = val.sum(0).numpy()
+    idx, val, per = _score(setup, grid, tab, 20_000, 1.0, s_mm, energy, k=64)
     mean, sem = per.mean(), per.std(ddof=1) / math.sqrt(per.size)
     print(f"one medium: mean {mean:.5f} +- {sem:.5f}, exact {energy * mu_tr * s_mm:.5f}")
     assert abs(mean - energy * mu_tr * s_mm) < 4 * sem + 1e-6 * mean
     assert per.std() > 0  # really sampled, not integrated
 
 
-def test_score_segment_is_unbiased_across_a_medium_boundary_and_scores_the_crossed_voxels():
+def test_score_points_are_unbiased_across_a_medium_boundary_and_score_the_crossed_voxels():
     split = 20
     grid, tab, media, *_ = _slab_world(split=split)
     setup = TrackLengthSetup.build(grid, tab, None, compile=False)
@@ -87,8 +121,7 @@ def test_score_segment_is_unbiased_across_a_medium_boundary_and_scores_the_cross
         _mu_tr_per_mm(tab, 0, energy, media[0].density_g_cm3) * (2.0 * split - x0)
         + _mu_tr_per_mm(tab, 1, energy, media[1].density_g_cm3) * (x0 + s_mm - 2.0 * split)
     )
-    idx, val = _score(setup, grid, tab, 40_000, x0, s_mm, energy, k=16, seed=3)
-    per = val.sum(0).numpy()
+    idx, val, per = _score(setup, grid, tab, 40_000, x0, s_mm, energy, k=16, seed=3)
     mean, sem = per.mean(), per.std(ddof=1) / math.sqrt(per.size)
     print(f"water|bone: mean {mean:.4f} +- {sem:.4f}, exact {exact:.4f}")
     assert abs(mean - exact) < 4 * sem
@@ -100,9 +133,8 @@ def test_points_outside_the_grid_score_nothing():
     grid, tab, *_ = _slab_world()
     setup = TrackLengthSetup.build(grid, tab, None, compile=False)
     # from x = 70 mm (10 mm before the end of the 80 mm row) a 50 mm segment: 10 mm inside
-    idx, val = _score(setup, grid, tab, 8, 70.0, 50.0, 60.0, k=64)
+    idx, val, per = _score(setup, grid, tab, 8, 70.0, 50.0, 60.0, k=64)
     mu_tr = _mu_tr_per_mm(tab, 0, 60.0, 1.0)
-    per = val.sum(0).numpy()
     assert np.all(np.abs(per - 60.0 * mu_tr * 10.0) <= 60.0 * mu_tr * 2.0 + 1e-9)  # one point of 2 mm either way
     assert np.all(idx.numpy() < grid.n_vox)
 
@@ -129,6 +161,85 @@ def _bone_cube():
     return mi, rho, grid, tab
 
 
+def _chi2_ok(samples: np.ndarray, pdf, bins: int = 40) -> tuple[bool, float, int]:
+    """Chi-square of a histogram of cos(theta) against a density on [-1, 1], within 5 sigma."""
+    edges = np.linspace(-1.0, 1.0, bins + 1)
+    counts, _ = np.histogram(samples, edges)
+    fine = np.linspace(-1.0, 1.0, 40001)
+    dens = pdf(fine)
+    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (dens[1:] + dens[:-1]) * np.diff(fine))])
+    expected = np.diff(np.interp(edges, fine, cdf / cdf[-1])) * samples.size
+    keep = expected > 20
+    chi2 = float((((counts - expected) ** 2) / expected)[keep].sum())
+    dof = int(keep.sum()) - 1
+    return chi2 < dof + 5.0 * math.sqrt(2.0 * dof), chi2, dof
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_interaction_passes_sample_the_exact_distributions(compiled):
+    """Photons colliding in water: interaction types in proportion to the coefficients, the
+    incoherent angle from Klein-Nishina x S, the coherent one from F^2 x Thomson, the Compton
+    energy, cutoff deposits: the fixed-proposal passes of transport._interact_fixed (about 5 %
+    of the photons need a second pass) against the exact densities."""
+    water = get_medium("water")
+    mi = np.zeros((1, 1, 1), np.uint8)
+    grid = TransportGrid.from_arrays(mi, np.ones((1, 1, 1), np.float32), (100.0,) * 3, (0.0,) * 3, "cpu")
+    tab = build_tables([water], np.array([1.0]), 150.0, "cpu")
+    setup = TrackLengthSetup.build(grid, tab, None, compile=compiled)
+    if compiled and (not setup.compiled or kernels._FAILED):
+        pytest.skip("torch.compile is not available here")
+    n, energy, cutoff = 300_000, 30.0, 28.0
+    gen = torch.Generator().manual_seed(21)
+    pe = (energy - tab.e0_kev) / tab.de_kev
+    ie = torch.full((n,), int(pe), dtype=torch.int64)
+    fe = torch.full((n,), pe - int(pe), **F32)
+    row = tab.total_tr_ab[int(pe)].double()
+    mu = float(row[0] + (pe - int(pe)) * row[1])
+    coef = setup.xs_ab[int(pe)].double()
+    photo = float(coef[0] + (pe - int(pe)) * coef[1]) / mu
+    incoh = float(coef[2] + (pe - int(pe)) * coef[3]) / mu
+    e = torch.full((n,), energy, **F32)
+    u, v, w = torch.ones(n), torch.zeros(n), torch.zeros(n)  # along +x: cos theta is the new u
+    zero = torch.zeros(n, **F32)
+    tally = TransportTally(torch.zeros(grid.n_vox, dtype=torch.float64))
+    alive = torch.ones(n, dtype=torch.bool)
+    rr = torch.rand(n, generator=gen) * mu
+    transport._interact_fixed(torch.arange(n), e, u, v, w, torch.ones(n), zero, zero, zero, ie, fe, rr,
+                              torch.zeros(n, dtype=torch.int64), alive, tally, gen, cutoff, grid, setup, setup.kernels)
+    is_inc = (e < energy).numpy()
+    is_photo = (~alive).numpy() & ~is_inc
+    is_coh = ~is_inc & ~is_photo
+    for frac, p in ((is_photo.mean(), photo), (is_inc.mean(), incoh), (is_coh.mean(), 1.0 - photo - incoh)):
+        assert abs(frac - p) < 5.0 * math.sqrt(p * (1.0 - p) / n), (frac, p)
+    cos_inc, e_inc = u.numpy()[is_inc], e.numpy()[is_inc]
+
+    def incoherent_pdf(c):
+        return klein_nishina_pdf(energy, c) * incoherent_sf(water, energy / HC_KEV_ANGSTROM * np.sqrt((1 - c) / 2))
+
+    def coherent_pdf(c):
+        return (1 + c * c) * form_factor_sq(water, energy / HC_KEV_ANGSTROM * np.sqrt((1 - c) / 2))
+
+    ok, chi2, dof = _chi2_ok(cos_inc, incoherent_pdf)
+    assert ok, ("incoherent", chi2, dof)
+    ok, chi2, dof = _chi2_ok(u.numpy()[is_coh], coherent_pdf, bins=60)
+    assert ok, ("coherent", chi2, dof)
+    k = energy / ELECTRON_REST_KEV
+    np.testing.assert_allclose(e_inc, energy / (1.0 + k * (1.0 - cos_inc)), rtol=1e-4)
+    np.testing.assert_allclose(torch.sqrt(u * u + v * v + w * w).numpy(), 1.0, rtol=1e-5)
+    # below the cutoff: the scattered photon deposits its energy and stops
+    below = is_inc & (e.numpy() < cutoff)
+    assert below.sum() > 1000 and not alive.numpy()[below].any() and alive.numpy()[is_inc & ~below].all()
+    assert float(tally.energy_kev.sum()) == pytest.approx(float(e.double().numpy()[below].sum()), rel=1e-6)
+
+
+def _assert_same(a, b, name):
+    for ta, tb in zip(a, b):
+        if ta.dtype == torch.bool or ta.dtype == torch.int64:
+            assert (ta == tb).float().mean() > 0.999, name
+        else:
+            np.testing.assert_allclose(tb.numpy(), ta.numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
+
+
 def test_compiled_kernels_equal_the_eager_ones():
     mi, rho, grid, tab = _bone_cube()
     block = build_block_majorant(mi, rho, tab, 4)
@@ -136,29 +247,33 @@ def test_compiled_kernels_equal_the_eager_ones():
     fused = TrackLengthSetup.build(grid, tab, None, compile=True, block=block)
     if not fused.compiled or kernels._FAILED:
         pytest.skip("torch.compile is not available here")
-    (x, y, z), (u, v, w), e, r = _random_pool(grid, 5000, 1)
-    common = (x, y, z, u, v, w, e, r[0].clamp_min(1e-7), r[1], eager.grid_f, eager.grid_i, eager.energy_f)
+    n = 5000
+    (x, y, z), (u, v, w), e, r = _random_pool(grid, n, 1)
+    common = (x, y, z, u, v, w, e, r[0].clamp_min(1e-7), r[1], r[2], torch.tensor(12.0), eager.h_mm, eager.grid_f,
+              eager.grid_i, eager.energy_f)
     for name, args in [
         ("advance", common + (eager.maj_ab, grid.voxel_table, tab.total_tr_ab)),
         ("advance_block", common + (eager.block_ab, eager.block_f, eager.block_i, grid.voxel_table, tab.total_tr_ab)),
     ]:
         k = {"advance": 0, "advance_block": 2}[name]
-        a = eager.kernels[k](*args)
-        b = fused.kernels[k](*args)
-        for ta, tb in zip(a, b):
-            if ta.dtype == torch.bool or ta.dtype == torch.int64:
-                assert (ta == tb).float().mean() > 0.999, name
-            else:
-                np.testing.assert_allclose(tb.numpy(), ta.numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
-    s = -torch.log(r[0].clamp_min(1e-7)) * 20.0
-    pe = ((e - tab.e0_kev) / tab.de_kev).clamp(0, tab.n_e - 1.001)
-    ie = pe.to(torch.int64)
-    args = (x, y, z, u, v, w, s, e, ie, pe - ie, torch.zeros(5000, dtype=torch.int64), r[2], torch.arange(6, **F32),
-            eager.h_mm, eager.grid_f, eager.grid_i, grid.voxel_table, tab.total_tr_ab)
+        _assert_same(eager.kernels[k](*args), fused.kernels[k](*args), name)
+    s, x1, y1, z1, ie, fe, rr, real, inside, count, hi = eager.kernels[0](*common[:-3], eager.grid_f, eager.grid_i,
+                                                                            eager.energy_f, eager.maj_ab,
+                                                                            grid.voxel_table, tab.total_tr_ab)
+    ends = count.cumsum(0)
+    pid = torch.repeat_interleave(count, output_size=int(ends[-1]))
+    args = (pid, ends - count, x, y, z, u, v, w, hi, e, ie, fe, torch.zeros(n, dtype=torch.int64), r[2],
+            eager.grid_f, eager.grid_i, grid.voxel_table, tab.total_tr_ab)
     ia, va = eager.kernels[1](*args)
     ib, vb = fused.kernels[1](*args)
     np.testing.assert_allclose(vb.sum().item(), va.sum().item(), rtol=1e-5)
     assert (ia == ib).float().mean() > 0.999
+    idx = real.nonzero().view(-1).clone()
+    rnd = torch.rand((kernels.interaction_uniforms(), idx.numel()), generator=torch.Generator().manual_seed(3))
+    args = (idx, rnd, e, u, v, w, torch.ones(n), x1, y1, z1, ie, fe, rr, torch.zeros(n, dtype=torch.int64),
+            torch.tensor(1.0), eager.grid_f, eager.grid_i, grid.voxel_table, eager.xs_ab, eager.sf_ratio,
+            eager.coh_x2_inv, eager.coh_frac, eager.scatter_f, eager.scatter_i)
+    _assert_same(eager.kernels[3](*args), fused.kernels[3](*args), "interact")
 
 
 def test_block_faces_always_make_progress():
@@ -178,10 +293,11 @@ def test_block_faces_always_make_progress():
     e = torch.full((n,), 60.0)
     steps = torch.zeros(n, dtype=torch.int64)
     alive = torch.ones(n, dtype=torch.bool)
+    half = torch.full((n,), 0.5)
     for _ in range(200):
-        out = advance_block(x, y, z, u, v, w, e, torch.full((n,), 0.5), torch.full((n,), 0.5), st.grid_f, st.grid_i,
+        out = advance_block(x, y, z, u, v, w, e, half, half, half, torch.tensor(8.0), st.h_mm, st.grid_f, st.grid_i,
                             st.energy_f, st.block_ab, st.block_f, st.block_i, grid0.voxel_table, tab.total_tr_ab)
-        x, y, z, inside = out[1], out[2], out[3], out[13]
+        x, y, z, inside = out[1], out[2], out[3], out[8]
         steps += alive.to(torch.int64)
         alive &= inside
         if not alive.any():
