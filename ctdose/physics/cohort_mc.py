@@ -44,6 +44,7 @@ def _mc_cfg(cfg: Mapping[str, Any]) -> dict:
     mc.setdefault("n_workers", 1)
     mc.setdefault("estimator", "track_length")
     mc.setdefault("energy_cutoff_kev", 1.0)
+    mc.setdefault("ambient", "air")
     if int(float(mc["n_photons"])) <= 0:
         raise ConfigError(f"mc.n_photons must be positive, got {mc['n_photons']!r}")
     if int(mc["n_batches"]) < 2:
@@ -127,6 +128,7 @@ def simulate_case(
             progress=False,
             energy_cutoff_kev=float(mc["energy_cutoff_kev"]),
             estimator=str(mc["estimator"]),
+            ambient=mc["ambient"],
         )
         dose = res.dose_gy_per_mas
         body = _body_mask(np.asarray(labels))
@@ -137,6 +139,7 @@ def simulate_case(
             mc_n_photons=res.n_photons,
             mc_n_batches=res.n_batches,
             mc_estimator=res.estimator,
+            mc_ambient=str(mc["ambient"] or "vacuum"),
             mc_seed=seed,
             mc_device=res.device,
             mc_wall_s=round(res.wall_s, 3),

@@ -97,6 +97,7 @@ def simulate_ctdi(
     seed: int = 0,
     device: str = "cpu",
     pixel_mm: float = 2.0,
+    ambient: str | None = "air",
 ) -> CTDIResult:
     """CTDI100 (centre, periphery) and CTDIw per 100 mAs for one axial rotation of ``scanner``.
 
@@ -109,6 +110,8 @@ def simulate_ctdi(
     seed : int
     device : str
     pixel_mm : float
+    ambient : str or None
+        Medium between the focal spot and the phantom's grid (``simulate(ambient=...)``).
 
     Returns
     -------
@@ -120,7 +123,8 @@ def simulate_ctdi(
     geo, holes = ctdi_phantom(pixel_mm=pixel_mm)
     protocol = Protocol(mode="axial", z_start_mm=0.0, z_end_mm=0.0, projections_per_rotation=projections_per_rotation)
     src = CTSource(scanner, protocol)
-    res = simulate(geo, src, n_photons, seed=seed, device=device, keep_batches=True, majorant_floor_per_mm=_FLOOR_PER_MM)
+    res = simulate(geo, src, n_photons, seed=seed, device=device, keep_batches=True, majorant_floor_per_mm=_FLOOR_PER_MM,
+                   ambient=ambient)
     nt = float(scanner.collimation_mm)
     slice_mm = float(geo.spacing_mm[0])
     vals, sig = {}, {}

@@ -48,6 +48,7 @@ class GroupJob:
     compile: bool | None
     majorant: str = "global"
     block_vox: int = 8
+    ambient: Any = None
 
 
 @dataclass
@@ -71,12 +72,14 @@ def run_group(job: GroupJob) -> GroupResult:
     prep = prepare_transport(
         job.media_index, job.density_g_cm3, job.media, job.spacing_mm, job.origin_mm, float(job.source.max_energy_kev),
         dev, job.estimator, job.majorant, job.block_vox, job.majorant_floor_per_mm, job.track_spacing_mm, job.compile,
+        job.ambient,
     )
     gen = torch.Generator(device=dev)
     gen.manual_seed(int(job.seed))
     tally = run_transport(
         prep.grid, prep.tables, job.source.sample, job.batch_sizes, gen, estimator=job.estimator,
         cutoff_kev=job.cutoff_kev, pool_size=job.pool_size, block=prep.block, track_setup=prep.track_setup,
+        ambient=prep.ambient,
     )
     return GroupResult(tally.energy_kev.numpy(), tally.escaped_kev, tally.emitted_kev, tally.n_steps)
 

@@ -94,6 +94,7 @@ __all__ = [
     "build_tables",
     "prepare_transport",
     "TransportSetup",
+    "attenuate_in_ambient",
     "enter_grid",
     "run_transport",
     "MM_PER_CM",
@@ -398,7 +399,7 @@ class TransportTally:
     n_steps: int = 0
 
 
-def enter_grid(state: PhotonState, grid: TransportGrid) -> tuple[PhotonState, torch.Tensor]:
+def enter_grid(state: PhotonState, grid: TransportGrid, with_distance: bool = False):
     """Move photons that start outside the box to their entry point (slab method).
 
     Returns
@@ -407,6 +408,8 @@ def enter_grid(state: PhotonState, grid: TransportGrid) -> tuple[PhotonState, to
         Photons on (just inside) the box.
     missed : Tensor (bool, n)
         Photons whose ray does not meet the box (they escape at once).
+    distance_mm : Tensor (float, len(inside)), only with ``with_distance``
+        Path from each photon's start to its entry point (0 for photons born inside).
     """
     lo = grid.lo_mm
     hi = grid.hi_mm
@@ -441,7 +444,33 @@ def enter_grid(state: PhotonState, grid: TransportGrid) -> tuple[PhotonState, to
         state.offset,
     )
     idx = hit.nonzero().squeeze(1)
+    if with_distance:
+        return moved.select(idx), ~hit, t_in.index_select(0, idx)
     return moved.select(idx), ~hit
+
+
+def attenuate_in_ambient(
+    state: PhotonState, distance_mm: torch.Tensor, tab: "TransportTables", ambient: tuple[int, float], tally
+) -> None:
+    """Survival weighting over the path outside the grid: ``w *= exp(-mu(E) L)``.
+
+    ``ambient`` is (index of the ambient medium in ``tab``, its density g/cm^3). The energy
+    it removes (absorbed or scattered out of the ray in the ambient medium) is counted as
+    escaped, so deposited + escaped = emitted still holds. Photons scattered in the ambient
+    medium are not followed.
+    """
+    if distance_mm.numel() == 0:
+        return
+    index, density = ambient
+    pos = ((state.energy_kev - tab.e0_kev) / tab.de_kev).clamp(0.0, tab.n_e - 1.001)
+    ie = pos.floor()
+    fe = pos - ie
+    flat = ie.to(torch.int64) + index * tab.n_e
+    mu_per_mm = _interp(tab.total_a, tab.total_b, flat, fe) * density
+    survive = torch.exp(-mu_per_mm * distance_mm)
+    lost = state.energy_kev * state.weight * (1.0 - survive)
+    tally.escaped_kev += float(lost.sum(dtype=torch.float64))
+    state.weight = state.weight * survive
 
 
 def _interp(a: torch.Tensor, b: torch.Tensor, idx: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
@@ -934,6 +963,8 @@ class TransportSetup:
     tables: TransportTables
     block: BlockMajorant | None
     track_setup: TrackLengthSetup | None
+    #: (table index, density g/cm^3) of the medium around the grid; None: vacuum
+    ambient: tuple[int, float] | None = None
 
 
 def prepare_transport(
@@ -950,22 +981,31 @@ def prepare_transport(
     majorant_floor_per_mm: float = 0.0,
     track_spacing_mm: float | None = None,
     compile: bool | None = None,
+    ambient=None,
 ) -> TransportSetup:
     """Grid, coefficient tables, (block) majorant and track-length kernels for one geometry.
 
-    ``majorant`` is "global" or "block"; ``estimator`` as in :func:`run_transport`.
+    ``majorant`` is "global" or "block"; ``estimator`` as in :func:`run_transport`;
+    ``ambient`` the Medium around the grid (None: vacuum), see :func:`attenuate_in_ambient`.
     """
     mi = np.asarray(media_index)
     rho = np.asarray(density_g_cm3, dtype=np.float32)
     rho_max = np.zeros(len(media))
     np.maximum.at(rho_max, mi.ravel().astype(np.int64), rho.ravel().astype(np.float64))
     grid = TransportGrid.from_arrays(mi, rho, spacing_mm_zyx, origin_mm_zyx, device)
-    tables = build_tables(media, rho_max, float(max_energy_kev), device, majorant_floor_per_mm)
+    table_media = list(media)
+    amb = None
+    if ambient is not None:
+        # an extra table row, used by no voxel (density 0 in the majorant)
+        amb = (len(table_media), float(ambient.density_g_cm3))
+        table_media.append(ambient)
+        rho_max = np.append(rho_max, 0.0)
+    tables = build_tables(table_media, rho_max, float(max_energy_kev), device, majorant_floor_per_mm)
     block = build_block_majorant(mi, rho, tables, int(block_vox), majorant_floor_per_mm) if majorant == "block" else None
     track = (
         TrackLengthSetup.build(grid, tables, track_spacing_mm, compile, block) if estimator == "track_length" else None
     )
-    return TransportSetup(grid, tables, block, track)
+    return TransportSetup(grid, tables, block, track, amb)
 
 
 def run_transport(
@@ -980,8 +1020,12 @@ def run_transport(
     on_progress: Callable[[int], None] | None = None,
     block: BlockMajorant | None = None,
     track_setup: TrackLengthSetup | None = None,
+    ambient: tuple[int, float] | None = None,
 ) -> TransportTally:
     """Transport all batches' source photons through one shared pool; return the tally.
+
+    ``ambient`` (from :func:`prepare_transport`): photons reach the grid attenuated by the
+    medium around it (:func:`attenuate_in_ambient`).
 
     ``estimator`` is ``"track_length"`` (needs ``track_setup``; global majorant),
     ``"collision"`` or ``"analogue"`` (see the module docstring).
@@ -1036,7 +1080,11 @@ def _transport_loop(
                 batch_offsets, torch.as_tensor(counts, dtype=torch.int64, device=dev), output_size=k
             )
             tally.emitted_kev += float((fresh.energy_kev * fresh.weight).sum(dtype=torch.float64))
-            entered, missed = enter_grid(fresh, grid)
+            if ambient is None:
+                entered, missed = enter_grid(fresh, grid)
+            else:
+                entered, missed, dist = enter_grid(fresh, grid, with_distance=True)
+                attenuate_in_ambient(entered, dist, tab, ambient, tally)
             if bool(missed.any()):
                 tally.escaped_kev += float(
                     (fresh.energy_kev[missed] * fresh.weight[missed]).sum(dtype=torch.float64)
