@@ -457,7 +457,7 @@ def attenuate_in_ambient(
     ``ambient`` is (index of the ambient medium in ``tab``, its density g/cm^3). The energy
     it removes (absorbed or scattered out of the ray in the ambient medium) is counted as
     escaped, so deposited + escaped = emitted still holds. Photons scattered in the ambient
-    medium are not followed.
+    medium are not followed (validated in ``simulate``'s ``ambient``).
     """
     if distance_mm.numel() == 0:
         return
