@@ -1024,11 +1024,10 @@ def run_transport(
 ) -> TransportTally:
     """Transport all batches' source photons through one shared pool; return the tally.
 
-    ``ambient`` (from :func:`prepare_transport`): photons reach the grid attenuated by the
-    medium around it (:func:`attenuate_in_ambient`).
-
     ``estimator`` is ``"track_length"`` (needs ``track_setup``; global majorant),
-    ``"collision"`` or ``"analogue"`` (see the module docstring).
+    ``"collision"`` or ``"analogue"`` (see the module docstring). ``ambient`` (from
+    :func:`prepare_transport`): photons reach the grid attenuated by the medium around it
+    (:func:`attenuate_in_ambient`).
 
     Photons are drawn from ``sample(n, gen)`` in portions, in batch order, and carry the
     offset of their batch's block in the tally (``energy_kev`` has ``len(batch_sizes) *
@@ -1042,7 +1041,7 @@ def run_transport(
     # the compiled kernels' shape settings once for the whole run (one thread runs them)
     with shape_settings() if track_setup is not None else contextlib.nullcontext():
         _transport_loop(grid, tab, sample, batch_sizes, gen, estimator, cutoff_kev, pool_size, on_progress, block,
-                        track_setup, tally)
+                        track_setup, tally, ambient)
     return tally
 
 
@@ -1059,6 +1058,7 @@ def _transport_loop(
     block: BlockMajorant | None,
     track_setup: TrackLengthSetup | None,
     tally: TransportTally,
+    ambient: tuple[int, float] | None = None,
 ) -> None:
     """The body of :func:`run_transport`: draw, enter and transport photons until none is left."""
     dev = grid.density.device
