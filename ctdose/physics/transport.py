@@ -1036,67 +1036,46 @@ def run_transport(
     memory; only one short tail of nearly empty steps at the very end). Deposited energies are
     in keV times weight.
     """
-    n_b = len(batch_sizes)
-    tally = TransportTally(energy_kev=torch.zeros(n_b * grid.n_vox, dtype=torch.float64, device=grid.density.device))
-    # the compiled kernels' shape settings once for the whole run (one thread runs them)
-    with shape_settings() if track_setup is not None else contextlib.nullcontext():
-        _transport_loop(grid, tab, sample, batch_sizes, gen, estimator, cutoff_kev, pool_size, on_progress, block,
-                        track_setup, tally, ambient)
-    return tally
-
-
-def _transport_loop(
-    grid: TransportGrid,
-    tab: TransportTables,
-    sample: Callable[[int, torch.Generator], PhotonState],
-    batch_sizes: Sequence[int],
-    gen: torch.Generator,
-    estimator: str,
-    cutoff_kev: float,
-    pool_size: int,
-    on_progress: Callable[[int], None] | None,
-    block: BlockMajorant | None,
-    track_setup: TrackLengthSetup | None,
-    tally: TransportTally,
-    ambient: tuple[int, float] | None = None,
-) -> None:
-    """The body of :func:`run_transport`: draw, enter and transport photons until none is left."""
     dev = grid.density.device
     n_b = len(batch_sizes)
-    ends = np.cumsum(np.asarray(batch_sizes, dtype=np.int64))
-    starts = ends - np.asarray(batch_sizes, dtype=np.int64)
-    batch_offsets = torch.arange(n_b, dtype=torch.int64, device=dev) * grid.n_vox
-    total = int(sum(batch_sizes))
-    drawn = 0
-    pool: PhotonState | None = None
-    while drawn < total or (pool is not None and len(pool) > 0):
-        n_alive = 0 if pool is None else len(pool)
-        if drawn < total and n_alive < pool_size // 2:
-            k = min(pool_size - n_alive, total - drawn)
-            fresh = sample(k, gen)
-            # photons drawn..drawn+k-1 by batch (batches are consecutive ranges of photons)
-            counts = np.clip(np.minimum(ends, drawn + k) - np.maximum(starts, drawn), 0, None)
-            fresh.offset = torch.repeat_interleave(
-                batch_offsets, torch.as_tensor(counts, dtype=torch.int64, device=dev), output_size=k
-            )
-            tally.emitted_kev += float((fresh.energy_kev * fresh.weight).sum(dtype=torch.float64))
-            if ambient is None:
-                entered, missed = enter_grid(fresh, grid)
-            else:
-                entered, missed, dist = enter_grid(fresh, grid, with_distance=True)
-                attenuate_in_ambient(entered, dist, tab, ambient, tally)
-            if bool(missed.any()):
-                tally.escaped_kev += float(
-                    (fresh.energy_kev[missed] * fresh.weight[missed]).sum(dtype=torch.float64)
+    tally = TransportTally(energy_kev=torch.zeros(n_b * grid.n_vox, dtype=torch.float64, device=dev))
+    # the compiled kernels' shape settings once for the whole run (one thread runs them)
+    with shape_settings() if track_setup is not None else contextlib.nullcontext():
+        ends = np.cumsum(np.asarray(batch_sizes, dtype=np.int64))
+        starts = ends - np.asarray(batch_sizes, dtype=np.int64)
+        batch_offsets = torch.arange(n_b, dtype=torch.int64, device=dev) * grid.n_vox
+        total = int(sum(batch_sizes))
+        drawn = 0
+        pool: PhotonState | None = None
+        while drawn < total or (pool is not None and len(pool) > 0):
+            n_alive = 0 if pool is None else len(pool)
+            if drawn < total and n_alive < pool_size // 2:
+                k = min(pool_size - n_alive, total - drawn)
+                fresh = sample(k, gen)
+                # photons drawn..drawn+k-1 by batch (batches are consecutive ranges of photons)
+                counts = np.clip(np.minimum(ends, drawn + k) - np.maximum(starts, drawn), 0, None)
+                fresh.offset = torch.repeat_interleave(
+                    batch_offsets, torch.as_tensor(counts, dtype=torch.int64, device=dev), output_size=k
                 )
-            pool = entered if pool is None else PhotonState.cat([pool, entered])
-            drawn += k
-            if on_progress is not None:
-                on_progress(k)
-        if pool is None or len(pool) == 0:
-            continue
-        if estimator == "track_length":
-            pool = _step_track_length(pool, grid, tab, tally, gen, cutoff_kev, track_setup)
-            continue
-        n_paths = 1 if block is not None else max(1, min(_MAX_PATHS_PER_STEP, _PATH_SITES_PER_STEP // len(pool)))
-        pool = _step(pool, grid, tab, tally, gen, estimator == "collision", cutoff_kev, block, n_paths)
+                tally.emitted_kev += float((fresh.energy_kev * fresh.weight).sum(dtype=torch.float64))
+                if ambient is None:
+                    entered, missed = enter_grid(fresh, grid)
+                else:
+                    entered, missed, dist = enter_grid(fresh, grid, with_distance=True)
+                    attenuate_in_ambient(entered, dist, tab, ambient, tally)
+                if bool(missed.any()):
+                    tally.escaped_kev += float(
+                        (fresh.energy_kev[missed] * fresh.weight[missed]).sum(dtype=torch.float64)
+                    )
+                pool = entered if pool is None else PhotonState.cat([pool, entered])
+                drawn += k
+                if on_progress is not None:
+                    on_progress(k)
+            if pool is None or len(pool) == 0:
+                continue
+            if estimator == "track_length":
+                pool = _step_track_length(pool, grid, tab, tally, gen, cutoff_kev, track_setup)
+                continue
+            n_paths = 1 if block is not None else max(1, min(_MAX_PATHS_PER_STEP, _PATH_SITES_PER_STEP // len(pool)))
+            pool = _step(pool, grid, tab, tally, gen, estimator == "collision", cutoff_kev, block, n_paths)
+    return tally
