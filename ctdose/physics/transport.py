@@ -249,6 +249,12 @@ class TransportTables:
         if self.total_tr_ab is None:
             self.total_tr_ab = torch.stack([self.total_a, self.total_b, self.tr_a, self.tr_b], 1)
 
+    def energy_index(self, energy_kev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Table index (int64) and fraction of each energy (keV) on the uniform energy grid."""
+        pe = ((energy_kev - self.e0_kev) * (1.0 / self.de_kev)).clamp_(0.0, self.n_e - _TABLE_INDEX_MARGIN)
+        ie = pe.to(torch.int64)
+        return ie, pe - ie
+
 
 @dataclass
 class BlockMajorant:
@@ -462,10 +468,8 @@ def attenuate_in_ambient(
     if distance_mm.numel() == 0:
         return
     index, density = ambient
-    pos = ((state.energy_kev - tab.e0_kev) / tab.de_kev).clamp(0.0, tab.n_e - 1.001)
-    ie = pos.floor()
-    fe = pos - ie
-    flat = ie.to(torch.int64) + index * tab.n_e
+    ie, fe = tab.energy_index(state.energy_kev)
+    flat = ie + index * tab.n_e
     mu_per_mm = _interp(tab.total_a, tab.total_b, flat, fe) * density
     survive = torch.exp(-mu_per_mm * distance_mm)
     lost = state.energy_kev * state.weight * (1.0 - survive)
@@ -601,9 +605,7 @@ def _step(
     lox, loy, loz = grid.lo_mm
     e = st.energy_kev
     n = e.numel()
-    pe = ((e - tab.e0_kev) * (1.0 / tab.de_kev)).clamp_(0.0, tab.n_e - 1.001)
-    ie = pe.to(torch.int64)
-    fe = pe - ie
+    ie, fe = tab.energy_index(e)
     coll = None
     k_paths = int(n_paths) if block is None else 1
     if block is None:
