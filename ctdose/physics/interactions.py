@@ -35,6 +35,7 @@ __all__ = [
     "ScatterTables",
     "build_scatter_tables",
     "incoherent_transfer_fraction",
+    "incoherent_transfer_fractions",
     "klein_nishina_pdf",
     "kn_proposal",
     "rotate_direction",
@@ -411,8 +412,21 @@ def incoherent_transfer_fraction(medium, energy_kev: np.ndarray, n_cos: int = 20
     -------
     ndarray (n,)
     """
-    from .xsection import incoherent_sf
+    return incoherent_transfer_fractions([medium], energy_kev, n_cos)[0]
 
+
+def incoherent_transfer_fractions(media: Sequence, energy_kev: np.ndarray, n_cos: int = 2001) -> np.ndarray:
+    """:func:`incoherent_transfer_fraction` of several media at once, shape (n_media, n).
+
+    Both integrals over cos theta are linear in the scattering function, and a medium's is
+    the mixture :math:`\sum_i (w_i/A_i) S_i(x)` of its elements'
+    (:func:`ctdose.physics.xsection.incoherent_sf`): the Klein-Nishina kernel is computed once
+    and the integrals once per element, then mixed per medium (a grid of many media, such as
+    a CT converted to tens of tissues, costs little more than one).
+    """
+    from .xsection import element_incoherent_sf, mixture_weights_mol_g
+
+    weights = [mixture_weights_mol_g(m) for m in media]
     e = np.asarray(energy_kev, dtype=float)
     c = np.linspace(-1.0, 1.0, n_cos)
     k = (e / ELECTRON_REST_KEV)[:, None]
@@ -420,9 +434,13 @@ def incoherent_transfer_fraction(medium, energy_kev: np.ndarray, n_cos: int = 20
     kn = r * r * (r + 1.0 / r - (1.0 - c[None, :] ** 2))
     x = (e[:, None] / HC_KEV_ANGSTROM) * np.sqrt((1.0 - c[None, :]) / 2.0)
     x_grid = np.linspace(0.0, float(x.max()) * 1.0001 + 1e-9, 4096)
-    s_grid = np.asarray(incoherent_sf(medium, x_grid), dtype=float)
-    s = np.interp(x, x_grid, s_grid)
-    dens = kn * s
-    num = np.trapezoid(dens * (1.0 - r), c, axis=1)
-    den = np.trapezoid(dens, c, axis=1)
-    return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+    moments = {}
+    for z in sorted({z for w in weights for z in w}):
+        dens = kn * np.interp(x, x_grid, element_incoherent_sf(z, x_grid))
+        moments[z] = (np.trapezoid(dens * (1.0 - r), c, axis=1), np.trapezoid(dens, c, axis=1))
+    out = np.zeros((len(weights), e.size))
+    for i, w in enumerate(weights):
+        num = sum(coef * moments[z][0] for z, coef in w.items())
+        den = sum(coef * moments[z][1] for z, coef in w.items())
+        out[i] = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+    return out

@@ -77,7 +77,7 @@ import torch
 from .interactions import (
     ScatterTables,
     build_scatter_tables,
-    incoherent_transfer_fraction,
+    incoherent_transfer_fractions,
     rotate_direction,
     sample_coherent,
     sample_incoherent,
@@ -285,22 +285,28 @@ def build_block_majorant(
     without bone the majorant is far below the global one: fewer virtual collisions.
     """
     mi = np.asarray(media_index)
-    rho = np.asarray(density_g_cm3, dtype=np.float64)
+    rho = np.asarray(density_g_cm3, dtype=np.float32)
     nz, ny, nx = mi.shape
     b = int(block_vox)
     nb = tuple(-(-n // b) for n in (nz, ny, nx))
-    pad = [(0, nb[i] * b - (nz, ny, nx)[i]) for i in range(3)]
-    mi_p = np.pad(mi, pad, constant_values=0)
-    rho_p = np.pad(rho, pad, constant_values=0.0)
+    n_blocks = nb[0] * nb[1] * nb[2]
     n_e = tab.n_e
     n_media = tab.total_a.numel() // n_e
     total = tab.total_a.detach().cpu().numpy().astype(np.float64).reshape(n_media, n_e)
-    maj = np.zeros((nb[0] * nb[1] * nb[2], n_e), dtype=np.float64)
-    shape6 = (nb[0], b, nb[1], b, nb[2], b)
-    for m in range(n_media):
-        r = np.where(mi_p == m, rho_p, 0.0).reshape(shape6).max(axis=(1, 3, 5)).reshape(-1)
-        if np.any(r > 0):
-            np.maximum(maj, r[:, None] * total[m][None, :], out=maj)
+    # block of every voxel (block indices along each axis, broadcast), then the densest voxel
+    # of each medium in each block: one grouped maximum over the grid
+    bz, by, bx = (np.arange(n, dtype=np.int64) // b for n in (nz, ny, nx))
+    block_of = (bz[:, None, None] * nb[1] + by[None, :, None]) * nb[2] + bx[None, None, :]
+    rho_bm = np.zeros(n_blocks * n_media, dtype=np.float32)
+    np.maximum.at(rho_bm, (block_of * n_media + mi.astype(np.int64)).ravel(), rho.ravel())
+    rho_bm = rho_bm.reshape(n_blocks, n_media).astype(np.float64)
+    maj = np.zeros((n_blocks, n_e), dtype=np.float64)
+    for m in np.flatnonzero(rho_bm.max(axis=0) > 0):
+        sel = np.flatnonzero(rho_bm[:, m] > 0)
+        if 2 * sel.size > n_blocks:  # in most blocks: one pass over all of them
+            np.maximum(maj, rho_bm[:, m, None] * total[m][None, :], out=maj)
+        else:
+            maj[sel] = np.maximum(maj[sel], rho_bm[sel, m, None] * total[m][None, :])
     maj = np.maximum(maj * _MAJORANT_MARGIN, max(float(majorant_floor_per_mm), 1e-12))
     dev = tab.total_a.device
     a, s = _value_slope(maj, dev)
@@ -342,52 +348,65 @@ def build_tables(
         Lower bound of the majorant (1/mm). Extra virtual collisions are always allowed in
         Woodcock tracking; they give the track-length estimator more scoring sites in
         low-density voxels (air cavities, ion chambers) at the cost of more steps.
+
+    The per-medium tables are cached (:func:`_medium_tables`); only the majorant depends on
+    ``max_density_per_medium``.
+    """
+    per_medium = _medium_tables(media, max_energy_kev, device)
+    total = per_medium["total_per_mm"]
+    rho_max = np.asarray(max_density_per_medium, dtype=np.float64)
+    maj = (total * rho_max[:, None]).max(axis=0) * _MAJORANT_MARGIN
+    maj = np.maximum(maj, max(float(majorant_floor_per_mm), 1e-12))
+    maj_a, maj_b = _value_slope(maj, device)
+    return TransportTables(maj_a=maj_a, maj_b=maj_b, **per_medium["tables"])
+
+
+def _medium_tables(media: Sequence, max_energy_kev: float, device) -> dict:
+    """The per-medium part of :func:`build_tables` (everything but the majorant), cached.
+
+    Keyed by the media's names, densities and compositions and the device: a cohort whose
+    cases share media but not their densest voxel builds these only once.
     """
     from .xsection import attenuation_table, default_energy_grid
 
     from ..errors import InputError
 
-    key = (
-        tuple((m.name, float(m.density_g_cm3), tuple(sorted(m.mass_fractions.items()))) for m in media),
-        tuple(np.round(np.asarray(max_density_per_medium, dtype=np.float64), 9)),
-        str(device),
-        float(majorant_floor_per_mm),
-    )
-    if key in _TABLE_CACHE:
-        return _TABLE_CACHE[key]
     e = default_energy_grid()
     if float(max_energy_kev) > float(e[-1]):
         raise InputError(
             f"source energies up to {max_energy_kev:.1f} keV exceed the tables' {e[-1]:.0f} keV"
         )
+    key = (
+        tuple((m.name, float(m.density_g_cm3), tuple(sorted(m.mass_fractions.items()))) for m in media),
+        str(device),
+    )
+    if key in _TABLE_CACHE:
+        return _TABLE_CACHE[key]
     tab = attenuation_table(media, e)
-    de = float(e[1] - e[0])
-    frac = np.stack([incoherent_transfer_fraction(m, e) for m in media])
+    frac = incoherent_transfer_fractions(media, e)
     tr = tab.photo_cm2_g + tab.incoh_cm2_g * frac
     per_mm = 1.0 / MM_PER_CM
-    rho_max = np.asarray(max_density_per_medium, dtype=np.float64)
-    maj = (tab.total_cm2_g * per_mm * rho_max[:, None]).max(axis=0) * _MAJORANT_MARGIN
-    maj = np.maximum(maj, max(float(majorant_floor_per_mm), 1e-12))
     total_a, total_b = _value_slope(tab.total_cm2_g * per_mm, device)
     photo_a, photo_b = _value_slope(tab.photo_cm2_g * per_mm, device)
     incoh_a, incoh_b = _value_slope(tab.incoh_cm2_g * per_mm, device)
     tr_a, tr_b = _value_slope(tr * per_mm, device)
-    maj_a, maj_b = _value_slope(maj, device)
-    out = TransportTables(
-        e0_kev=float(e[0]),
-        de_kev=de,
-        n_e=int(e.size),
-        total_a=total_a,
-        total_b=total_b,
-        photo_a=photo_a,
-        photo_b=photo_b,
-        incoh_a=incoh_a,
-        incoh_b=incoh_b,
-        tr_a=tr_a,
-        tr_b=tr_b,
-        maj_a=maj_a,
-        maj_b=maj_b,
-        scatter=build_scatter_tables(media, float(e[-1]), device),
+    out = dict(
+        total_per_mm=tab.total_cm2_g * per_mm,
+        tables=dict(
+            e0_kev=float(e[0]),
+            de_kev=float(e[1] - e[0]),
+            n_e=int(e.size),
+            total_a=total_a,
+            total_b=total_b,
+            photo_a=photo_a,
+            photo_b=photo_b,
+            incoh_a=incoh_a,
+            incoh_b=incoh_b,
+            tr_a=tr_a,
+            tr_b=tr_b,
+            scatter=build_scatter_tables(media, float(e[-1]), device),
+            total_tr_ab=torch.stack([total_a, total_b, tr_a, tr_b], 1),
+        ),
     )
     if len(_TABLE_CACHE) >= _TABLE_CACHE_SIZE:
         _TABLE_CACHE.pop(next(iter(_TABLE_CACHE)))

@@ -273,13 +273,27 @@ def attenuation_table(
     )
 
 
-def _mixture_over_a(medium: Medium, x: np.ndarray, table) -> np.ndarray:
+def mixture_weights_mol_g(medium: Medium) -> dict[int, float]:
+    """Moles of atoms of each element per gram of ``medium``, :math:`w_i / A_i` (mol/g).
+
+    The weights of the mixture rule for per-atom quantities (scattering functions, squared
+    form factors): the mixture's value per gram is :math:`\sum_i (w_i/A_i) q_i`.
+    """
     if not medium.mass_fractions:
         raise InputError(f"medium {medium.name!r}: no elemental composition")
+    return {int(z): float(w) / xraylib.AtomicWeight(int(z)) for z, w in medium.mass_fractions.items()}
+
+
+def element_incoherent_sf(z: int, x_inv_angstrom: np.ndarray) -> np.ndarray:
+    """Incoherent scattering function S(x) of element ``z`` (per atom), x in 1/Angstrom."""
+    return _interp_x(_sf_table(int(z)), np.asarray(x_inv_angstrom, dtype=np.float64))
+
+
+def _mixture_over_a(medium: Medium, x: np.ndarray, table) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     out = np.zeros_like(x)
-    for z, w in medium.mass_fractions.items():
-        out += w / xraylib.AtomicWeight(int(z)) * table(int(z), x)
+    for z, coef in mixture_weights_mol_g(medium).items():
+        out += coef * table(z, x)
     return out
 
 
@@ -311,4 +325,4 @@ def incoherent_sf(medium: Medium, x_inv_angstrom: np.ndarray) -> np.ndarray:
     x_inv_angstrom : ndarray
         x = sin(theta/2)/lambda in 1/Angstrom (>= 0).
     """
-    return _mixture_over_a(medium, x_inv_angstrom, lambda z, x: _interp_x(_sf_table(z), x))
+    return _mixture_over_a(medium, x_inv_angstrom, element_incoherent_sf)

@@ -160,3 +160,21 @@ def test_energy_transfer_fraction_equals_sampled_mean_and_b1_mu_en():
     tab = attenuation_table([water], energies)
     mu_tr = tab.photo_cm2_g[0] + tab.incoh_cm2_g[0] * frac
     np.testing.assert_allclose(mu_tr, tab.en_cm2_g[0], rtol=0.01)
+
+
+def test_transfer_fractions_of_many_media_equal_each_medium_integrated_alone():
+    """Mixing per-element integrals equals integrating each medium's mixed S(x) (independent path)."""
+    from ctdose.physics.interactions import ELECTRON_REST_KEV, HC_KEV_ANGSTROM, incoherent_transfer_fractions
+    from ctdose.physics.xsection import incoherent_sf
+
+    media = [get_medium(n) for n in ("water", "spine_bone", "lung", "air")]
+    e = np.array([5.0, 20.0, 60.0, 140.0])
+    got = incoherent_transfer_fractions(media, e)
+    c = np.linspace(-1.0, 1.0, 2001)
+    r = 1.0 / (1.0 + (e / ELECTRON_REST_KEV)[:, None] * (1.0 - c))
+    kn = r * r * (r + 1.0 / r - (1.0 - c**2))
+    x = (e[:, None] / HC_KEV_ANGSTROM) * np.sqrt((1.0 - c) / 2.0)
+    for i, m in enumerate(media):
+        dens = kn * incoherent_sf(m, x)
+        expect = np.trapezoid(dens * (1.0 - r), c, axis=1) / np.trapezoid(dens, c, axis=1)
+        np.testing.assert_allclose(got[i], expect, rtol=2e-4)

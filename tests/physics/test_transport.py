@@ -249,3 +249,43 @@ def test_several_free_paths_per_step_equal_one_path_per_step(monkeypatch):
         a, sa = many.sum_with_sigma(region.astype(float))
         b, sb = one.sum_with_sigma(region.astype(float))
         assert abs(a - b) < 4 * math.hypot(sa, sb), (a, sa, b, sb)
+
+
+def test_block_majorant_is_the_largest_mu_of_each_block():
+    """Every block's majorant bounds mu of each of its voxels and touches the largest (brute force)."""
+    from ctdose.physics.transport import _MAJORANT_MARGIN, build_block_majorant, build_tables
+
+    rng = np.random.default_rng(5)
+    names = ["air", "lung", "water", "spine_bone", "rib_bone"]
+    media = [get_medium(n) for n in names]
+    shape, b = (11, 7, 13), 4  # not multiples of the block edge: partial blocks at the far faces
+    mi = rng.integers(0, len(media), shape).astype(np.uint8)
+    mi[:4, :4, :4] = 2  # one block of water only
+    rho = (rng.uniform(0.0, 2.0, shape) * (rng.random(shape) > 0.2)).astype(np.float32)
+    tab = build_tables(media, np.full(len(media), 2.0), 150.0, "cpu")
+    blk = build_block_majorant(mi, rho, tab, b)
+    assert blk.n_blocks == (3, 2, 4)
+    n_e = tab.n_e
+    total = tab.total_a.numpy().astype(np.float64).reshape(len(media), n_e)
+    maj = blk.maj_a.numpy().reshape(-1, n_e)
+    for bz in range(3):
+        for by in range(2):
+            for bx in range(4):
+                sl = np.s_[bz * b:(bz + 1) * b, by * b:(by + 1) * b, bx * b:(bx + 1) * b]
+                mu = rho[sl].ravel()[:, None].astype(np.float64) * total[mi[sl].ravel()]
+                expect = np.maximum(mu.max(axis=0) * _MAJORANT_MARGIN, 1e-12)
+                np.testing.assert_allclose(maj[(bz * 2 + by) * 4 + bx], expect, rtol=1e-6)
+    water = total[2] * rho[:4, :4, :4].max() * _MAJORANT_MARGIN
+    np.testing.assert_allclose(maj[0], water, rtol=1e-6)
+
+
+def test_tables_share_the_media_part_and_scale_the_majorant_with_density():
+    from ctdose.physics.transport import build_tables
+
+    media = [get_medium("water"), get_medium("spine_bone")]
+    a = build_tables(media, np.array([1.0, 0.0]), 150.0, "cpu")
+    b = build_tables(media, np.array([2.0, 0.0]), 150.0, "cpu")
+    assert a.total_a is b.total_a and a.scatter is b.scatter  # built once
+    np.testing.assert_allclose(b.maj_a.numpy(), 2.0 * a.maj_a.numpy(), rtol=1e-6)
+    water = a.total_a.numpy()[: a.n_e]
+    np.testing.assert_allclose(a.maj_a.numpy(), water * 1.00001, rtol=1e-6)
