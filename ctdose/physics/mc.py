@@ -400,6 +400,19 @@ def simulate(
             ambient=prep.ambient,
         )
 
+    def add_group(group, tally):
+        nonlocal escaped, emitted, steps
+        per = tally.energy_kev.view(len(group), grid.n_vox)
+        for i, nb in enumerate(group):
+            mean_b = per[i] / nb  # per-batch mean per photon (keV)
+            s1.add_(mean_b)
+            s2.add_(mean_b * mean_b)
+            if keep_batches:
+                batches.append((mean_b * 1e3).to(torch.float32).cpu().numpy().reshape(geometry.shape))
+        escaped += tally.escaped_kev
+        emitted += tally.emitted_kev
+        steps += tally.n_steps
+
     # CPU: one intra-op thread per worker (intra-op threads scale poorly on the eager photon
     # arrays and collapse on a shared, busy machine); parallelism comes from workers
     saved_threads = torch.get_num_threads()
@@ -436,23 +449,19 @@ def simulate(
             with ThreadPoolExecutor(n_workers) as ex:
                 tallies = list(ex.map(run_group, groups, gens))
         else:
-            tallies = [run_group(group, gen) for group in groups]
-        for group, tally in zip(groups, tallies):
-            per = tally.energy_kev.view(len(group), grid.n_vox)
-            for i, nb in enumerate(group):
-                mean_b = per[i] / nb  # per-batch mean per photon (keV)
-                s1 += mean_b
-                s2 += mean_b * mean_b
-                if keep_batches:
-                    batches.append((mean_b * 1e3).to(torch.float32).cpu().numpy().reshape(geometry.shape))
-            escaped += tally.escaped_kev
-            emitted += tally.emitted_kev
-            steps += tally.n_steps
+            # one group after the other, each added as soon as it is done: with one batch per
+            # group (tallies above _MAX_TALLY_BYTES) only one batch's tally is held at a time
+            for group in groups:
+                add_group(group, run_group(group, gen))
+            tallies = []
     finally:
         if bar is not None:
             bar.close()
         if torch.get_num_threads() != saved_threads:
             torch.set_num_threads(saved_threads)
+    # the parallel groups' statistics with the caller's threads (elementwise: the same result)
+    for group, tally in zip(groups, tallies):
+        add_group(group, tally)
     b = float(n_batches)
     mean = (s1 / b).cpu().numpy()
     var_mean = ((s2 / b).cpu().numpy() - mean * mean).clip(min=0.0) / (b - 1.0)

@@ -289,3 +289,35 @@ def test_tables_share_the_media_part_and_scale_the_majorant_with_density():
     np.testing.assert_allclose(b.maj_a.numpy(), 2.0 * a.maj_a.numpy(), rtol=1e-6)
     water = a.total_a.numpy()[: a.n_e]
     np.testing.assert_allclose(a.maj_a.numpy(), water * 1.00001, rtol=1e-6)
+
+
+def test_batches_of_a_large_grid_run_one_at_a_time_and_agree(monkeypatch):
+    """Above the tally budget each batch runs alone and its tally is released before the next."""
+    import gc
+    import weakref
+
+    import ctdose.physics.mc as mc
+
+    geo = VoxelGeometry(np.zeros((6, 6, 6), np.uint8), np.ones((6, 6, 6), np.float32), [get_medium("water")],
+                        (5.0, 5.0, 5.0), (-12.5, -12.5, -12.5))
+    src = PointSource((0, 0, -100.0), (0, 0, 1), energy_kev=60.0, collimation="cone", cone_half_angle_rad=0.1)
+    shared = simulate(geo, src, 40_000, n_batches=8, seed=3, keep_batches=True)
+    live, batch_counts = [], []
+    real = mc.run_transport
+
+    def spy(grid, tab, sample, batch_sizes, *args, **kwargs):
+        gc.collect()
+        live.append(sum(r() is not None for r in refs))
+        batch_counts.append(len(batch_sizes))
+        tally = real(grid, tab, sample, batch_sizes, *args, **kwargs)
+        refs.append(weakref.ref(tally.energy_kev))
+        return tally
+
+    refs = []
+    monkeypatch.setattr(mc, "run_transport", spy)
+    monkeypatch.setattr(mc, "_MAX_TALLY_BYTES", 8 * 216)  # one batch of this grid
+    alone = simulate(geo, src, 40_000, n_batches=8, seed=3, keep_batches=True)
+    assert batch_counts == [1] * 8 and live == [0] * 8
+    body = alone.energy_ev.sum()
+    sigma = math.hypot(*(r.sum_with_sigma(np.ones(geo.shape, bool))[1] for r in (alone, shared)))
+    assert abs(body - shared.energy_ev.sum()) < 4 * sigma
