@@ -30,10 +30,12 @@ import torch
 from ..errors import InputError
 from .transport import TransportGrid, TransportTally, enter_grid, prepare_transport, run_transport
 
-__all__ = ["ESTIMATORS", "DoseResult", "VoxelGeometry", "geometry_from_case", "resolve_device", "simulate"]
+__all__ = ["ESTIMATORS", "MAX_MEDIA", "DoseResult", "VoxelGeometry", "geometry_from_case", "resolve_device", "simulate"]
 
 #: Joule per keV.
 J_PER_KEV = 1.602176634e-16
+#: Most media in one geometry (the transport grid stores the medium index in one byte).
+MAX_MEDIA = 256
 #: Energy scoring methods of :func:`simulate` (:mod:`ctdose.physics.transport`).
 ESTIMATORS = ("track_length", "collision", "analogue")
 #: Default photon energy cutoff (keV): the paper's EGSnrc photon cutoff (PCUT 0.001 MeV).
@@ -54,8 +56,8 @@ class VoxelGeometry:
 
     Parameters
     ----------
-    media_index : ndarray [z, y, x] uint8
-        Index into ``media`` per voxel.
+    media_index : ndarray [z, y, x] of integers
+        Index into ``media`` per voxel (0 .. len(media) - 1; at most ``MAX_MEDIA`` media).
     density_g_cm3 : ndarray [z, y, x] float32
         Mass density per voxel (g/cm^3), >= 0.
     media : list of ctdose.materials.Medium
@@ -83,7 +85,12 @@ class VoxelGeometry:
             raise InputError("VoxelGeometry: media_index must hold non-negative integers")
         if not self.media:
             raise InputError("VoxelGeometry: no media given")
-        if int(mi.max()) >= len(self.media) or len(self.media) > 256:
+        if len(self.media) > MAX_MEDIA:
+            raise InputError(
+                f"VoxelGeometry: {len(self.media)} media given, at most {MAX_MEDIA} are supported (one byte per "
+                "voxel); merge media of equal composition (density is per voxel)"
+            )
+        if int(mi.max()) >= len(self.media):
             raise InputError(
                 f"VoxelGeometry: media_index refers to medium {int(mi.max())} but only {len(self.media)} media are given"
             )

@@ -192,6 +192,9 @@ def test_bad_input_is_refused_with_clear_errors():
         PointSource((0, 0, -100.0), (0, 0, 1), spectrum=NaNSpectrum(), collimation="cone")
     with pytest.raises(InputError, match="media_index"):
         simulate(replace(geo, media_index=np.full((3, 3, 3), 2, np.uint8)), src, 100)
+    many = [get_medium("water")] * 300
+    with pytest.raises(InputError, match="300 media given, at most 256"):
+        simulate(replace(geo, media_index=np.full((3, 3, 3), 299, np.int16), media=many), src, 100)
 
 
 def test_filter_hvl_of_spectrum_matches_transport():
