@@ -23,11 +23,11 @@ Its primary air kerma per mAs at the focal-spot distance :math:`\\rho` is
 ``mode="cylinder"`` (the paper's way)
     The attenuation is that of a 32 cm water cylinder centred on the isocentre (axis along z).
     The map of *one* projection (angle 0, z 0) is computed on a fine in-plane grid (spacing
-    ``grid_mm``) with the exact in-plane chord length through the cylinder, then rotated and
-    translated to every source position (bilinear interpolation) and summed, with the fan, the
-    z collimation and the 3-D inverse-square law applied analytically. The chord is taken
-    in the gantry plane (the extra path of rays diverging in z, at most 1/cos(2.1 deg) - 1 =
-    7e-4 of it, is neglected).
+    ``grid_mm``; once per process for all cases of a cohort) with the exact in-plane chord
+    length through the cylinder, then rotated and translated to every source position
+    (bilinear interpolation) and summed, with the fan, the z collimation and the 3-D
+    inverse-square law applied analytically. The chord is taken in the gantry plane (the extra
+    path of rays diverging in z, at most 1/cos(2.1 deg) - 1 = 7e-4 of it, is neglected).
 ``mode="patient"``
     The attenuation is ray-traced through the patient's own media: each medium's
     :math:`\\mu/\\rho(E)` is decomposed into water and cortical-bone basis functions
@@ -39,6 +39,7 @@ Its primary air kerma per mAs at the focal-spot distance :math:`\\rho` is
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import sys
@@ -78,6 +79,11 @@ _N_GAMMA_TABLE = 257
 _N_PW_TABLE = 192
 _N_PB_TABLE = 48
 _CHUNK = 1 << 18
+#: the single-projection maps of the cylinder mode are kept per process (a few MB each), their
+#: half extent rounded up to this step (mm) so that similar case grids share one
+_SINGLE_MAP_STEP_MM = 50.0
+_SINGLE_MAP_CACHE_SIZE = 4
+_SINGLE_MAPS: dict = {}
 _TINY = 1e-30
 
 
@@ -262,10 +268,35 @@ def _geometry(scanner: CTScanner, grid: _Grid, angle: float):
 
 
 # ---------------------------------------------------------------------------------------------
+def _scanner_key(scanner: CTScanner) -> str:
+    """Digest of what a single-projection map depends on (geometry, spectrum, bowtie)."""
+    h = hashlib.sha256()
+    h.update(np.float64([scanner.source_to_isocentre_mm]).tobytes())
+    for arr in (scanner.spectrum.energy_kev, scanner.spectrum.fluence_per_mas_per_mm2_at_1m,
+                scanner.bowtie.fan_angle_rad, scanner.bowtie.al_thickness_mm):
+        h.update(np.ascontiguousarray(arr, dtype=np.float64).tobytes())
+    return h.hexdigest()
+
+
+def _cached_single_projection(scanner, half_extent_mm, grid_mm, radius_mm, dev) -> tuple[torch.Tensor, float]:
+    """:func:`_single_projection_cylinder` for a map at least ``half_extent_mm`` wide, cached.
+
+    The half extent is rounded up to a multiple of ``_SINGLE_MAP_STEP_MM``, so that the cases of
+    a cohort (grids of similar size, one scanner) share one map per process.
+    """
+    half = math.ceil(half_extent_mm / _SINGLE_MAP_STEP_MM) * _SINGLE_MAP_STEP_MM
+    key = (_scanner_key(scanner), half, float(grid_mm), float(radius_mm), str(dev))
+    if key not in _SINGLE_MAPS:
+        if len(_SINGLE_MAPS) >= _SINGLE_MAP_CACHE_SIZE:
+            _SINGLE_MAPS.pop(next(iter(_SINGLE_MAPS)))
+        _SINGLE_MAPS[key] = _single_projection_cylinder(scanner, half, grid_mm, radius_mm, dev)
+    return _SINGLE_MAPS[key]
+
+
 def _cylinder_map(scanner, positions, grid, grid_mm, radius_mm, progress) -> torch.Tensor:
     dev = grid.dev
     half = grid.max_inplane_radius_mm() + 2 * grid_mm
-    single, lo = _single_projection_cylinder(scanner, half, grid_mm, radius_mm, dev)
+    single, lo = _cached_single_projection(scanner, half, grid_mm, radius_mm, dev)
     n = single.shape[0]
     span = (n - 1) * grid_mm
     img = single.view(1, 1, n, n)
@@ -371,14 +402,20 @@ def _patient_map(scanner, positions, grid, labels, media_of_label, density_set, 
     u_ax = torch.linspace(-tan_g, tan_g, n_u, dtype=torch.float64, device=dev)
     w_ax = torch.linspace(-w_max, w_max, n_w, dtype=torch.float64, device=dev)
     ww, uu, ss = torch.meshgrid(w_ax, u_ax, s_ax, indexing="ij")  # (n_w, n_u, n_s)
-    norm = torch.sqrt(1.0 + uu * uu + ww * ww)
+    # in the gantry frame of angle a: x = sin(a) (d - s) + cos(a) s u, y = -cos(a) (d - s) +
+    # sin(a) s u, z = z_k + s w; the angle-free parts once, in float32 (grid_sample's precision)
+    back = (d - ss).to(torch.float32)
+    across = (ss * uu).to(torch.float32)
+    along_z = (ss * ww).to(torch.float32)
+    # ray element (g/cm2 per g/cm3 of basis) of each sample: |direction| ds in cm
+    step_cm = (torch.sqrt(1.0 + uu * uu + ww * ww) * (ds / _MM_PER_CM)).to(torch.float32)
     # a frame of zeros (air) around the volume in x and y, then "border" sampling: outside the
     # grid the patient is air in-plane and continues like its first/last slice in z
     basis_vol = F.pad(basis_vol, (1, 1, 1, 1, 0, 0))
-    centre_lo = torch.tensor([x0 - sx, y0 - sy, z0], dtype=torch.float64, device=dev)
-    centre_span = torch.tensor(
-        [(nx + 1) * sx, (ny + 1) * sy, max((nz - 1) * sz, 1e-9)], dtype=torch.float64, device=dev
-    )
+    # grid_sample's normalised coordinates: 2 (p - lo) / span - 1 per axis (x, y, z)
+    lo_xyz = (x0 - sx, y0 - sy, z0)
+    k_xyz = tuple(2.0 / v for v in ((nx + 1) * sx, (ny + 1) * sy, max((nz - 1) * sz, 1e-9)))
+    g = torch.empty((1, n_w, n_u, n_s, 3), dtype=torch.float32, device=dev)
 
     out = torch.zeros(grid.shape, dtype=torch.float64, device=dev)
     for k in tqdm(range(len(positions)), desc="kerma (patient)", disable=not _progress_enabled(progress)):
@@ -394,15 +431,14 @@ def _patient_map(scanner, positions, grid, labels, media_of_label, density_set, 
             continue
         ca, sa = math.cos(a), math.sin(a)
         # sample the basis densities on the fan grid and integrate along each ray
-        px = d * sa + ss * (-sa + uu * ca)
-        py = -d * ca + ss * (ca + uu * sa)
-        pz = z_k + ss * ww
-        pts = torch.stack([px, py, pz], dim=-1)
-        g = ((pts - centre_lo) / centre_span * 2 - 1).to(torch.float32)
-        f = F.grid_sample(basis_vol, g.unsqueeze(0), mode="bilinear", padding_mode="border",
-                          align_corners=True)[0].to(torch.float64)  # (2, n_w, n_u, n_s) g/cm3
-        f = f * norm.unsqueeze(0) * (ds / _MM_PER_CM)
-        cum = torch.cumsum(f, dim=-1) - 0.5 * f - 0.5 * f[..., :1]  # trapezoid from s_lo, g/cm2
+        kx, ky, kz = k_xyz
+        torch.mul(back, sa * kx, out=g[0, ..., 0]).add_(across, alpha=ca * kx).add_(-lo_xyz[0] * kx - 1.0)
+        torch.mul(back, -ca * ky, out=g[0, ..., 1]).add_(across, alpha=sa * ky).add_(-lo_xyz[1] * ky - 1.0)
+        torch.mul(along_z, kz, out=g[0, ..., 2]).add_((z_k - lo_xyz[2]) * kz - 1.0)
+        f = F.grid_sample(basis_vol, g, mode="bilinear", padding_mode="border",
+                          align_corners=True)[0]  # (2, n_w, n_u, n_s) g/cm3
+        f.mul_(step_cm.unsqueeze(0))
+        cum = torch.cumsum(f, dim=-1).sub_(0.5 * f).sub_(0.5 * f[..., :1])  # trapezoid from s_lo, g/cm2
         # look up every voxel of the slab in the fan grid
         zp = grid.z[sl].view(-1, 1, 1) - z_k
         dep = depth.unsqueeze(0).expand_as(overlap)
@@ -413,7 +449,7 @@ def _patient_map(scanner, positions, grid, labels, media_of_label, density_set, 
             u_v / tan_g,
             w_v / w_max,
         ], dim=-1).to(torch.float32)  # (nz_s, ny, nx, 3) as (s, u, w) -> (W, H, D)
-        p_basis = F.grid_sample(cum.unsqueeze(0).to(torch.float32), q.unsqueeze(0), mode="bilinear",
+        p_basis = F.grid_sample(cum.unsqueeze(0), q.unsqueeze(0), mode="bilinear",
                                 padding_mode="border", align_corners=True)[0].to(torch.float64)  # (2, nz_s, ny, nx)
         tg = torch.stack([
             gamma.abs().unsqueeze(0).expand_as(overlap) / g_max * 2 - 1,

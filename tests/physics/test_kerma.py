@@ -171,3 +171,25 @@ def test_case_kerma_map_uses_profile_and_case_grid():
                        scanner_from_profile(cfg), protocol_for_case(cfg, (-20.0, 20.0)), grid_mm=8.0)
     np.testing.assert_array_equal(k, direct)
     assert k.shape == labels.shape and k.max() > 0
+
+
+def test_cylinder_single_projection_is_shared_by_similar_grids_only(scanner):
+    """Cases of one cohort reuse the single-projection map; another bowtie does not."""
+    from dataclasses import replace
+
+    from ctdose.physics import kerma
+    from ctdose.physics.scanner import Bowtie
+
+    kerma._SINGLE_MAPS.clear()
+    prot = Protocol("axial", 0.0, 0.0, projections_per_rotation=8)
+    a = kerma_map("cylinder", (2, 30, 40), (5.0, 6.0, 6.0), (0.0, -87.0, -117.0), scanner, prot)
+    b = kerma_map("cylinder", (3, 31, 41), (5.0, 6.0, 6.0), (0.0, -90.0, -120.0), scanner, prot)
+    assert len(kerma._SINGLE_MAPS) == 1  # the second grid (a few mm wider) used the same map
+    flat = replace(scanner, bowtie=Bowtie.flat())
+    c = kerma_map("cylinder", (2, 30, 40), (5.0, 6.0, 6.0), (0.0, -87.0, -117.0), flat, prot)
+    assert len(kerma._SINGLE_MAPS) == 2
+    assert float(c.sum()) > float(a.sum())  # no bowtie: more kerma
+    assert np.all(np.isfinite(b)) and float(b.max()) > 0
+    kerma._SINGLE_MAPS.clear()
+    fresh = kerma_map("cylinder", (2, 30, 40), (5.0, 6.0, 6.0), (0.0, -87.0, -117.0), scanner, prot)
+    np.testing.assert_array_equal(fresh, a)
