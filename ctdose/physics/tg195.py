@@ -1,4 +1,4 @@
-"""AAPM TG-195 validation cases for the Monte Carlo engine (Cases 1, 4.1 and 4.2).
+"""AAPM TG-195 validation cases for the Monte Carlo engine (Cases 1, 2, 4.1 and 4.2).
 
 Reference data: ``ctdose/data/tg195/`` (AAPM Report 195, Sechopoulos et al., Med. Phys. 42
 (2015) 5679; copies via XRayMClib, see the README there; validation only).
@@ -29,6 +29,15 @@ the energy density is smooth within a voxel) and counted in PMMA voxels only, ne
 air. The XRayMClib cylinder is 3 m long; 600 mm is used here (scatter from beyond 300 mm of
 PMMA into the VOIs is below 1e-4 of the signal).
 
+Case 2 geometry (radiography; as XRayMClib implements it): a box of TG-195 soft tissue
+(H 10.5, C 25.6, N 2.7, O 60.2, Na 0.1, P 0.2, S 0.3, Cl 0.2, K 0.2 % by weight, 1.03 g/cm^3),
+390 x 390 mm across and 200 mm along the beam, its entrance face 1550 mm from an isotropic
+point source whose square field is 390 x 390 mm at 1800 mm (the detector plane), in air.
+VOIs: the whole box ("Total body") and nine 30 mm cubes, relative to the box centre (x, y
+across the beam, z along it): VOI 3 at the centre, VOIs 6, 7, 8, 9 at z = -60, -30, +30,
++60 mm, VOIs 1, 5 at y = -150, +150 mm and VOIs 2, 4 at x = -150, +150 mm. With 5 mm voxels
+every VOI face is a voxel face, so the VOIs are exact unions of voxels.
+
 Spectrum: the TG-195 RQR-9 table lists 0.5 keV bins by their *lower* edges: only then do the
 fluence-weighted mean (56.39 keV) and the tungsten K-beta lines (67.24, 69.1 keV) agree with
 the report's stated mean 56.4 keV and the physics; bin centres are the listed values + 0.25.
@@ -51,13 +60,21 @@ __all__ = [
     "CASE1_BEAMS",
     "CASE4_RADIUS_MM",
     "CASE4_WORLDS",
+    "CASE2_ENERGIES",
+    "Case2Setup",
     "Case4Setup",
+    "case2_geometry",
+    "case2_reference",
+    "case2_source",
+    "case2_voi_energies",
     "case4_geometry",
     "case4_reference",
     "case4_source",
     "case4_voi_energies",
     "pmma",
+    "soft_tissue",
     "run_case1",
+    "run_case2",
     "run_case4",
     "tg195_spectrum",
 ]
@@ -79,6 +96,24 @@ _PMMA_DENSITY = 1.19
 _CIRCLE_COLUMNS = 256
 #: Case 4 worlds: the medium around the cylinder (``None``: vacuum).
 CASE4_WORLDS = {"air": "air", "vacuum": None}
+#: TG-195 soft tissue of Case 2 (mass fractions, g/cm^3).
+_SOFT_TISSUE_FRACTIONS = {1: 0.105, 6: 0.256, 7: 0.027, 8: 0.602, 11: 0.001, 15: 0.002, 16: 0.003, 17: 0.002,
+                          19: 0.002}
+_SOFT_TISSUE_DENSITY = 1.03
+#: Case 2: box width across the beam, its length along the beam, the source to its entrance
+#: face and to the detector plane (mm); the field is the box width at the detector plane.
+CASE2_BOX_WIDTH_MM = 390.0
+CASE2_BOX_LENGTH_MM = 200.0
+CASE2_SOURCE_TO_BOX_MM = 1550.0
+CASE2_SOURCE_TO_DETECTOR_MM = 1800.0
+#: Case 2 VOIs: 30 mm cubes, centres (x, y, z) in mm relative to the box centre (z along the beam).
+CASE2_VOI_MM = 30.0
+CASE2_VOI_CENTRES_MM = {
+    1: (0.0, -150.0, 0.0), 2: (-150.0, 0.0, 0.0), 3: (0.0, 0.0, 0.0), 4: (150.0, 0.0, 0.0), 5: (0.0, 150.0, 0.0),
+    6: (0.0, 0.0, -60.0), 7: (0.0, 0.0, -30.0), 8: (0.0, 0.0, 30.0), 9: (0.0, 0.0, 60.0),
+}
+#: Case 2 beams: reference label -> monoenergy (keV) or spectrum file
+CASE2_ENERGIES = {"56.4 keV": 56.4, "120 kVp": "spectrum_RQR9_120kVp_W_Al.csv"}
 
 
 def pmma():
@@ -86,6 +121,13 @@ def pmma():
     from ..materials import custom_medium
 
     return custom_medium("pmma_tg195", _PMMA_DENSITY, _PMMA_FRACTIONS)
+
+
+def soft_tissue():
+    """The TG-195 soft tissue of Case 2."""
+    from ..materials import custom_medium
+
+    return custom_medium("soft_tissue_tg195", _SOFT_TISSUE_DENSITY, _SOFT_TISSUE_FRACTIONS)
 
 
 def tg195_spectrum(name: str = "spectrum_RQR9_120kVp_W_Al.csv"):
@@ -362,6 +404,144 @@ def run_case4(
         for code in codes:
             row[code] = float(m[f"{code}_Result"].mean())
         row["EGSnrc_rel_unc"] = float(m["EGSnrc_Uncertainty"].mean())
+        row["deviation_pct"] = 100.0 * (row["ours"] / row["EGSnrc"] - 1.0)
+        row["sigma_pct"] = 100.0 * row["ours_sigma"] / row["ours"]
+        out.append(row)
+    return pd.DataFrame(out), res
+
+
+#: Case 2 worlds: the medium around the box (``None``: vacuum).
+CASE2_WORLDS = {"air": "air", "vacuum": None}
+
+
+@dataclass
+class Case2Setup:
+    """A voxelised Case 2 world: the geometry, voxel centres (mm) and the slices of the box.
+
+    ``box_slices`` is the slice range (start, stop) of the tissue box along the beam (z); the
+    slices before it are air (``world="air"``) from just behind the source.
+    """
+
+    geometry: VoxelGeometry
+    x_mm: np.ndarray
+    y_mm: np.ndarray
+    z_mm: np.ndarray
+    box_slices: tuple[int, int]
+
+
+def _whole_steps(length_mm: float, voxel_mm: float) -> int | None:
+    k = length_mm / voxel_mm
+    return int(round(k)) if abs(k - round(k)) < 1e-9 else None
+
+
+def case2_geometry(voxel_mm: float = 5.0, world: str = "air") -> Case2Setup:
+    """Voxelised TG-195 Case 2 (radiography): the soft-tissue box in air or vacuum.
+
+    Parameters
+    ----------
+    voxel_mm : float
+        Cubic voxel edge (mm); it must divide 15 mm and 200 mm (5, 2.5, 1 mm, ...) so that the
+        box and every VOI face are voxel faces.
+    world : "air" or "vacuum"
+        With air (default) the grid reaches from one slice behind the source (z = 0) to the
+        box's exit face, its cross-section the box's, so the 1550 mm of air in front of the box
+        attenuates and scatters as in the reference codes; with vacuum it is the box alone.
+    """
+    if world not in CASE2_WORLDS:
+        raise InputError(f"TG-195 Case 2: world must be one of {sorted(CASE2_WORLDS)}, got {world!r}")
+    n_xy = _whole_steps(CASE2_BOX_WIDTH_MM, voxel_mm)
+    n_box = _whole_steps(CASE2_BOX_LENGTH_MM, voxel_mm)
+    if n_xy is None or n_box is None or _whole_steps(CASE2_VOI_MM / 2, voxel_mm) is None:
+        raise InputError(f"TG-195 Case 2: voxel_mm must divide 15 mm and 200 mm (e.g. 5 or 2.5), got {voxel_mm!r}")
+    c = (np.arange(n_xy) - (n_xy - 1) / 2) * voxel_mm
+    n_front = 0
+    if CASE2_WORLDS[world] is not None:
+        n_front = int(math.ceil(CASE2_SOURCE_TO_BOX_MM / voxel_mm)) + 1
+    z = CASE2_SOURCE_TO_BOX_MM + (np.arange(-n_front, n_box) + 0.5) * voxel_mm
+    media = [soft_tissue()]
+    mi = np.zeros((z.size, n_xy, n_xy), np.uint8)
+    rho = np.full(mi.shape, _SOFT_TISSUE_DENSITY, np.float32)
+    if n_front:
+        from ..materials import get_medium
+
+        ambient = get_medium(CASE2_WORLDS[world])
+        media.append(ambient)
+        mi[:n_front] = 1
+        rho[:n_front] = ambient.density_g_cm3
+    geo = VoxelGeometry(mi, rho, media, (voxel_mm,) * 3, (z[0], c[0], c[0]))
+    return Case2Setup(geo, c.copy(), c.copy(), z, (n_front, n_front + n_box))
+
+
+def case2_source(energy: str) -> PointSource:
+    """Case 2 source at the origin towards +z, ``energy`` '56.4 keV' or '120 kVp' (radiography)."""
+    if energy not in CASE2_ENERGIES:
+        raise InputError(f"TG-195 Case 2: energy must be one of {sorted(CASE2_ENERGIES)}, got {energy!r}")
+    spec = CASE2_ENERGIES[energy]
+    kw = dict(energy_kev=spec) if isinstance(spec, float) else dict(spectrum=tg195_spectrum(spec))
+    half = math.atan(0.5 * CASE2_BOX_WIDTH_MM / CASE2_SOURCE_TO_DETECTOR_MM)
+    return PointSource(position_mm=(0.0, 0.0, 0.0), direction=(0.0, 0.0, 1.0), collimation="fan",
+                       half_angles_rad=(half, half), fan_axis=(1.0, 0.0, 0.0), **kw)
+
+
+def case2_voi_energies(setup: Case2Setup, result: DoseResult) -> pd.DataFrame:
+    """Energy (eV per source photon) in the Case 2 box and VOIs: columns ``volume``, ``ours``,
+    ``ours_sigma`` (batch method; NaN unless the run kept its batches)."""
+    z0, z1 = setup.box_slices
+    box = np.zeros(setup.geometry.shape, bool)
+    box[z0:z1] = True
+    zc = CASE2_SOURCE_TO_BOX_MM + CASE2_BOX_LENGTH_MM / 2
+    half = CASE2_VOI_MM / 2
+    rows = []
+    val, sig = result.sum_with_sigma(box.astype(float))
+    rows.append(dict(volume="Total body", ours=val, ours_sigma=sig))
+    for k, (x, y, z) in sorted(CASE2_VOI_CENTRES_MM.items()):
+        inz = np.abs(setup.z_mm - (zc + z)) < half
+        iny = np.abs(setup.y_mm - y) < half
+        inx = np.abs(setup.x_mm - x) < half
+        w = (inz[:, None, None] & iny[None, :, None] & inx[None, None, :] & box).astype(float)
+        val, sig = result.sum_with_sigma(w)
+        rows.append(dict(volume=f"VOI {k}", ours=val, ours_sigma=sig))
+    return pd.DataFrame(rows)
+
+
+def case2_reference() -> pd.DataFrame:
+    """TG-195 Case 2 radiography rows (energy eV per photon) of the four codes."""
+    t = read_table("tg195/TG195results.csv")
+    t = t[(t["Case"] == "Case 2") & (t["Mode"].str.strip() == "radiography")].copy()
+    t["energy"] = t["Specter"].str.strip()
+    return t.rename(columns={"Case": "case", "Volume": "volume"}).reset_index(drop=True)
+
+
+def run_case2(
+    energy: str,
+    n_photons: int,
+    voxel_mm: float = 5.0,
+    seed: int = 0,
+    device: str = "cpu",
+    n_batches: int = 10,
+    world: str = "air",
+) -> tuple[pd.DataFrame, DoseResult]:
+    """Simulate TG-195 Case 2 (radiography) and join our VOI energies with the reference.
+
+    Returns
+    -------
+    table : DataFrame
+        Per VOI: ours, ours_sigma, EGSnrc, Geant4, MCNP, Penelope, deviation_pct (vs EGSnrc),
+        sigma_pct.
+    result : DoseResult
+    """
+    setup = case2_geometry(voxel_mm, world)
+    res = simulate(setup.geometry, case2_source(energy), n_photons, n_batches=n_batches, seed=seed, device=device,
+                   keep_batches=True)
+    ours = case2_voi_energies(setup, res)
+    ref = case2_reference()
+    ref = ref[ref["energy"] == energy]
+    out = []
+    for _, r in ours.iterrows():
+        m = ref[ref["volume"] == r["volume"]]
+        row = dict(case="Case 2", energy=energy, **dict(r))
+        for code in ("EGSnrc", "Geant4", "MCNP", "Penelope"):
+            row[code] = float(m[f"{code}_Result"].iloc[0])
         row["deviation_pct"] = 100.0 * (row["ours"] / row["EGSnrc"] - 1.0)
         row["sigma_pct"] = 100.0 * row["ours_sigma"] / row["ours"]
         out.append(row)

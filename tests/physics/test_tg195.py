@@ -1,4 +1,4 @@
-"""AAPM TG-195 Cases 4.1 / 4.2 (reduced photons for CI) and Case 1 HVL/QVL fractions.
+"""AAPM TG-195 Cases 4.1 / 4.2 and 2 (reduced photons for CI) and Case 1 HVL/QVL fractions.
 
 The full-statistics comparison with all four reference codes is ``benchmarks/tg195.py``.
 Tolerances: the goal (2 % of EGSnrc) plus 4 standard errors of this reduced run.
@@ -13,11 +13,17 @@ import pytest
 
 from ctdose.errors import InputError
 from ctdose.physics.tg195 import (
+    CASE2_VOI_CENTRES_MM,
     CASE4_RADIUS_MM,
+    case2_geometry,
+    case2_reference,
+    case2_source,
+    case2_voi_energies,
     case4_geometry,
     case4_reference,
     case4_voi_energies,
     run_case1,
+    run_case2,
     run_case4,
     tg195_spectrum,
 )
@@ -122,3 +128,70 @@ def test_case1_hvl_qvl_fractions(beam):
     for _, r in t.iterrows():
         print(f"TG-195 Case 1 {beam} {r['volume']}: ours {r['ours']:.4f} +- {r['ours_sigma']:.4f}, EGSnrc {r['EGSnrc']:.4f}")
         assert abs(r["ours"] - r["EGSnrc"]) < 4 * r["ours_sigma"] + 0.005
+
+
+def test_case2_geometry_box_vois_and_air():
+    air = case2_geometry(5.0)
+    vac = case2_geometry(5.0, world="vacuum")
+    g = air.geometry
+    z0, z1 = air.box_slices
+    # the air reaches from behind the source (z = 0) to the box's entrance face at 1550 mm
+    assert air.z_mm[0] - 2.5 < 0.0 <= air.z_mm[0] + 2.5
+    assert air.z_mm[z0] - 2.5 == pytest.approx(1550.0)
+    assert air.z_mm[z1 - 1] + 2.5 == pytest.approx(1750.0)
+    assert vac.box_slices == (0, 40) and vac.geometry.shape == (40, 78, 78)
+    rho = np.asarray(g.density_g_cm3)
+    assert np.allclose(rho[:z0], 1.205e-3, rtol=0.01)
+    # box mass 39 x 39 x 20 cm^3 of 1.03 g/cm^3 soft tissue, the same in both worlds
+    box_g = float(rho[z0:z1].sum()) * g.voxel_volume_cm3
+    assert box_g == pytest.approx(39 * 39 * 20 * 1.03, rel=1e-6)
+    assert float(np.asarray(vac.geometry.density_g_cm3).sum()) * g.voxel_volume_cm3 == pytest.approx(box_g, rel=1e-6)
+    tissue = g.media[0]  # TG-195 soft tissue: O 60.2 %, H 10.5 %, ... (nine elements)
+    assert tissue.density_g_cm3 == 1.03 and len(tissue.mass_fractions) == 9
+    assert tissue.mass_fractions[8] == pytest.approx(0.602) and tissue.mass_fractions[1] == pytest.approx(0.105)
+
+    class Uniform:  # 1 eV in every voxel, tissue or air
+        def sum_with_sigma(self, w):
+            return float(np.sum(w)), 0.0
+
+    t = case2_voi_energies(air, Uniform()).set_index("volume")
+    assert t.loc["Total body", "ours"] == 78 * 78 * 40  # the box only, never the air
+    for k in CASE2_VOI_CENTRES_MM:  # 30 mm cubes: 6 x 6 x 6 voxels of 5 mm
+        assert t.loc[f"VOI {k}", "ours"] == 216
+    t25 = case2_voi_energies(case2_geometry(2.5, world="vacuum"), Uniform()).set_index("volume")
+    assert (t25.loc[[f"VOI {k}" for k in CASE2_VOI_CENTRES_MM], "ours"] == 12**3).all()
+
+
+def test_case2_bad_input():
+    with pytest.raises(InputError, match="voxel_mm"):
+        case2_geometry(4.0)
+    with pytest.raises(InputError, match="world"):
+        case2_geometry(5.0, world="water")
+    with pytest.raises(InputError, match="energy"):
+        case2_source("80 kVp")
+
+
+def test_case2_reference_rows():
+    ref = case2_reference()
+    assert len(ref) == 20 and set(ref["energy"]) == {"56.4 keV", "120 kVp"}
+
+
+@pytest.mark.parametrize("energy", ["56.4 keV", "120 kVp"])
+def test_case2_reduced(energy):
+    """TG-195 Case 2 (radiography): the box and its VOIs at reduced statistics.
+
+    The four lateral VOIs (1, 2, 4, 5) lie symmetrically in the square field: summed; the VOIs
+    on the axis (3, 6, 7, 8, 9) and the whole box individually.
+    """
+    table, res = run_case2(energy, 250_000, seed=5)
+    t = table.set_index("volume")
+    on_axis = t.loc[["Total body", "VOI 3", "VOI 6", "VOI 7", "VOI 8", "VOI 9"]].reset_index()
+    on_axis["angle_deg"] = np.nan
+    _check(on_axis, f"TG-195 Case 2 {energy}")
+    lat = t.loc[["VOI 1", "VOI 2", "VOI 4", "VOI 5"]]
+    dev = 100 * (lat["ours"].sum() / lat["EGSnrc"].sum() - 1)
+    sig = 100 * math.sqrt((lat["ours_sigma"] ** 2).sum()) / lat["ours"].sum()
+    print(f"TG-195 Case 2 {energy} lateral VOIs 1+2+4+5: dev {dev:+.2f} % +- {sig:.2f} %")
+    assert abs(dev) < GOAL_PCT + 4 * sig
+    # the box takes most of the energy: 59 % of 56.4 keV per photon in the reference
+    assert res.deposited_energy_ev + res.escaped_energy_ev == pytest.approx(res.emitted_energy_ev, rel=0.01)
