@@ -5,6 +5,7 @@ Usage::
     python benchmarks/bench_mc.py                  # 2e6 histories per run
     python benchmarks/bench_mc.py --quick          # 2e5
     python benchmarks/bench_mc.py --device cuda    # our engine on a GPU
+    python benchmarks/bench_mc.py --large          # fixed costs of a 52 M-voxel grid instead
 
 Phantoms: a 32 cm water cylinder (100 mm long, 5 mm voxels, vacuum outside), a demo phantom
 (a synthetic thorax from ``ctdose.anatomy`` at 6 mm, the demo profile's grid) and a paper
@@ -178,14 +179,48 @@ def run(quick: bool = False, device: str = "cpu") -> list[dict]:
     return rows
 
 
+def large_grid(n_photons: int = 200_000, device: str = "cpu") -> list[dict]:
+    """Fixed costs on a full-resolution CT-sized grid: 200 x 512 x 512 voxels of 1 mm (52 M),
+    20 media in stripes inside an elliptic body, one 120 kVp projection, air around.
+
+    With few photons the run is dominated by what scales with the voxel count (tables, block
+    majorant, tallies over the 1 GiB budget run one batch at a time, batch statistics, dose);
+    prints the wall time of ``simulate`` (after a warm-up that compiles the kernels) and the
+    peak memory of this process.
+    """
+    import resource
+
+    from ctdose.materials import custom_medium
+
+    nz, ny, nx = 200, 512, 512
+    zz, yy, xx = np.ogrid[:nz, :ny, :nx]
+    ellipse = ((yy - ny / 2) / (ny * 0.4)) ** 2 + ((xx - nx / 2) / (nx * 0.45)) ** 2 < 1
+    mi = np.where(ellipse, 1 + ((xx // 17 + yy // 23 + zz // 11) % 19), 0).astype(np.uint8)
+    media = [get_medium("air")] + [custom_medium(f"tissue_{i}", 0.9 + 0.05 * i, {1: 0.1, 6: 0.2, 8: 0.68, 20: 0.02})
+                                   for i in range(19)]
+    rho = np.array([m.density_g_cm3 for m in media], np.float32)[mi]
+    geo = VoxelGeometry(mi, rho, media, (1.0, 1.0, 1.0), (-(nz - 1) / 2, -(ny - 1) / 2, -(nx - 1) / 2))
+    src = PointSource((0, -SOURCE_TO_AXIS_MM, 0), (0, 1, 0), spectrum=tg195_spectrum(),
+                      half_angles_rad=(math.atan(nx / 2 / SOURCE_TO_AXIS_MM), math.atan(nz / 2 / SOURCE_TO_AXIS_MM)))
+    air = get_medium("air")
+    simulate(VoxelGeometry(mi[:8, :64, :64], rho[:8, :64, :64], media, (1.0, 1.0, 1.0), (-3.5, -31.5, -31.5)),
+             src, 20_000, device=device, ambient=air)  # compile the kernels first
+    res = simulate(geo, src, n_photons, device=device, ambient=air)
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    balance = (res.deposited_energy_ev + res.escaped_energy_ev) / res.emitted_energy_ev
+    return [dict(benchmark="simulate on a 52 M-voxel grid (200 x 512 x 512, 1 mm, 20 media)", value=round(res.wall_s, 1),
+                 unit="s", note=f"{n_photons} photons; peak RSS {peak_gb:.2f} GB; energy balance {balance:.4f}")]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--large", action="store_true", help="only the fixed costs of a 52 M-voxel grid")
     a = p.parse_args(argv)
     import pandas as pd
 
-    rows = run(a.quick, a.device)
+    rows = large_grid(device=a.device) if a.large else run(a.quick, a.device)
     pd.set_option("display.width", 220)
     pd.set_option("display.max_colwidth", 90)
     print(pd.DataFrame(rows).to_string(index=False))

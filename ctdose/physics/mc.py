@@ -19,6 +19,7 @@ Coordinates follow docs/architecture.md: arrays ``[z, y, x]``, ``origin_mm`` = c
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Sequence
@@ -407,15 +408,21 @@ def simulate(
             ambient=prep.ambient,
         )
 
+    # one batch's mean per photon (keV) and its square: buffers reused for every batch
+    buf = {"mean": torch.empty_like(s1), "square": torch.empty_like(s1)}
+
     def add_group(group, tally):
         nonlocal escaped, emitted, steps
         per = tally.energy_kev.view(len(group), grid.n_vox)
-        for i, nb in enumerate(group):
-            mean_b = per[i] / nb  # per-batch mean per photon (keV)
-            s1.add_(mean_b)
-            s2.add_(mean_b * mean_b)
-            if keep_batches:
-                batches.append((mean_b * 1e3).to(torch.float32).cpu().numpy().reshape(geometry.shape))
+        # in place, with the caller's threads (elementwise: the same sums on any thread count)
+        with _torch_threads(saved_threads if dev.type == "cpu" else None):
+            mean_b = buf["mean"]
+            for i, nb in enumerate(group):
+                torch.div(per[i], nb, out=mean_b)
+                s1.add_(mean_b)
+                s2.add_(torch.mul(mean_b, mean_b, out=buf["square"]))
+                if keep_batches:
+                    batches.append((mean_b * 1e3).to(torch.float32).cpu().numpy().reshape(geometry.shape))
         escaped += tally.escaped_kev
         emitted += tally.emitted_kev
         steps += tally.n_steps
@@ -469,23 +476,34 @@ def simulate(
     # the parallel groups' statistics with the caller's threads (elementwise: the same result)
     for group, tally in zip(groups, tallies):
         add_group(group, tally)
-    b = float(n_batches)
-    mean = (s1 / b).cpu().numpy()
-    var_mean = ((s2 / b).cpu().numpy() - mean * mean).clip(min=0.0) / (b - 1.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.where(mean > 0, np.sqrt(var_mean) / np.where(mean > 0, mean, 1.0), 1.0)
+    buf.clear()
     if dev.type == "cuda":
         torch.cuda.synchronize()
+    # batch statistics in place on the CPU arrays (s1 becomes the mean, s2 the relative
+    # standard error; the same arithmetic as out-of-place numpy, without the temporaries)
+    b = float(n_batches)
+    mean = np.divide(s1.cpu().numpy(), b)
+    var_mean = s2.cpu().numpy()
+    np.divide(var_mean, b, out=var_mean)
+    var_mean -= mean * mean
+    np.clip(var_mean, 0.0, None, out=var_mean)
+    var_mean /= b - 1.0
+    positive = mean > 0
+    rel = np.sqrt(var_mean, out=var_mean)
+    np.divide(rel, mean, out=rel, where=positive)
+    rel[~positive] = 1.0
     # weighting of batches: equal sizes up to one photon; mean per photon over all batches
     shape = geometry.shape
     energy_kev = mean.reshape(shape)
     mass = geometry.voxel_mass_kg()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        dose = np.where(mass > 0, energy_kev * J_PER_KEV / np.where(mass > 0, mass, 1.0), 0.0)
+    dose = np.zeros(shape)
+    np.multiply(energy_kev, J_PER_KEV, out=dose)
+    np.divide(dose, mass, out=dose, where=mass > 0)
+    dose[~(mass > 0)] = 0.0
     scale = getattr(source, "dose_scale_per_mas", None)
     per_mas = scale is not None
     if per_mas:
-        dose = dose * float(scale)
+        dose *= float(scale)
     wall = time.perf_counter() - t0
     return DoseResult(
         energy_ev=energy_kev * 1e3,
@@ -504,6 +522,20 @@ def simulate(
         n_steps=steps,
         batch_energy_ev=(np.stack(batches) if keep_batches else None),
     )
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    """Run the block with ``n`` torch intra-op threads (None: leave them), then restore."""
+    saved = torch.get_num_threads()
+    if n is None or n == saved:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def geometry_from_case(case_ds, density_set: str = "paper") -> VoxelGeometry:
