@@ -20,8 +20,10 @@ ICRP bone, ICRU tissue, water) at our densities, its electrons are below ECUT (l
 splitting off. Its OpenMP threads follow OMP_NUM_THREADS (set it to 2 for 2 cores).
 
 Our engine runs with its default estimator (stratified track length, compiled kernels, block
-majorant) on 1 core and on 2 cores (``simulate(workers=2)``: a second worker process), and
-with the eager ``collision`` estimator on 2 cores (two threads) for comparison. Each
+majorant) on 1 core and on 2 cores (``simulate(workers=2)``: a second worker process), the same
+with weight windows (``weight_window=True``: splitting and roulette from a pilot run, see
+``ctdose.physics.weight_window``) on 2 cores, and with the eager ``collision`` estimator on 2
+cores (two threads) for comparison. Each
 configuration is warmed up first (tables, kernel compilation, worker start), as in a cohort
 run where these costs are paid once.
 """
@@ -101,15 +103,16 @@ def _opening(geo: VoxelGeometry):
     return y_face, ssd, half_x, half_z
 
 
-def ours(geo, body, n, workers, device="cpu", seed=0, estimator="track_length"):
+def ours(geo, body, n, workers, device="cpu", seed=0, estimator="track_length", weight_window=False):
     y_face, ssd, hx, hz = _opening(geo)
     z_mid = geo.origin_mm[0] + (geo.shape[0] - 1) / 2 * geo.spacing_mm[0]
     x_mid = geo.origin_mm[2] + (geo.shape[2] - 1) / 2 * geo.spacing_mm[2]
     src = PointSource((x_mid, -SOURCE_TO_AXIS_MM, z_mid), (0, 1, 0), spectrum=tg195_spectrum(), collimation="fan",
                       half_angles_rad=(math.atan(hx / ssd), math.atan(hz / ssd)), fan_axis=(1, 0, 0), sampling="plane")
     # warm-up: tables, kernel compilation, worker processes
-    simulate(geo, src, min(n, 40000), n_batches=10, seed=seed, device=device, workers=workers, estimator=estimator)
-    res = simulate(geo, src, n, n_batches=10, seed=seed, device=device, workers=workers, estimator=estimator)
+    kw = dict(n_batches=10, seed=seed, device=device, workers=workers, estimator=estimator, weight_window=weight_window)
+    simulate(geo, src, min(n, 40000), **kw)
+    res = simulate(geo, src, n, **kw)
     sigma = float(np.mean(np.minimum(res.rel_sigma[body], 1.0)))
     return dict(wall_s=res.wall_s, hist_per_s=n / res.wall_s, sigma=sigma, eff=1.0 / (sigma**2 * res.wall_s))
 
@@ -164,10 +167,12 @@ def run(quick: bool = False, device: str = "cpu") -> list[dict]:
         if ref:
             rows.append(dict(benchmark=f"ompMC histories/s, {name}", value=round(ref["hist_per_s"]), unit="1/s",
                              note=f"OMP_NUM_THREADS={omp_threads}; sigma {ref['sigma']:.3f}; t {ref['wall_s']:.1f} s"))
-        configs = [("track_length", 1), ("track_length", 2), ("collision", 2)] if device == "cpu" else [("track_length", 1)]
-        for estimator, workers in configs:
-            r = ours(geo, body, n, workers, device, estimator=estimator)
-            tag = f"{estimator}, cpu, {workers} core(s)" if device == "cpu" else f"{estimator}, {device}"
+        configs = ([("track_length", 1, False), ("track_length", 2, False), ("track_length", 2, True), ("collision", 2, False)]
+                   if device == "cpu" else [("track_length", 1, False), ("track_length", 1, True)])
+        for estimator, workers, window in configs:
+            r = ours(geo, body, n, workers, device, estimator=estimator, weight_window=window)
+            name_est = estimator + (" + weight window" if window else "")
+            tag = f"{name_est}, cpu, {workers} core(s)" if device == "cpu" else f"{name_est}, {device}"
             rows.append(dict(benchmark=f"ctdose histories/s, {name}, {tag}", value=round(r["hist_per_s"]), unit="1/s",
                              goal=f">= {GOAL_HIST_PER_S:.0e} on 2 cores",
                              note=f"sigma {r['sigma']:.3f}; t {r['wall_s']:.1f} s; {n} histories"))

@@ -30,6 +30,7 @@ import torch
 
 from ..errors import InputError
 from .transport import TransportGrid, TransportTally, enter_grid, prepare_transport, run_transport
+from .weight_window import DEFAULT_MIN_WEIGHT
 
 __all__ = ["ESTIMATORS", "MAX_MEDIA", "DoseResult", "VoxelGeometry", "geometry_from_case", "resolve_device", "simulate"]
 
@@ -47,6 +48,8 @@ POOL_SIZE = {"cpu": 1 << 17, "cuda": 1 << 22}
 _MAX_TALLY_BYTES = 1 << 30
 #: Seed offset between the generators of parallel workers.
 _WORKER_SEED_STRIDE = 1_000_003
+#: Second word of the pilot run's seed sequence (seed, this): a stream apart from the batches'.
+_PILOT_STREAM = 0x57
 #: Photons sampled to check that a source reaches the geometry at all.
 _PROBE_PHOTONS = 4096
 
@@ -258,6 +261,8 @@ def simulate(
     track_spacing_mm: float | None = None,
     compile: bool | None = None,
     ambient=None,
+    weight_window: bool = False,
+    window_min_weight: float | None = None,
 ) -> DoseResult:
     """Run the photon Monte Carlo in ``geometry`` for ``source``.
 
@@ -322,6 +327,16 @@ def simulate(
         within its 0.6 % noise). For a CT scan with the patient grid cropped to the body,
         ``"air"`` removes about 1 % of the primary over the ~30-40 cm of air between the
         focal spot and the grid.
+    weight_window : bool
+        Track-length estimator with the block majorant only: split and roulette photons
+        against target weights from a pilot run (:mod:`ctdose.physics.weight_window`;
+        unbiased). Evens out the noise between the near and the far side of thick phantoms:
+        in the 32 cm water cylinder (one projection) the mean relative error over the body
+        falls 3.4-fold for 3.8 times the run time. The pilot (5 % of ``n_photons``, at least
+        20 000) is not part of the result; its time is.
+    window_min_weight : float, optional
+        Smallest target weight, in (0, 1]: at most ``1/window_min_weight`` times more photons
+        than at the entrance (default ``weight_window.DEFAULT_MIN_WEIGHT`` = 1/64).
 
     Returns
     -------
@@ -348,6 +363,14 @@ def simulate(
     geometry.validate()
     if majorant == "auto":
         majorant = "block" if estimator == "track_length" else "global"
+    if weight_window and (estimator != "track_length" or majorant != "block"):
+        raise InputError(
+            f"simulate: weight_window needs the track_length estimator with the block majorant, got "
+            f"estimator={estimator!r}, majorant={majorant!r}"
+        )
+    min_weight = DEFAULT_MIN_WEIGHT if window_min_weight is None else float(window_min_weight)
+    if weight_window and not (0.0 < min_weight <= 1.0):
+        raise InputError(f"simulate: window_min_weight must be in (0, 1], got {window_min_weight!r}")
     dev = resolve_device(device)
     t0 = time.perf_counter()
     mi = np.asarray(geometry.media_index)
@@ -362,6 +385,9 @@ def simulate(
     gen = torch.Generator(device=dev)
     gen.manual_seed(int(seed))
     pool = int(pool_size or POOL_SIZE.get(dev.type, 1 << 17))
+    window = None
+    if weight_window:
+        window = _pilot_window(geometry, prep, source, n_photons, int(seed), float(energy_cutoff_kev), pool, min_weight)
     sizes = [n_photons // n_batches + (1 if b < n_photons % n_batches else 0) for b in range(n_batches)]
     # all batches share one photon pool unless their tallies would not fit in memory. With
     # workers > 1 the batches are split into that many groups, each with its own generator:
@@ -406,6 +432,7 @@ def simulate(
             block=block,
             track_setup=track_setup,
             ambient=prep.ambient,
+            window=window,
         )
 
     # one batch's mean per photon (keV) and its square: buffers reused for every batch
@@ -439,7 +466,7 @@ def simulate(
                     mi, rho, list(geometry.media), tuple(geometry.spacing_mm), tuple(geometry.origin_mm), source,
                     list(group), int(seed) + _WORKER_SEED_STRIDE * g, estimator, float(energy_cutoff_kev), pool,
                     float(majorant_floor_per_mm), track_spacing_mm, compile, majorant, int(block_vox),
-                    ambient_medium,
+                    ambient_medium, None if window is None else window.target.cpu().numpy(),
                 )
                 for g, group in enumerate(groups[1:], start=1)
             ]
@@ -522,6 +549,23 @@ def simulate(
         n_steps=steps,
         batch_energy_ev=(np.stack(batches) if keep_batches else None),
     )
+
+
+def _pilot_window(geometry, prep, source, n_photons: int, seed: int, cutoff_kev: float, pool: int,
+                  min_weight: float):
+    """Weight window from a pilot run (its own random stream; not part of the result)."""
+    from .weight_window import REFERENCE_ENERGY_KEV, WeightWindow, pilot_photons, window_targets
+
+    grid, tables, block, ts = prep.grid, prep.tables, prep.block, prep.track_setup
+    gen = torch.Generator(device=grid.density.device)
+    gen.manual_seed(int(np.random.SeedSequence([int(seed), _PILOT_STREAM]).generate_state(1)[0]))
+    tally = run_transport(grid, tables, source.sample, [pilot_photons(n_photons)], gen, estimator="track_length",
+                          cutoff_kev=cutoff_kev, pool_size=pool, block=block, track_setup=ts, ambient=prep.ambient)
+    ie = int(round((REFERENCE_ENERGY_KEV - tables.e0_kev) / tables.de_kev))
+    tr = tables.tr_a.cpu().numpy().reshape(-1, tables.n_e)[: len(geometry.media), ie]
+    target = window_targets(tally.energy_kev.cpu().numpy().reshape(geometry.shape), geometry.media_index,
+                            geometry.density_g_cm3, tr, block.block_vox, block.n_blocks, min_weight)
+    return WeightWindow(torch.from_numpy(target).to(grid.density.device), ts.block_f, ts.grid_f, ts.block_i)
 
 
 @contextlib.contextmanager

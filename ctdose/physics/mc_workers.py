@@ -49,6 +49,8 @@ class GroupJob:
     majorant: str = "global"
     block_vox: int = 8
     ambient: Any = None
+    #: weight-window target per block (:mod:`ctdose.physics.weight_window`), or None
+    window_target: np.ndarray | None = None
 
 
 @dataclass
@@ -76,10 +78,16 @@ def run_group(job: GroupJob) -> GroupResult:
     )
     gen = torch.Generator(device=dev)
     gen.manual_seed(int(job.seed))
+    window = None
+    if job.window_target is not None:
+        from .weight_window import WeightWindow
+
+        ts = prep.track_setup
+        window = WeightWindow(torch.from_numpy(job.window_target), ts.block_f, ts.grid_f, ts.block_i)
     tally = run_transport(
         prep.grid, prep.tables, job.source.sample, job.batch_sizes, gen, estimator=job.estimator,
         cutoff_kev=job.cutoff_kev, pool_size=job.pool_size, block=prep.block, track_setup=prep.track_setup,
-        ambient=prep.ambient,
+        ambient=prep.ambient, window=window,
     )
     return GroupResult(tally.energy_kev.numpy(), tally.escaped_kev, tally.emitted_kev, tally.n_steps)
 

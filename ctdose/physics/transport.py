@@ -62,6 +62,11 @@ exponential law); a photon stopped at a face is put just past it along the exit 
 always makes progress. In a thorax the global majorant is set by bone (several times soft
 tissue at low energies); blocks without bone then need far fewer virtual collisions. It is the
 default with the track-length estimator and validated against the global majorant.
+
+Optional weight windows (``window`` of :func:`run_transport`, ``simulate(weight_window=True)``)
+split and roulette the photons after every track-length step against target weights per block
+from a pilot run (:mod:`ctdose.physics.weight_window`): unbiased, more photons where the
+fluence is low (the far side of a thick phantom).
 """
 
 from __future__ import annotations
@@ -83,6 +88,7 @@ from .interactions import (
     sample_incoherent,
 )
 from .kernels import shape_settings
+from .weight_window import MAX_POOL_GROWTH, WeightWindow, apply_weight_window
 
 __all__ = [
     "BlockMajorant",
@@ -1042,6 +1048,7 @@ def run_transport(
     block: BlockMajorant | None = None,
     track_setup: TrackLengthSetup | None = None,
     ambient: tuple[int, float] | None = None,
+    window: WeightWindow | None = None,
 ) -> TransportTally:
     """Transport all batches' source photons through one shared pool; return the tally.
 
@@ -1055,7 +1062,8 @@ def run_transport(
     n_vox`` entries): the batches stay independent while the pool stays full. The live pool is
     topped up with new source photons whenever it falls below half of ``pool_size`` (bounded
     memory; only one short tail of nearly empty steps at the very end). Deposited energies are
-    in keV times weight.
+    in keV times weight. ``window`` (track-length estimator only): after every step the pool
+    is split and rouletted against its targets (:mod:`ctdose.physics.weight_window`).
     """
     dev = grid.density.device
     n_b = len(batch_sizes)
@@ -1096,6 +1104,8 @@ def run_transport(
                 continue
             if estimator == "track_length":
                 pool = _step_track_length(pool, grid, tab, tally, gen, cutoff_kev, track_setup)
+                if window is not None and len(pool) > 0:
+                    pool = apply_weight_window(pool, window, gen, allow_split=len(pool) <= MAX_POOL_GROWTH * pool_size)
                 continue
             n_paths = 1 if block is not None else max(1, min(_MAX_PATHS_PER_STEP, _PATH_SITES_PER_STEP // len(pool)))
             pool = _step(pool, grid, tab, tally, gen, estimator == "collision", cutoff_kev, block, n_paths)
