@@ -333,9 +333,10 @@ def simulate(
         unbiased). Evens out the noise between the near and the far side of thick phantoms:
         in the 32 cm water cylinder (one projection, 2e6 photons, 2 workers) the mean
         relative error over the body falls 3.4-fold for 4 times the run time (2.9x the
-        efficiency); in a thorax the gain is 10-20 %. With a narrow beam in a long phantom it
-        also multiplies the photons in the scatter far from the beam (TG-195 Case 4, 10 mm:
-        4x the time); a larger ``window_min_weight`` bounds that. The pilot (5 % of
+        efficiency); in a thorax 0-20 % (one projection), in a helical CT scan none. With a
+        narrow beam in a long phantom it also multiplies the photons in the scatter far from
+        the beam (TG-195 Case 4, 10 mm: 4x the time); a larger ``window_min_weight`` bounds
+        that. The pilot (5 % of
         ``n_photons``, at least 20 000) is not part of the result; its time is.
     window_min_weight : float, optional
         Smallest target weight, in (0, 1]: at most ``1/window_min_weight`` times more photons
