@@ -336,8 +336,8 @@ def simulate(
         efficiency); in a thorax 0-20 % (one projection), in a helical CT scan none. With a
         narrow beam in a long phantom it also multiplies the photons in the scatter far from
         the beam (TG-195 Case 4, 10 mm: 4x the time); a larger ``window_min_weight`` bounds
-        that. The pilot (5 % of
-        ``n_photons``, at least 20 000) is not part of the result; its time is.
+        that. The pilot (5 % of ``n_photons``, at least 20 000) is not part of the result;
+        its time is.
     window_min_weight : float, optional
         Smallest target weight, in (0, 1]: at most ``1/window_min_weight`` times more photons
         than at the entrance (default ``weight_window.DEFAULT_MIN_WEIGHT`` = 1/64).
