@@ -461,49 +461,46 @@ def simulate(
     # CPU: one intra-op thread per worker (intra-op threads scale poorly on the eager photon
     # arrays and collapse on a shared, busy machine); parallelism comes from workers
     saved_threads = torch.get_num_threads()
-    if dev.type == "cpu" and saved_threads != n_threads:
-        torch.set_num_threads(n_threads)
     try:
-        if n_workers > 1 and len(groups) == n_workers and use_processes:
-            jobs = [
-                mc_workers.GroupJob(
-                    mi, rho, list(geometry.media), tuple(geometry.spacing_mm), tuple(geometry.origin_mm), source,
-                    list(group), int(seed) + _WORKER_SEED_STRIDE * g, estimator, float(energy_cutoff_kev), pool,
-                    float(majorant_floor_per_mm), track_spacing_mm, compile, majorant, int(block_vox),
-                    ambient_medium, None if window is None else window.target.cpu().numpy(),
-                )
-                for g, group in enumerate(groups[1:], start=1)
-            ]
-            futures = mc_workers.submit(jobs)
-            tallies = [run_group(groups[0], gen)]
-            for fut, group in zip(futures, groups[1:]):
-                r = fut.result()
-                tallies.append(
-                    TransportTally(torch.from_numpy(r.energy_kev).to(dev), r.escaped_kev, r.emitted_kev, r.n_steps)
-                )
-                if bar is not None:
-                    bar.update(int(sum(group)))
-        elif n_workers > 1 and len(groups) == n_workers:
-            from concurrent.futures import ThreadPoolExecutor
+        with _torch_threads(n_threads if dev.type == "cpu" else None):
+            if n_workers > 1 and len(groups) == n_workers and use_processes:
+                jobs = [
+                    mc_workers.GroupJob(
+                        mi, rho, list(geometry.media), tuple(geometry.spacing_mm), tuple(geometry.origin_mm), source,
+                        list(group), int(seed) + _WORKER_SEED_STRIDE * g, estimator, float(energy_cutoff_kev), pool,
+                        float(majorant_floor_per_mm), track_spacing_mm, compile, majorant, int(block_vox),
+                        ambient_medium, None if window is None else window.target.cpu().numpy(),
+                    )
+                    for g, group in enumerate(groups[1:], start=1)
+                ]
+                futures = mc_workers.submit(jobs)
+                tallies = [run_group(groups[0], gen)]
+                for fut, group in zip(futures, groups[1:]):
+                    r = fut.result()
+                    tallies.append(
+                        TransportTally(torch.from_numpy(r.energy_kev).to(dev), r.escaped_kev, r.emitted_kev, r.n_steps)
+                    )
+                    if bar is not None:
+                        bar.update(int(sum(group)))
+            elif n_workers > 1 and len(groups) == n_workers:
+                from concurrent.futures import ThreadPoolExecutor
 
-            gens = [gen]
-            for g in range(1, n_workers):
-                extra = torch.Generator(device=dev)
-                extra.manual_seed(int(seed) + _WORKER_SEED_STRIDE * g)
-                gens.append(extra)
-            with ThreadPoolExecutor(n_workers) as ex:
-                tallies = list(ex.map(run_group, groups, gens))
-        else:
-            # one group after the other, each added as soon as it is done: with one batch per
-            # group (tallies above _MAX_TALLY_BYTES) only one batch's tally is held at a time
-            for group in groups:
-                add_group(group, run_group(group, gen))
-            tallies = []
+                gens = [gen]
+                for g in range(1, n_workers):
+                    extra = torch.Generator(device=dev)
+                    extra.manual_seed(int(seed) + _WORKER_SEED_STRIDE * g)
+                    gens.append(extra)
+                with ThreadPoolExecutor(n_workers) as ex:
+                    tallies = list(ex.map(run_group, groups, gens))
+            else:
+                # one group after the other, each added as soon as it is done: with one batch per
+                # group (tallies above _MAX_TALLY_BYTES) only one batch's tally is held at a time
+                for group in groups:
+                    add_group(group, run_group(group, gen))
+                tallies = []
     finally:
         if bar is not None:
             bar.close()
-        if torch.get_num_threads() != saved_threads:
-            torch.set_num_threads(saved_threads)
     # the parallel groups' statistics with the caller's threads (elementwise: the same result)
     for group, tally in zip(groups, tallies):
         add_group(group, tally)
@@ -565,8 +562,9 @@ def _pilot_window(geometry, prep, source, n_photons: int, seed: int, cutoff_kev:
     gen.manual_seed(int(np.random.SeedSequence([int(seed), _PILOT_STREAM]).generate_state(1)[0]))
     tally = run_transport(grid, tables, source.sample, [pilot_photons(n_photons)], gen, estimator="track_length",
                           cutoff_kev=cutoff_kev, pool_size=pool, block=block, track_setup=ts, ambient=prep.ambient)
-    ie = int(round((REFERENCE_ENERGY_KEV - tables.e0_kev) / tables.de_kev))
-    tr = tables.tr_a.cpu().numpy().reshape(-1, tables.n_e)[: len(geometry.media), ie]
+    ie, fe = tables.energy_index(torch.tensor([REFERENCE_ENERGY_KEV], device=grid.density.device))
+    rows = torch.arange(len(geometry.media), device=ie.device) * tables.n_e + ie
+    tr = (tables.tr_a[rows] + fe * tables.tr_b[rows]).cpu().numpy()
     target = window_targets(tally.energy_kev.cpu().numpy().reshape(geometry.shape), geometry.media_index,
                             geometry.density_g_cm3, tr, block.block_vox, block.n_blocks, min_weight)
     return WeightWindow(torch.from_numpy(target).to(grid.density.device), ts.block_f, ts.grid_f, ts.block_i)

@@ -337,13 +337,22 @@ def run_case1(beam: str, n_photons: int, seed: int = 0, device: str = "cpu") -> 
         k, s = signal[name]
         frac = k / k0
         row = dict(case="Case 1", volume=name, beam=beam, ours=frac, ours_sigma=frac * math.hypot(s / k, s0 / k0))
-        m = ref[ref["Volume"] == name]
-        for code in ("EGSnrc", "Geant4", "MCNP", "Penelope"):
-            row[code] = float(m[f"{code}_Result"].iloc[0])
-        row["deviation_pct"] = 100 * (frac / row["EGSnrc"] - 1)
-        row["sigma_pct"] = 100 * row["ours_sigma"] / frac
-        rows.append(row)
+        rows.append(_with_reference(row, ref[ref["Volume"] == name]))
     return pd.DataFrame(rows)
+
+
+#: The reference codes of TG-195 (columns ``<code>_Result`` of the reference table).
+REFERENCE_CODES = ("EGSnrc", "Geant4", "MCNP", "Penelope")
+
+
+def _with_reference(row: dict, ref_rows: pd.DataFrame) -> dict:
+    """``row`` (with ``ours`` and ``ours_sigma``) plus each code's result (mean over
+    ``ref_rows``), our deviation from EGSnrc and our 1 sd, both in %."""
+    for code in REFERENCE_CODES:
+        row[code] = float(ref_rows[f"{code}_Result"].mean())
+    row["deviation_pct"] = 100.0 * (row["ours"] / row["EGSnrc"] - 1.0)
+    row["sigma_pct"] = 100.0 * row["ours_sigma"] / row["ours"]
+    return row
 
 
 def case4_reference() -> pd.DataFrame:
@@ -390,7 +399,6 @@ def run_case4(
     ours = case4_voi_energies(setup, res)
     ref = case4_reference()
     ref = ref[(ref["energy"] == energy) & (ref["collimation_mm"] == collimation_mm)]
-    codes = ["EGSnrc", "Geant4", "MCNP", "Penelope"]
     out = []
     for _, r in ours.iterrows():
         if r["case"] == "Case 4.1":
@@ -399,13 +407,8 @@ def run_case4(
             m = ref[(ref["case"] == "Case 4.2") & (ref["volume"] == "Center")]
         else:
             m = ref[(ref["case"] == "Case 4.2") & (ref["volume"] == "Periphery") & (ref["angle_deg"] == r["angle_deg"])]
-        row = dict(r)
-        row.update(energy=energy, collimation_mm=collimation_mm)
-        for code in codes:
-            row[code] = float(m[f"{code}_Result"].mean())
+        row = _with_reference(dict(r, energy=energy, collimation_mm=collimation_mm), m)
         row["EGSnrc_rel_unc"] = float(m["EGSnrc_Uncertainty"].mean())
-        row["deviation_pct"] = 100.0 * (row["ours"] / row["EGSnrc"] - 1.0)
-        row["sigma_pct"] = 100.0 * row["ours_sigma"] / row["ours"]
         out.append(row)
     return pd.DataFrame(out), res
 
@@ -538,11 +541,5 @@ def run_case2(
     ref = ref[ref["energy"] == energy]
     out = []
     for _, r in ours.iterrows():
-        m = ref[ref["volume"] == r["volume"]]
-        row = dict(case="Case 2", energy=energy, **dict(r))
-        for code in ("EGSnrc", "Geant4", "MCNP", "Penelope"):
-            row[code] = float(m[f"{code}_Result"].iloc[0])
-        row["deviation_pct"] = 100.0 * (row["ours"] / row["EGSnrc"] - 1.0)
-        row["sigma_pct"] = 100.0 * row["ours_sigma"] / row["ours"]
-        out.append(row)
+        out.append(_with_reference(dict(case="Case 2", energy=energy, **dict(r)), ref[ref["volume"] == r["volume"]]))
     return pd.DataFrame(out), res
