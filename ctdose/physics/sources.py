@@ -35,7 +35,7 @@ from ..errors import InputError
 from .interactions import rotate_direction
 from .transport import PhotonState
 
-__all__ = ["CTSource", "PointSource", "rectangle_solid_angle_sr"]
+__all__ = ["CTSource", "PointSource", "rectangle_solid_angle_sr", "tangent_rectangle_solid_angle_sr"]
 
 #: Reference distance of spectrum fluences, mm.
 _REFERENCE_DISTANCE_MM = 1000.0
@@ -46,6 +46,29 @@ _N_BOWTIE_ANGLES = 513
 def rectangle_solid_angle_sr(half_angle_1_rad: float, half_angle_2_rad: float) -> float:
     """Solid angle of a rectangular pyramid with half-angles a1, a2: 4 asin(sin a1 sin a2)."""
     return 4.0 * math.asin(math.sin(half_angle_1_rad) * math.sin(half_angle_2_rad))
+
+
+def _corner_solid_angle_sr(a: float, b: float) -> float:
+    """Signed solid angle of the tangent-plane rectangle [0, a] x [0, b] at unit distance:
+    atan(a b / sqrt(1 + a^2 + b^2))."""
+    return math.atan(a * b / math.sqrt(1.0 + a * a + b * b))
+
+
+def tangent_rectangle_solid_angle_sr(a_bounds: Sequence[float], b_bounds: Sequence[float]) -> float:
+    """Solid angle (sr) of the rectangle ``a_lo <= a <= a_hi``, ``b_lo <= b <= b_hi`` of a
+    tangent plane at unit distance from the apex (a, b: tangents of the angles from the axis).
+
+    By inclusion-exclusion of the corner rectangles [0, a] x [0, b]; for the symmetric field
+    ``a = +-tan a1``, ``b = +-tan a2`` it equals ``4 asin(sin a1 sin a2)``.
+
+    Examples
+    --------
+    >>> round(tangent_rectangle_solid_angle_sr((-1.0, 1.0), (-1.0, 1.0)), 6)  # cube face: 4 pi / 6
+    2.094395
+    """
+    (a0, a1), (b0, b1) = (float(v) for v in a_bounds), (float(v) for v in b_bounds)
+    return (_corner_solid_angle_sr(a1, b1) - _corner_solid_angle_sr(a0, b1) - _corner_solid_angle_sr(a1, b0)
+            + _corner_solid_angle_sr(a0, b0))
 
 
 def _spectrum_arrays(energy_kev, spectrum):
@@ -147,6 +170,35 @@ def _sample_rectangle(
     return torch.cat(out_a)[:n], torch.cat(out_b)[:n]
 
 
+def _sample_tangent_rectangle(
+    n: int, a_bounds: tuple[float, float], b_bounds: tuple[float, float], gen, device, per_solid_angle: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tangent-plane coordinates (a, b) in the rectangle ``a_bounds`` x ``b_bounds`` (an
+    off-axis field): uniform per solid angle, by rejection against the density's largest value
+    in the rectangle (its point nearest the axis), or uniform on the plane."""
+    (a0, a1), (b0, b1) = a_bounds, b_bounds
+
+    def uniform(lo, hi, m):
+        return lo + torch.rand(m, generator=gen, device=device) * (hi - lo)
+
+    if not per_solid_angle:
+        return uniform(a0, a1, n), uniform(b0, b1, n)
+    a_near = min(max(0.0, a0), a1)
+    b_near = min(max(0.0, b0), b1)
+    q_near = 1.0 + a_near * a_near + b_near * b_near
+    a_far, b_far = max(abs(a0), abs(a1)), max(abs(b0), abs(b1))
+    acc_min = (q_near / (1.0 + a_far * a_far + b_far * b_far)) ** 1.5
+    out_a, out_b, got = [], [], 0
+    while got < n:
+        m = int((n - got) / max(acc_min, 0.05) * 1.05) + 16
+        a, b = uniform(a0, a1, m), uniform(b0, b1, m)
+        keep = torch.rand(m, generator=gen, device=device) < (q_near / (1.0 + a * a + b * b)) ** 1.5
+        out_a.append(a[keep])
+        out_b.append(b[keep])
+        got += int(out_a[-1].numel())
+    return torch.cat(out_a)[:n], torch.cat(out_b)[:n]
+
+
 @dataclass
 class PointSource:
     """Isotropic point source collimated to a rectangular fan or a circular cone.
@@ -174,6 +226,13 @@ class PointSource:
         Fan field: directions uniform per solid angle (an isotropic source, default) or
         uniform over the rectangular opening's plane (matches codes that sample the opening
         by area; then no per-mAs normalisation is offered).
+    field_tan : ((a_lo, a_hi), (b_lo, b_hi)), optional
+        An off-axis rectangular field instead of ``half_angles_rad``: the directions
+        ``direction + a e1 + b e2`` (``e1`` along ``fan_axis``, ``e2 = direction x e1``) with
+        ``a`` and ``b`` (tangents of the angles from the axis) in these bounds. A field that
+        just covers a rectangle [x0, x1] x [y0, y1] on a plane at distance ``h`` perpendicular
+        to ``direction`` has ``a`` in [x0 / h, x1 / h] (e.g. a mammography field whose edge is
+        the chest wall).
     """
 
     position_mm: Sequence[float]
@@ -185,6 +244,7 @@ class PointSource:
     fan_axis: Sequence[float] | None = None
     cone_half_angle_rad: float = 0.1
     sampling: str = "solid_angle"
+    field_tan: Sequence[Sequence[float]] | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -198,9 +258,20 @@ class PointSource:
         if self.collimation not in ("fan", "cone"):
             raise InputError(f"PointSource.collimation must be 'fan' or 'cone', got {self.collimation!r}")
         if self.collimation == "fan":
-            a1, a2 = (float(a) for a in self.half_angles_rad)
-            if not (0 < a1 < math.pi / 2 and 0 < a2 < math.pi / 2):
-                raise InputError(f"PointSource.half_angles_rad must be in (0, pi/2), got {self.half_angles_rad!r}")
+            self._field = None
+            if self.field_tan is not None:
+                bounds = np.asarray(self.field_tan, dtype=np.float64)
+                if bounds.shape != (2, 2) or not np.all(np.isfinite(bounds)) or np.any(bounds[:, 1] <= bounds[:, 0]):
+                    raise InputError(
+                        f"PointSource.field_tan must be ((a_lo, a_hi), (b_lo, b_hi)) with lo < hi, got {self.field_tan!r}"
+                    )
+                self._field = tuple((float(lo), float(hi)) for lo, hi in bounds)
+            else:
+                a1, a2 = (float(a) for a in self.half_angles_rad)
+                if not (0 < a1 < math.pi / 2 and 0 < a2 < math.pi / 2):
+                    raise InputError(
+                        f"PointSource.half_angles_rad must be in (0, pi/2), got {self.half_angles_rad!r}"
+                    )
             if self.fan_axis is None:
                 ax = np.cross([0.0, 0.0, 1.0], self._d)
                 if np.linalg.norm(ax) < 1e-9:
@@ -210,7 +281,10 @@ class PointSource:
             ax = ax - np.dot(ax, self._d) * self._d
             self._e1 = _unit(ax, "PointSource.fan_axis (must not be parallel to direction)")
             self._e2 = np.cross(self._d, self._e1)
-            self.solid_angle_sr = rectangle_solid_angle_sr(a1, a2)
+            if self._field is None:
+                self.solid_angle_sr = rectangle_solid_angle_sr(a1, a2)
+            else:
+                self.solid_angle_sr = tangent_rectangle_solid_angle_sr(*self._field)
         else:
             a = float(self.cone_half_angle_rad)
             if not (0 < a <= math.pi):
@@ -249,8 +323,11 @@ class PointSource:
         energy, _ = self._cache[key].sample(n, gen)
         d = torch.tensor(self._d, dtype=torch.float32, device=dev)
         if self.collimation == "fan":
-            a1, a2 = (float(a) for a in self.half_angles_rad)
-            a, b = _sample_rectangle(n, math.tan(a1), math.tan(a2), gen, dev, self.sampling == "solid_angle")
+            if self._field is None:
+                a1, a2 = (float(a) for a in self.half_angles_rad)
+                a, b = _sample_rectangle(n, math.tan(a1), math.tan(a2), gen, dev, self.sampling == "solid_angle")
+            else:
+                a, b = _sample_tangent_rectangle(n, *self._field, gen, dev, self.sampling == "solid_angle")
             e1 = torch.tensor(self._e1, dtype=torch.float32, device=dev)
             e2 = torch.tensor(self._e2, dtype=torch.float32, device=dev)
             dx = d[0] + a * e1[0] + b * e2[0]

@@ -1,4 +1,4 @@
-"""AAPM TG-195 validation cases for the Monte Carlo engine (Cases 1, 2, 4.1 and 4.2).
+"""AAPM TG-195 validation cases for the Monte Carlo engine (Cases 1, 2, 3, 4.1 and 4.2).
 
 Reference data: ``ctdose/data/tg195/`` (AAPM Report 195, Sechopoulos et al., Med. Phys. 42
 (2015) 5679; copies via XRayMClib, see the README there; validation only).
@@ -38,9 +38,25 @@ across the beam, z along it): VOI 3 at the centre, VOIs 6, 7, 8, 9 at z = -60, -
 +60 mm, VOIs 1, 5 at y = -150, +150 mm and VOIs 2, 4 at x = -150, +150 mm. With 5 mm voxels
 every VOI face is a voxel face, so the VOIs are exact unions of voxels.
 
-Spectrum: the TG-195 RQR-9 table lists 0.5 keV bins by their *lower* edges: only then do the
+Case 3 geometry (mammography, radiography; as XRayMClib implements it): see
+:func:`case3_geometry`. A half-cylinder breast (radius 100 mm, 50 mm thick, 2 mm skin around
+20 % glandular tissue) between two 2 mm PMMA plates, a water box for the body behind the chest
+wall, an isotropic source 660 mm above the chest wall edge of the detector plane whose field
+just covers the 140 x 260 mm detector (an off-axis field), in air. VOIs: the breast tissue
+("Total body", skin excluded) and seven 20 x 20 x 10 mm boxes. The 15 degree tomosynthesis
+projection is not reproduced (its pivot and collimation are not in the reference data here).
+
+Spectra: the TG-195 RQR-9 table lists 0.5 keV bins by their *lower* edges: only then do the
 fluence-weighted mean (56.39 keV) and the tungsten K-beta lines (67.24, 69.1 keV) agree with
 the report's stated mean 56.4 keV and the physics; bin centres are the listed values + 0.25.
+The reference results agree: with lower edges the Case 1 air kerma ratio 100 kVp / 100 keV
+(no filter) is 1.1916 against the codes' 1.1895, with centres 1.2037; Cases 2 and 4 agree
+within their statistics. The Mo/Mo 30 kVp table is different: its K lines also point to lower
+edges (mean 16.80 keV, the report's 16.8 keV), but the codes' Case 3 results are reproduced
+only with the listed energies as bin centres (mean 16.55 keV): breast tissue energy +0.3 %
+against EGSnrc, +3.3 % with lower edges, while the 16.8 keV monoenergetic beam reads +0.3 %
+(``benchmarks/tg195.py --case3-photons``). So the codes evidently used that table as centres,
+and so do we; the offset per file is ``_SPECTRUM_LISTED_TO_CENTRE_KEV``.
 """
 
 from __future__ import annotations
@@ -61,12 +77,20 @@ __all__ = [
     "CASE4_RADIUS_MM",
     "CASE4_WORLDS",
     "CASE2_ENERGIES",
+    "CASE3_ENERGIES",
     "Case2Setup",
+    "Case3Setup",
     "Case4Setup",
     "case2_geometry",
     "case2_reference",
     "case2_source",
     "case2_voi_energies",
+    "breast_skin",
+    "breast_tissue",
+    "case3_geometry",
+    "case3_reference",
+    "case3_source",
+    "case3_voi_energies",
     "case4_geometry",
     "case4_reference",
     "case4_source",
@@ -75,6 +99,7 @@ __all__ = [
     "soft_tissue",
     "run_case1",
     "run_case2",
+    "run_case3",
     "run_case4",
     "tg195_spectrum",
 ]
@@ -87,8 +112,14 @@ CASE4_VOI_HALF_LENGTH_MM = 50.0
 CASE4_PERIPHERY_MM = 150.0
 CASE41_SLAB_CENTRES_MM = (0.0, -10.0, -20.0, -30.0)
 CASE41_SLAB_MM = 10.0
-#: Half bin width (keV) between the listed lower edges of the TG-195 spectra and bin centres.
-_SPECTRUM_EDGE_TO_CENTRE_KEV = 0.25
+#: Offset (keV) from the energies listed in each TG-195 spectrum file to the centres of its
+#: 0.5 keV bins, as the reference results show the codes used them (see the module notes):
+#: the tungsten spectra list lower edges (+0.25), the Mo/Mo spectrum bin centres (0).
+_SPECTRUM_LISTED_TO_CENTRE_KEV = {
+    "spectrum_RQR9_120kVp_W_Al.csv": 0.25,
+    "spectrum_RQR8_100kVp_W_Al.csv": 0.25,
+    "spectrum_RQR-M3_30kVp_Mo_Mo.csv": 0.0,
+}
 #: PMMA of TG-195 (mass fractions, g/cm^3).
 _PMMA_FRACTIONS = {1: 0.080541, 6: 0.599846, 8: 0.319613}
 _PMMA_DENSITY = 1.19
@@ -131,11 +162,14 @@ def soft_tissue():
 
 
 def tg195_spectrum(name: str = "spectrum_RQR9_120kVp_W_Al.csv"):
-    """A TG-195 spectrum as a relative :class:`~ctdose.physics.spectrum.Spectrum` (bin centres)."""
+    """A TG-195 spectrum as a relative :class:`~ctdose.physics.spectrum.Spectrum` (bin centres,
+    from the listed energies by ``_SPECTRUM_LISTED_TO_CENTRE_KEV``)."""
+    if name not in _SPECTRUM_LISTED_TO_CENTRE_KEV:
+        raise InputError(f"TG-195 spectrum: unknown file {name!r}; known: {sorted(_SPECTRUM_LISTED_TO_CENTRE_KEV)}")
     from .spectrum import Spectrum
 
     t = read_table(f"tg195/{name}")
-    e = t.iloc[:, 0].to_numpy(float) + _SPECTRUM_EDGE_TO_CENTRE_KEV
+    e = t.iloc[:, 0].to_numpy(float) + _SPECTRUM_LISTED_TO_CENTRE_KEV[name]
     w = t.iloc[:, 1].to_numpy(float)
     return Spectrum(e, w, f"TG-195 {name}", absolute=False)
 
@@ -542,4 +576,199 @@ def run_case2(
     out = []
     for _, r in ours.iterrows():
         out.append(_with_reference(dict(case="Case 2", energy=energy, **dict(r)), ref[ref["volume"] == r["volume"]]))
+    return pd.DataFrame(out), res
+
+
+#: TG-195 Case 3 media (mass fractions, g/cm^3): the breast tissue (20 % glandular) and the
+#: breast skin of the report; XRayMClib encodes them as atom fractions, which convert back to
+#: these weight fractions to four digits.
+_BREAST_FRACTIONS = {1: 0.110, 6: 0.532, 7: 0.020, 8: 0.3362, 15: 0.00045, 16: 0.00045, 19: 0.00045, 20: 0.00045}
+_BREAST_DENSITY = 0.952
+_BREAST_SKIN_FRACTIONS = {1: 0.098, 6: 0.178, 7: 0.050, 8: 0.667, 15: 0.00175, 16: 0.00175, 19: 0.00175,
+                          20: 0.00175}
+_BREAST_SKIN_DENSITY = 1.09
+#: Case 3 beams: reference label -> monoenergy (keV) or spectrum file (Mo/Mo 30 kVp)
+CASE3_ENERGIES = {"16.8 keV": 16.8, "30 kVp": "spectrum_RQR-M3_30kVp_Mo_Mo.csv"}
+#: Case 3 source: 660 mm above the chest wall edge of the detector plane (z = 0), the field just
+#: covering the detector. Only the radiography orientation is reproduced: the 15 degree
+#: tomosynthesis projection's pivot and collimation are not given by the reference data here
+#: (the two XRayMClib versions differ, and our two readings bracket EGSnrc by -1.0 % and +1.3 %).
+CASE3_SOURCE_HEIGHT_MM = 660.0
+#: Case 3 boxes (x0, x1, y0, y1, z0, z1) in mm: z up from the detector plane (z = 0), x from the
+#: chest wall (x = 0) towards the nipple, y across. The world is air, x and y over the body.
+CASE3_WORLD_MM = (-170.0, 170.0, -150.0, 150.0)
+CASE3_BODY_MM = (-170.0, 0.0, -150.0, 150.0, -110.0, 190.0)
+CASE3_PLATES_MM = ((0.0, 140.0, -130.0, 130.0, 13.0, 15.0), (0.0, 140.0, -130.0, 130.0, 65.0, 67.0))
+#: The detector rectangle (x0, x1, y0, y1) on z = 0 that the field just covers.
+CASE3_FIELD_MM = (0.0, 140.0, -130.0, 130.0)
+#: Breast: a half cylinder (x >= 0) about the z axis, skin radius and z range, tissue inside.
+CASE3_SKIN_MM = (100.0, 15.0, 65.0)
+CASE3_TISSUE_MM = (98.0, 17.0, 63.0)
+#: VOIs in the breast tissue (x0, x1, y0, y1, z0, z1), mm.
+CASE3_VOIS_MM = {
+    1: (40.0, 60.0, -60.0, -40.0, 35.0, 45.0), 2: (10.0, 30.0, -10.0, 10.0, 35.0, 45.0),
+    3: (40.0, 60.0, -10.0, 10.0, 35.0, 45.0), 4: (70.0, 90.0, -10.0, 10.0, 35.0, 45.0),
+    5: (40.0, 60.0, 40.0, 60.0, 35.0, 45.0), 6: (40.0, 60.0, -10.0, 10.0, 20.0, 30.0),
+    7: (40.0, 60.0, -10.0, 10.0, 50.0, 60.0),
+}
+#: Lowest slice face of the Case 3 grid: the bottom of the body, put on a face of the voxel grid
+#: (odd mm for 2 mm voxels, so that every skin and plate face is a voxel face).
+_CASE3_GRID_BOTTOM_MM = {2.0: -111.0, 1.0: -110.0}
+
+
+def breast_tissue():
+    """The TG-195 Case 3 breast tissue (20 % glandular by weight, 0.952 g/cm^3)."""
+    from ..materials import custom_medium
+
+    return custom_medium("breast_tg195", _BREAST_DENSITY, _BREAST_FRACTIONS)
+
+
+def breast_skin():
+    """The TG-195 Case 3 breast skin (1.09 g/cm^3)."""
+    from ..materials import custom_medium
+
+    return custom_medium("breast_skin_tg195", _BREAST_SKIN_DENSITY, _BREAST_SKIN_FRACTIONS)
+
+
+@dataclass
+class Case3Setup:
+    """A voxelised Case 3 world: the geometry and its voxel centres (mm); ``tissue`` marks the
+    breast tissue voxels (the "Total body" of the reference, skin excluded)."""
+
+    geometry: VoxelGeometry
+    x_mm: np.ndarray
+    y_mm: np.ndarray
+    z_mm: np.ndarray
+    tissue: np.ndarray
+
+
+def _in(c: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    return (c >= lo) & (c < hi)
+
+
+def case3_geometry(voxel_mm: float = 2.0) -> Case3Setup:
+    """Voxelised TG-195 Case 3 (mammography, as XRayMClib implements it) in air.
+
+    A water box for the body (x < 0: the chest wall is the plane x = 0), two 2 mm PMMA plates
+    (breast support and compression paddle), and between them a 50 mm thick half-cylinder
+    breast of radius 100 mm: 2 mm of skin around breast tissue (20 % glandular). The grid
+    spans the world's x and y and z from the bottom of the body up to just below the source
+    (the 600 mm of air above the paddle are voxelised, as the reference codes model them; a
+    photon leaving the grid has escaped, so the air below the body, which XRayMClib's world
+    also holds, is left out).
+
+    Parameters
+    ----------
+    voxel_mm : float
+        Cubic voxel edge, 2 mm (default) or 1 mm: every box face (plates, skin, tissue, VOIs)
+        is a voxel face, except the z faces of VOIs 6 and 7 at 2 mm (they cut slices in half;
+        :func:`case3_voi_energies` weights those slices by their overlap) and the body's
+        bottom and top, moved 1 mm down at 2 mm (irrelevant: they are 10 cm from the breast).
+        The curved skin and tissue surfaces are voxelised by the voxel centres.
+    """
+    bottom = _CASE3_GRID_BOTTOM_MM.get(float(voxel_mm))
+    if bottom is None:
+        raise InputError(f"TG-195 Case 3: voxel_mm must be 1 or 2, got {voxel_mm!r}")
+    x0, x1, y0, y1 = CASE3_WORLD_MM
+    x = np.arange(x0 + voxel_mm / 2, x1, voxel_mm)
+    y = np.arange(y0 + voxel_mm / 2, y1, voxel_mm)
+    top = bottom + voxel_mm * math.floor((CASE3_SOURCE_HEIGHT_MM - bottom) / voxel_mm - 1e-9)
+    z = np.arange(bottom + voxel_mm / 2, top, voxel_mm)
+    from ..materials import get_medium
+
+    media = [get_medium("air"), get_medium("water"), pmma(), breast_skin(), breast_tissue()]
+    zz, yy, xx = np.meshgrid(z, y, x, indexing="ij", sparse=True)
+    mi = np.zeros((z.size, y.size, x.size), np.uint8)
+
+    def box(b):
+        return _in(xx, b[0], b[1]) & _in(yy, b[2], b[3]) & _in(zz, b[4], b[5])
+
+    mi[box(CASE3_BODY_MM)] = 1
+    for plate in CASE3_PLATES_MM:
+        mi[box(plate)] = 2
+    r2 = xx**2 + yy**2
+    half = xx > 0
+    mi[half & (r2 < CASE3_SKIN_MM[0] ** 2) & _in(zz, CASE3_SKIN_MM[1], CASE3_SKIN_MM[2])] = 3
+    tissue = half & (r2 < CASE3_TISSUE_MM[0] ** 2) & _in(zz, CASE3_TISSUE_MM[1], CASE3_TISSUE_MM[2])
+    mi[tissue] = 4
+    rho = np.array([m.density_g_cm3 for m in media], np.float32)[mi]
+    geo = VoxelGeometry(mi, rho, media, (voxel_mm,) * 3, (z[0], y[0], x[0]))
+    return Case3Setup(geo, x, y, z, mi == 4)
+
+
+def case3_source(energy: str) -> PointSource:
+    """Case 3 source (radiography): isotropic, 660 mm above the chest wall edge of the detector
+    plane, pointing down, its field just covering the detector rectangle ``CASE3_FIELD_MM`` on
+    z = 0 (an off-axis pyramid: ``PointSource(field_tan=...)``); ``energy`` '16.8 keV' or
+    '30 kVp'."""
+    if energy not in CASE3_ENERGIES:
+        raise InputError(f"TG-195 Case 3: energy must be one of {sorted(CASE3_ENERGIES)}, got {energy!r}")
+    spec = CASE3_ENERGIES[energy]
+    kw = dict(energy_kev=spec) if isinstance(spec, float) else dict(spectrum=tg195_spectrum(spec))
+    h = CASE3_SOURCE_HEIGHT_MM
+    fx0, fx1, fy0, fy1 = CASE3_FIELD_MM
+    # direction -z, e1 = +x, e2 = direction x e1 = -y: b = -y / h
+    return PointSource(position_mm=(0.0, 0.0, h), direction=(0.0, 0.0, -1.0), collimation="fan",
+                       fan_axis=(1.0, 0.0, 0.0), field_tan=((fx0 / h, fx1 / h), (-fy1 / h, -fy0 / h)), **kw)
+
+
+def _overlap(c: np.ndarray, step: float, lo: float, hi: float) -> np.ndarray:
+    """Fraction of each voxel (centres ``c``, edge ``step``) inside [lo, hi]."""
+    return np.clip((np.minimum(c + step / 2, hi) - np.maximum(c - step / 2, lo)) / step, 0.0, 1.0)
+
+
+def case3_voi_energies(setup: Case3Setup, result: DoseResult) -> pd.DataFrame:
+    """Energy (eV per source photon) in the Case 3 breast tissue ("Total body") and VOIs 1-7:
+    columns ``volume``, ``ours``, ``ours_sigma`` (batch method; NaN unless batches were kept).
+    VOI weights are each voxel's overlap with the VOI box, in breast tissue voxels only."""
+    step = setup.geometry.spacing_mm[0]
+    rows = []
+    val, sig = result.sum_with_sigma(setup.tissue.astype(float))
+    rows.append(dict(volume="Total body", ours=val, ours_sigma=sig))
+    for k, (x0, x1, y0, y1, z0, z1) in sorted(CASE3_VOIS_MM.items()):
+        w = (_overlap(setup.z_mm, step, z0, z1)[:, None, None] * _overlap(setup.y_mm, step, y0, y1)[None, :, None]
+             * _overlap(setup.x_mm, step, x0, x1)[None, None, :])
+        val, sig = result.sum_with_sigma(w * setup.tissue)
+        rows.append(dict(volume=f"VOI {k}", ours=val, ours_sigma=sig))
+    return pd.DataFrame(rows)
+
+
+def case3_reference() -> pd.DataFrame:
+    """TG-195 Case 3 radiography rows (energy eV per photon) of the four codes."""
+    t = read_table("tg195/TG195results.csv")
+    t = t[(t["Case"] == "Case 3") & (t["Mode"].str.strip() == "radiography")].copy()
+    t["energy"] = t["Specter"].str.strip()
+    return t.rename(columns={"Case": "case", "Volume": "volume"}).reset_index(drop=True)
+
+
+def run_case3(
+    energy: str,
+    n_photons: int,
+    voxel_mm: float = 2.0,
+    seed: int = 0,
+    device: str = "cpu",
+    n_batches: int = 10,
+    setup: Case3Setup | None = None,
+) -> tuple[pd.DataFrame, DoseResult]:
+    """Simulate TG-195 Case 3 (mammography, radiography) and join our energies with the reference.
+
+    ``setup``: a :func:`case3_geometry` to reuse (it does not depend on the beam).
+
+    Returns
+    -------
+    table : DataFrame
+        Per volume: ours, ours_sigma, EGSnrc, Geant4, MCNP, Penelope, deviation_pct (vs EGSnrc),
+        sigma_pct.
+    result : DoseResult
+    """
+    src = case3_source(energy)
+    setup = setup if setup is not None else case3_geometry(voxel_mm)
+    res = simulate(setup.geometry, src, n_photons, n_batches=n_batches, seed=seed, device=device, keep_batches=True)
+    ours = case3_voi_energies(setup, res)
+    ref = case3_reference()
+    ref = ref[ref["energy"] == energy]
+    out = []
+    for _, r in ours.iterrows():
+        row = dict(case="Case 3", energy=energy, **dict(r))
+        out.append(_with_reference(row, ref[ref["volume"] == r["volume"]]))
     return pd.DataFrame(out), res

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ctdose.errors import InputError
-from ctdose.physics.sources import CTSource, PointSource, rectangle_solid_angle_sr
+from ctdose.physics.sources import CTSource, PointSource, rectangle_solid_angle_sr, tangent_rectangle_solid_angle_sr
 
 
 def _gen(seed=0):
@@ -27,6 +27,37 @@ def test_rectangle_solid_angle_matches_numerical_integral():
     integrand = (1 + aa**2 + bb**2) ** -1.5  # solid angle per unit tangent-plane area
     numeric = np.trapezoid(np.trapezoid(integrand, a, axis=1), b)
     assert rectangle_solid_angle_sr(a1, a2) == pytest.approx(numeric, rel=1e-5)
+
+
+def test_off_axis_rectangle_solid_angle():
+    # the symmetric field, a numerical integral of an off-axis one, and additivity
+    assert tangent_rectangle_solid_angle_sr((-math.tan(0.4), math.tan(0.4)), (-math.tan(0.1), math.tan(0.1))) == (
+        pytest.approx(rectangle_solid_angle_sr(0.4, 0.1), rel=1e-12))
+    a = np.linspace(0.1, 0.5, 2001)
+    b = np.linspace(-0.3, 0.2, 2001)
+    aa, bb = np.meshgrid(a, b)
+    numeric = np.trapezoid(np.trapezoid((1 + aa**2 + bb**2) ** -1.5, a, axis=1), b)
+    assert tangent_rectangle_solid_angle_sr((0.1, 0.5), (-0.3, 0.2)) == pytest.approx(numeric, rel=1e-6)
+    assert tangent_rectangle_solid_angle_sr((0.1, 0.5), (-0.3, 0.2)) == pytest.approx(
+        tangent_rectangle_solid_angle_sr((0.1, 0.3), (-0.3, 0.2)) + tangent_rectangle_solid_angle_sr((0.3, 0.5), (-0.3, 0.2)))
+
+
+def test_off_axis_field_is_isotropic_and_bounded():
+    field = ((0.1, 0.5), (-0.3, 0.2))
+    src = PointSource((0, 0, 0), (0, 0, 1), energy_kev=20.0, fan_axis=(1, 0, 0), field_tan=field)
+    assert src.solid_angle_sr == pytest.approx(tangent_rectangle_solid_angle_sr(*field))
+    st = src.sample(400_000, _gen(4))
+    a, b = st.u.numpy() / st.w.numpy(), st.v.numpy() / st.w.numpy()  # e1 = +x, e2 = direction x e1 = +y
+    assert a.min() >= 0.1 - 1e-5 and a.max() <= 0.5 + 1e-5 and b.min() >= -0.3 - 1e-5 and b.max() <= 0.2 + 1e-5
+    # uniform per solid angle: the share of each half equals its solid angle share
+    share = np.mean(a < 0.3)
+    expected = tangent_rectangle_solid_angle_sr((0.1, 0.3), field[1]) / src.solid_angle_sr
+    assert share == pytest.approx(expected, abs=4 * math.sqrt(expected * (1 - expected) / a.size))
+    plane = PointSource((0, 0, 0), (0, 0, 1), energy_kev=20.0, fan_axis=(1, 0, 0), field_tan=field, sampling="plane")
+    st = plane.sample(400_000, _gen(5))
+    assert np.mean(st.u.numpy() / st.w.numpy() < 0.3) == pytest.approx(0.5, abs=0.005)
+    with pytest.raises(InputError, match="field_tan"):
+        PointSource((0, 0, 0), (0, 0, 1), energy_kev=20.0, field_tan=((0.5, 0.1), (0, 1)))
 
 
 def test_fan_is_isotropic_within_the_field():

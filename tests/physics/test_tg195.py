@@ -1,4 +1,4 @@
-"""AAPM TG-195 Cases 4.1 / 4.2 and 2 (reduced photons for CI) and Case 1 HVL/QVL fractions.
+"""AAPM TG-195 Cases 4.1 / 4.2, 2 and 3 (reduced photons for CI) and Case 1 HVL/QVL fractions.
 
 The full-statistics comparison with all four reference codes is ``benchmarks/tg195.py``.
 Tolerances: the goal (2 % of EGSnrc) plus 4 standard errors of this reduced run.
@@ -14,16 +14,25 @@ import pytest
 from ctdose.errors import InputError
 from ctdose.physics.tg195 import (
     CASE2_VOI_CENTRES_MM,
+    CASE3_FIELD_MM,
+    CASE3_PLATES_MM,
+    CASE3_SOURCE_HEIGHT_MM,
+    CASE3_VOIS_MM,
     CASE4_RADIUS_MM,
     case2_geometry,
     case2_reference,
     case2_source,
     case2_voi_energies,
+    case3_geometry,
+    case3_reference,
+    case3_source,
+    case3_voi_energies,
     case4_geometry,
     case4_reference,
     case4_voi_energies,
     run_case1,
     run_case2,
+    run_case3,
     run_case4,
     tg195_spectrum,
 )
@@ -194,4 +203,81 @@ def test_case2_reduced(energy):
     print(f"TG-195 Case 2 {energy} lateral VOIs 1+2+4+5: dev {dev:+.2f} % +- {sig:.2f} %")
     assert abs(dev) < GOAL_PCT + 4 * sig
     # the box takes most of the energy: 59 % of 56.4 keV per photon in the reference
+    assert res.deposited_energy_ev + res.escaped_energy_ev == pytest.approx(res.emitted_energy_ev, rel=0.01)
+
+
+def test_spectrum_bin_conventions():
+    """W spectra list lower bin edges (mean 56.4 keV for RQR-9); the Mo/Mo table is read as bin
+    centres, as the reference codes' Case 3 results show (mean 16.55 keV, not 16.80)."""
+    mo = tg195_spectrum("spectrum_RQR-M3_30kVp_Mo_Mo.csv")
+    assert mo.mean_energy_kev == pytest.approx(16.55, abs=0.01)
+    assert mo.energy_kev[np.argmax(mo.fluence_per_mas_per_mm2_at_1m)] == pytest.approx(17.25)
+    with pytest.raises(InputError, match="unknown file"):
+        tg195_spectrum("spectrum_foo.csv")
+
+
+def test_case3_geometry_volumes_and_vois():
+    setup = case3_geometry()
+    mi = setup.geometry.media_index
+    vox_mm3 = 2.0**3
+    names = [m.name for m in setup.geometry.media]
+    plates = sum((b[1] - b[0]) * (b[3] - b[2]) * (b[5] - b[4]) for b in CASE3_PLATES_MM)
+    assert (mi == names.index("pmma_tg195")).sum() * vox_mm3 == plates
+    assert (mi == names.index("water")).sum() * vox_mm3 == 170 * 300 * 300
+    # the half cylinders, voxelised by the voxel centres: within 0.3 % of their volumes
+    assert setup.tissue.sum() * vox_mm3 == pytest.approx(math.pi * 98**2 / 2 * 46, rel=3e-3)
+    skin_and_tissue = (mi == names.index("breast_skin_tg195")).sum() + setup.tissue.sum()
+    assert skin_and_tissue * vox_mm3 == pytest.approx(math.pi * 100**2 / 2 * 50, rel=3e-3)
+    # the grid reaches from the bottom of the body to just below the source, air above the paddle
+    top = setup.z_mm[-1] + 1.0
+    assert CASE3_SOURCE_HEIGHT_MM - 2.0 < top <= CASE3_SOURCE_HEIGHT_MM
+    assert (mi[setup.z_mm > 70.0] != names.index("air")).sum() == (mi[setup.z_mm > 70.0] == names.index("water")).sum()
+
+    class Uniform:  # one eV per voxel, no batches
+        energy_ev = np.ones(setup.geometry.shape)
+
+        def sum_with_sigma(self, w):
+            return float((self.energy_ev * w).sum()), float("nan")
+
+    t = case3_voi_energies(setup, Uniform()).set_index("volume")
+    assert t.loc["Total body", "ours"] == setup.tissue.sum()
+    for k, b in CASE3_VOIS_MM.items():  # every VOI lies in tissue: its volume in voxels, exactly
+        assert t.loc[f"VOI {k}", "ours"] == pytest.approx((b[1] - b[0]) * (b[3] - b[2]) * (b[5] - b[4]) / vox_mm3)
+
+
+def test_case3_field_just_covers_the_detector():
+    src = case3_source("16.8 keV")
+    g = __import__("torch").Generator()
+    g.manual_seed(3)
+    st = src.sample(200_000, g)
+    t = -src.position_mm[2] / st.w.numpy()  # to the detector plane z = 0
+    x, y = st.u.numpy() * t, src.position_mm[1] + st.v.numpy() * t
+    x0, x1, y0, y1 = CASE3_FIELD_MM
+    assert x.min() >= x0 - 1e-3 and x.max() <= x1 + 1e-3 and y.min() >= y0 - 1e-3 and y.max() <= y1 + 1e-3
+    assert x.min() < x0 + 1.0 and x.max() > x1 - 1.0 and y.min() < y0 + 1.0 and y.max() > y1 - 1.0
+
+
+def test_case3_bad_input_and_reference_rows():
+    with pytest.raises(InputError, match="voxel_mm"):
+        case3_geometry(3.0)
+    with pytest.raises(InputError, match="energy"):
+        case3_source("28 kVp")
+    ref = case3_reference()
+    assert len(ref) == 16 and set(ref["energy"]) == {"16.8 keV", "30 kVp"}
+
+
+@pytest.mark.parametrize("energy", ["16.8 keV", "30 kVp"])
+def test_case3_reduced(energy):
+    """TG-195 Case 3 (mammography): the breast tissue at reduced statistics, and the five VOIs of
+    the central plane summed (VOIs 6 and 7, above and below, individually need more photons)."""
+    table, res = run_case3(energy, 200_000, seed=7, n_batches=5)
+    t = table.set_index("volume")
+    body = t.loc[["Total body"]].reset_index()
+    body["angle_deg"] = np.nan
+    _check(body, f"TG-195 Case 3 {energy}")
+    mid = t.loc[[f"VOI {k}" for k in range(1, 6)]]
+    dev = 100 * (mid["ours"].sum() / mid["EGSnrc"].sum() - 1)
+    sig = 100 * math.sqrt((mid["ours_sigma"] ** 2).sum()) / mid["ours"].sum()
+    print(f"TG-195 Case 3 {energy} VOIs 1-5: dev {dev:+.2f} % +- {sig:.2f} %")
+    assert abs(dev) < GOAL_PCT + 4 * sig
     assert res.deposited_energy_ev + res.escaped_energy_ev == pytest.approx(res.emitted_energy_ev, rel=0.01)
