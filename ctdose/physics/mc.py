@@ -170,12 +170,16 @@ class DoseResult:
 
         Needs ``keep_batches=True`` for the error (else NaN). ``weights`` broadcast to [z, y, x].
         """
-        total = float((getattr(self, quantity) * weights).sum())
+        values = np.asarray(getattr(self, quantity))
+        w = np.broadcast_to(np.asarray(weights, dtype=np.float64), values.shape).reshape(-1)
+        idx = np.flatnonzero(w)  # only the weighted voxels (a VOI is a small part of the grid)
+        w = w[idx]
+        total = float(values.reshape(-1)[idx] @ w)
         if self.batch_energy_ev is None:
             return total, float("nan")
-        per_batch = (self.batch_energy_ev.astype(np.float64) * weights).reshape(self.n_batches, -1).sum(axis=1)
+        per_batch = self.batch_energy_ev.reshape(self.n_batches, -1)[:, idx].astype(np.float64) @ w
         if quantity != "energy_ev":
-            scale = total / max(float((self.energy_ev * weights).sum()), 1e-300)
+            scale = total / max(float(np.asarray(self.energy_ev).reshape(-1)[idx] @ w), 1e-300)
             per_batch = per_batch * scale
         return total, float(per_batch.std(ddof=1) / np.sqrt(self.n_batches))
 
@@ -415,7 +419,6 @@ def simulate(
     s2 = torch.zeros(grid.n_vox, dtype=torch.float64, device=dev)
     escaped = emitted = 0.0
     steps = 0
-    batches = []
     bar = None
     if progress and sys.stderr.isatty():
         from tqdm.auto import tqdm
@@ -441,6 +444,7 @@ def simulate(
 
     # one batch's mean per photon (keV) and its square: buffers reused for every batch
     buf = {"mean": torch.empty_like(s1), "square": torch.empty_like(s1)}
+    kept = {"ev": np.empty((n_batches, grid.n_vox), np.float32), "n": 0} if keep_batches else None
 
     def add_group(group, tally):
         nonlocal escaped, emitted, steps
@@ -452,8 +456,9 @@ def simulate(
                 torch.div(per[i], nb, out=mean_b)
                 s1.add_(mean_b)
                 s2.add_(torch.mul(mean_b, mean_b, out=buf["square"]))
-                if keep_batches:
-                    batches.append((mean_b * 1e3).to(torch.float32).cpu().numpy().reshape(geometry.shape))
+                if kept is not None:  # eV per photon as float32, straight into the array of all batches
+                    torch.from_numpy(kept["ev"][kept["n"]]).copy_(torch.mul(mean_b, 1e3, out=buf["square"]))
+                    kept["n"] += 1
         escaped += tally.escaped_kev
         emitted += tally.emitted_kev
         steps += tally.n_steps
@@ -548,7 +553,7 @@ def simulate(
         estimator=estimator,
         device=str(dev),
         n_steps=steps,
-        batch_energy_ev=(np.stack(batches) if keep_batches else None),
+        batch_energy_ev=(kept["ev"].reshape((n_batches,) + tuple(geometry.shape)) if kept is not None else None),
     )
 
 
