@@ -60,25 +60,24 @@ def case4_tables(n_photons: int, pixel_mm: float = 2.0, device: str = "cpu", see
     return pd.concat(out, ignore_index=True)
 
 
-def case2_table(n_photons: int, device: str = "cpu", seed: int = 0, world: str = "air") -> pd.DataFrame:
-    """TG-195 Case 2 (radiography) for both beams; one row per VOI."""
+def _per_beam(run_case, energies, n_photons: int, **kw) -> pd.DataFrame:
+    """``run_case(energy, n_photons, **kw)`` for every beam, with its wall time; one table."""
     out = []
-    for energy in CASE2_ENERGIES:
-        table, res = run_case2(energy, n_photons, device=device, seed=seed, world=world)
+    for energy in energies:
+        table, res = run_case(energy, n_photons, **kw)
         table["wall_s"] = res.wall_s
         out.append(table)
     return pd.concat(out, ignore_index=True)
+
+
+def case2_table(n_photons: int, device: str = "cpu", seed: int = 0, world: str = "air") -> pd.DataFrame:
+    """TG-195 Case 2 (radiography) for both beams; one row per VOI."""
+    return _per_beam(run_case2, CASE2_ENERGIES, n_photons, device=device, seed=seed, world=world)
 
 
 def case3_table(n_photons: int, device: str = "cpu", seed: int = 0) -> pd.DataFrame:
     """TG-195 Case 3 (mammography, radiography) for both beams; one row per volume."""
-    setup = case3_geometry()
-    out = []
-    for energy in CASE3_ENERGIES:
-        table, res = run_case3(energy, n_photons, device=device, seed=seed, setup=setup)
-        table["wall_s"] = res.wall_s
-        out.append(table)
-    return pd.concat(out, ignore_index=True)
+    return _per_beam(run_case3, CASE3_ENERGIES, n_photons, device=device, seed=seed, setup=case3_geometry())
 
 
 def _radiography_rows(name: str, t: pd.DataFrame, n: int) -> list[dict]:

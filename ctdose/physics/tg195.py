@@ -541,12 +541,25 @@ def case2_voi_energies(setup: Case2Setup, result: DoseResult) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def case2_reference() -> pd.DataFrame:
-    """TG-195 Case 2 radiography rows (energy eV per photon) of the four codes."""
+def _radiography_reference(case: str) -> pd.DataFrame:
+    """The radiography rows of a TG-195 case (energy eV per photon) of the four codes."""
     t = read_table("tg195/TG195results.csv")
-    t = t[(t["Case"] == "Case 2") & (t["Mode"].str.strip() == "radiography")].copy()
+    t = t[(t["Case"] == case) & (t["Mode"].str.strip() == "radiography")].copy()
     t["energy"] = t["Specter"].str.strip()
     return t.rename(columns={"Case": "case", "Volume": "volume"}).reset_index(drop=True)
+
+
+def _join_radiography(case: str, energy: str, ours: pd.DataFrame) -> pd.DataFrame:
+    """Our volumes of a radiography case joined with the four codes' rows for ``energy``."""
+    ref = _radiography_reference(case)
+    ref = ref[ref["energy"] == energy]
+    return pd.DataFrame([_with_reference(dict(case=case, energy=energy, **dict(r)), ref[ref["volume"] == r["volume"]])
+                         for _, r in ours.iterrows()])
+
+
+def case2_reference() -> pd.DataFrame:
+    """TG-195 Case 2 radiography rows (energy eV per photon) of the four codes."""
+    return _radiography_reference("Case 2")
 
 
 def run_case2(
@@ -570,13 +583,7 @@ def run_case2(
     setup = case2_geometry(voxel_mm, world)
     res = simulate(setup.geometry, case2_source(energy), n_photons, n_batches=n_batches, seed=seed, device=device,
                    keep_batches=True)
-    ours = case2_voi_energies(setup, res)
-    ref = case2_reference()
-    ref = ref[ref["energy"] == energy]
-    out = []
-    for _, r in ours.iterrows():
-        out.append(_with_reference(dict(case="Case 2", energy=energy, **dict(r)), ref[ref["volume"] == r["volume"]]))
-    return pd.DataFrame(out), res
+    return _join_radiography("Case 2", energy, case2_voi_energies(setup, res)), res
 
 
 #: TG-195 Case 3 media (mass fractions, g/cm^3): the breast tissue (20 % glandular) and the
@@ -735,10 +742,7 @@ def case3_voi_energies(setup: Case3Setup, result: DoseResult) -> pd.DataFrame:
 
 def case3_reference() -> pd.DataFrame:
     """TG-195 Case 3 radiography rows (energy eV per photon) of the four codes."""
-    t = read_table("tg195/TG195results.csv")
-    t = t[(t["Case"] == "Case 3") & (t["Mode"].str.strip() == "radiography")].copy()
-    t["energy"] = t["Specter"].str.strip()
-    return t.rename(columns={"Case": "case", "Volume": "volume"}).reset_index(drop=True)
+    return _radiography_reference("Case 3")
 
 
 def run_case3(
@@ -764,11 +768,4 @@ def run_case3(
     src = case3_source(energy)
     setup = setup if setup is not None else case3_geometry(voxel_mm)
     res = simulate(setup.geometry, src, n_photons, n_batches=n_batches, seed=seed, device=device, keep_batches=True)
-    ours = case3_voi_energies(setup, res)
-    ref = case3_reference()
-    ref = ref[ref["energy"] == energy]
-    out = []
-    for _, r in ours.iterrows():
-        row = dict(case="Case 3", energy=energy, **dict(r))
-        out.append(_with_reference(row, ref[ref["volume"] == r["volume"]]))
-    return pd.DataFrame(out), res
+    return _join_radiography("Case 3", energy, case3_voi_energies(setup, res)), res
