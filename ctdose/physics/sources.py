@@ -145,57 +145,37 @@ class _EnergySampler:
 
 
 def _sample_rectangle(
-    n: int, tan1: float, tan2: float, gen, device, per_solid_angle: bool = True
+    n: int, a_bounds: tuple[float, float], b_bounds: tuple[float, float], gen, device, per_solid_angle: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tangent-plane coordinates (a, b) of directions in a rectangle.
+    """Tangent-plane coordinates (a, b) of directions in the rectangle ``a_bounds`` x ``b_bounds``
+    (symmetric about the axis, or off-axis).
 
-    Uniform per solid angle (isotropic source; default) or uniform on the plane (a source
-    behind a rectangular opening sampled by area, as some codes do).
+    Uniform per solid angle (isotropic source; default), by rejection against the density's
+    largest value in the rectangle (at its point nearest the axis), or uniform on the plane (a
+    source behind a rectangular opening sampled by area, as some codes do).
     """
+    (a0, a1), (b0, b1) = a_bounds, b_bounds
+
+    def uniform(lo, hi, m):  # centre + half-width: a symmetric field adds an exact 0
+        return (torch.rand(m, generator=gen, device=device) * 2.0 - 1.0) * ((hi - lo) / 2) + (lo + hi) / 2
+
     if not per_solid_angle:
-        a = (torch.rand(n, generator=gen, device=device) * 2.0 - 1.0) * tan1
-        b = (torch.rand(n, generator=gen, device=device) * 2.0 - 1.0) * tan2
-        return a, b
-    acc_min = (1.0 + tan1 * tan1 + tan2 * tan2) ** -1.5
+        a = uniform(a0, a1, n)
+        return a, uniform(b0, b1, n)
+    a_near, b_near = min(max(0.0, a0), a1), min(max(0.0, b0), b1)
+    peak = (1.0 + a_near * a_near + b_near * b_near) ** 1.5  # 1 where the field holds the axis
+    a_far, b_far = max(abs(a0), abs(a1)), max(abs(b0), abs(b1))
+    acc_min = peak * (1.0 + a_far * a_far + b_far * b_far) ** -1.5
     out_a, out_b, got = [], [], 0
     while got < n:
         m = int((n - got) / max(acc_min, 0.05) * 1.05) + 16
-        a = (torch.rand(m, generator=gen, device=device) * 2.0 - 1.0) * tan1
-        b = (torch.rand(m, generator=gen, device=device) * 2.0 - 1.0) * tan2
-        keep = torch.rand(m, generator=gen, device=device) < (1.0 + a * a + b * b) ** -1.5
+        a = uniform(a0, a1, m)
+        b = uniform(b0, b1, m)
+        keep = torch.rand(m, generator=gen, device=device) < peak * (1.0 + a * a + b * b) ** -1.5
         a, b = a[keep], b[keep]
         out_a.append(a)
         out_b.append(b)
         got += int(a.numel())
-    return torch.cat(out_a)[:n], torch.cat(out_b)[:n]
-
-
-def _sample_tangent_rectangle(
-    n: int, a_bounds: tuple[float, float], b_bounds: tuple[float, float], gen, device, per_solid_angle: bool = True
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tangent-plane coordinates (a, b) in the rectangle ``a_bounds`` x ``b_bounds`` (an
-    off-axis field): uniform per solid angle, by rejection against the density's largest value
-    in the rectangle (its point nearest the axis), or uniform on the plane."""
-    (a0, a1), (b0, b1) = a_bounds, b_bounds
-
-    def uniform(lo, hi, m):
-        return lo + torch.rand(m, generator=gen, device=device) * (hi - lo)
-
-    if not per_solid_angle:
-        return uniform(a0, a1, n), uniform(b0, b1, n)
-    a_near = min(max(0.0, a0), a1)
-    b_near = min(max(0.0, b0), b1)
-    q_near = 1.0 + a_near * a_near + b_near * b_near
-    a_far, b_far = max(abs(a0), abs(a1)), max(abs(b0), abs(b1))
-    acc_min = (q_near / (1.0 + a_far * a_far + b_far * b_far)) ** 1.5
-    out_a, out_b, got = [], [], 0
-    while got < n:
-        m = int((n - got) / max(acc_min, 0.05) * 1.05) + 16
-        a, b = uniform(a0, a1, m), uniform(b0, b1, m)
-        keep = torch.rand(m, generator=gen, device=device) < (q_near / (1.0 + a * a + b * b)) ** 1.5
-        out_a.append(a[keep])
-        out_b.append(b[keep])
-        got += int(out_a[-1].numel())
     return torch.cat(out_a)[:n], torch.cat(out_b)[:n]
 
 
@@ -258,7 +238,6 @@ class PointSource:
         if self.collimation not in ("fan", "cone"):
             raise InputError(f"PointSource.collimation must be 'fan' or 'cone', got {self.collimation!r}")
         if self.collimation == "fan":
-            self._field = None
             if self.field_tan is not None:
                 bounds = np.asarray(self.field_tan, dtype=np.float64)
                 if bounds.shape != (2, 2) or not np.all(np.isfinite(bounds)) or np.any(bounds[:, 1] <= bounds[:, 0]):
@@ -272,6 +251,8 @@ class PointSource:
                     raise InputError(
                         f"PointSource.half_angles_rad must be in (0, pi/2), got {self.half_angles_rad!r}"
                     )
+                t1, t2 = math.tan(a1), math.tan(a2)
+                self._field = ((-t1, t1), (-t2, t2))
             if self.fan_axis is None:
                 ax = np.cross([0.0, 0.0, 1.0], self._d)
                 if np.linalg.norm(ax) < 1e-9:
@@ -281,7 +262,7 @@ class PointSource:
             ax = ax - np.dot(ax, self._d) * self._d
             self._e1 = _unit(ax, "PointSource.fan_axis (must not be parallel to direction)")
             self._e2 = np.cross(self._d, self._e1)
-            if self._field is None:
+            if self.field_tan is None:
                 self.solid_angle_sr = rectangle_solid_angle_sr(a1, a2)
             else:
                 self.solid_angle_sr = tangent_rectangle_solid_angle_sr(*self._field)
@@ -323,11 +304,7 @@ class PointSource:
         energy, _ = self._cache[key].sample(n, gen)
         d = torch.tensor(self._d, dtype=torch.float32, device=dev)
         if self.collimation == "fan":
-            if self._field is None:
-                a1, a2 = (float(a) for a in self.half_angles_rad)
-                a, b = _sample_rectangle(n, math.tan(a1), math.tan(a2), gen, dev, self.sampling == "solid_angle")
-            else:
-                a, b = _sample_tangent_rectangle(n, *self._field, gen, dev, self.sampling == "solid_angle")
+            a, b = _sample_rectangle(n, *self._field, gen, dev, self.sampling == "solid_angle")
             e1 = torch.tensor(self._e1, dtype=torch.float32, device=dev)
             e2 = torch.tensor(self._e2, dtype=torch.float32, device=dev)
             dx = d[0] + a * e1[0] + b * e2[0]
@@ -434,7 +411,8 @@ class CTSource:
         k = torch.searchsorted(t["pos_cdf"], r).clamp_(max=self.angle_rad.size - 1)
         ang = t["angle"][k]
         sa, ca = torch.sin(ang), torch.cos(ang)
-        a, b = _sample_rectangle(n, math.tan(self.fan_half_angle_rad), math.tan(self.z_half_angle_rad), gen, dev)
+        t1, t2 = math.tan(self.fan_half_angle_rad), math.tan(self.z_half_angle_rad)
+        a, b = _sample_rectangle(n, (-t1, t1), (-t2, t2), gen, dev)
         # central direction (-sin, cos, 0), fan axis (cos, sin, 0), e2 = z
         dx = -sa + a * ca
         dy = ca + a * sa
