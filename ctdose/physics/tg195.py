@@ -174,6 +174,11 @@ def tg195_spectrum(name: str = "spectrum_RQR9_120kVp_W_Al.csv"):
     return Spectrum(e, w, f"TG-195 {name}", absolute=False)
 
 
+def _beam_kwargs(spec: float | str) -> dict:
+    """PointSource keywords of a beam: a monoenergy (keV) or a TG-195 spectrum file."""
+    return dict(energy_kev=spec) if isinstance(spec, float) else dict(spectrum=tg195_spectrum(spec))
+
+
 def _circle_fraction(x_mm: np.ndarray, y_mm: np.ndarray, half: float, x0: float, y0: float, r: float) -> np.ndarray:
     """Area fraction [y, x] of square pixels (centres ``y_mm`` x ``x_mm``, half-width ``half``)
     inside the circle of radius ``r`` about (x0, y0).
@@ -271,6 +276,11 @@ def case4_source(energy: str, collimation_mm: float) -> PointSource:
     )
 
 
+def _overlap(c: np.ndarray, step: float, lo: float, hi: float) -> np.ndarray:
+    """Fraction of each voxel (centres ``c``, edge ``step``) inside [lo, hi]."""
+    return np.clip((np.minimum(c + step / 2, hi) - np.maximum(c - step / 2, lo)) / step, 0.0, 1.0)
+
+
 def case4_voi_energies(setup: Case4Setup, result: DoseResult) -> pd.DataFrame:
     """Energy (eV per source photon) in the Case 4.1 slabs and the Case 4.2 VOIs.
 
@@ -290,13 +300,8 @@ def case4_voi_energies(setup: Case4Setup, result: DoseResult) -> pd.DataFrame:
 
     for i, zc in enumerate(CASE41_SLAB_CENTRES_MM):
         lo, hi = zc - CASE41_SLAB_MM / 2, zc + CASE41_SLAB_MM / 2
-        zw = np.clip((np.minimum(z + dz / 2, hi) - np.maximum(z - dz / 2, lo)) / dz, 0, 1)
-        add("Case 4.1", f"VOI {i + 1}", np.nan, zw[:, None, None])
-    zw = np.clip(
-        (np.minimum(z + dz / 2, CASE4_VOI_HALF_LENGTH_MM) - np.maximum(z - dz / 2, -CASE4_VOI_HALF_LENGTH_MM)) / dz,
-        0,
-        1,
-    )
+        add("Case 4.1", f"VOI {i + 1}", np.nan, _overlap(z, dz, lo, hi)[:, None, None])
+    zw = _overlap(z, dz, -CASE4_VOI_HALF_LENGTH_MM, CASE4_VOI_HALF_LENGTH_MM)
     centre = _circle_fraction(x, y, half, 0.0, 0.0, CASE4_VOI_RADIUS_MM)
     add("Case 4.2", "Center", np.nan, zw[:, None, None] * centre[None])
     for ang in range(0, 360, 10):
@@ -514,7 +519,7 @@ def case2_source(energy: str) -> PointSource:
     if energy not in CASE2_ENERGIES:
         raise InputError(f"TG-195 Case 2: energy must be one of {sorted(CASE2_ENERGIES)}, got {energy!r}")
     spec = CASE2_ENERGIES[energy]
-    kw = dict(energy_kev=spec) if isinstance(spec, float) else dict(spectrum=tg195_spectrum(spec))
+    kw = _beam_kwargs(spec)
     half = math.atan(0.5 * CASE2_BOX_WIDTH_MM / CASE2_SOURCE_TO_DETECTOR_MM)
     return PointSource(position_mm=(0.0, 0.0, 0.0), direction=(0.0, 0.0, 1.0), collimation="fan",
                        half_angles_rad=(half, half), fan_axis=(1.0, 0.0, 0.0), **kw)
@@ -599,7 +604,7 @@ CASE3_ENERGIES = {"16.8 keV": 16.8, "30 kVp": "spectrum_RQR-M3_30kVp_Mo_Mo.csv"}
 #: Case 3 source: 660 mm above the chest wall edge of the detector plane (z = 0), the field just
 #: covering the detector. Only the radiography orientation is reproduced: the 15 degree
 #: tomosynthesis projection's pivot and collimation are not given by the reference data here
-#: (the two XRayMClib versions differ, and our two readings bracket EGSnrc by -1.0 % and +1.3 %).
+#: (the two XRayMClib versions differ; our readings bracket EGSnrc, -1.2 % to +1.5 %).
 CASE3_SOURCE_HEIGHT_MM = 660.0
 #: Case 3 boxes (x0, x1, y0, y1, z0, z1) in mm: z up from the detector plane (z = 0), x from the
 #: chest wall (x = 0) towards the nipple, y across. The world is air, x and y over the body.
@@ -711,17 +716,12 @@ def case3_source(energy: str) -> PointSource:
     if energy not in CASE3_ENERGIES:
         raise InputError(f"TG-195 Case 3: energy must be one of {sorted(CASE3_ENERGIES)}, got {energy!r}")
     spec = CASE3_ENERGIES[energy]
-    kw = dict(energy_kev=spec) if isinstance(spec, float) else dict(spectrum=tg195_spectrum(spec))
+    kw = _beam_kwargs(spec)
     h = CASE3_SOURCE_HEIGHT_MM
     fx0, fx1, fy0, fy1 = CASE3_FIELD_MM
     # direction -z, e1 = +x, e2 = direction x e1 = -y: b = -y / h
     return PointSource(position_mm=(0.0, 0.0, h), direction=(0.0, 0.0, -1.0), collimation="fan",
                        fan_axis=(1.0, 0.0, 0.0), field_tan=((fx0 / h, fx1 / h), (-fy1 / h, -fy0 / h)), **kw)
-
-
-def _overlap(c: np.ndarray, step: float, lo: float, hi: float) -> np.ndarray:
-    """Fraction of each voxel (centres ``c``, edge ``step``) inside [lo, hi]."""
-    return np.clip((np.minimum(c + step / 2, hi) - np.maximum(c - step / 2, lo)) / step, 0.0, 1.0)
 
 
 def case3_voi_energies(setup: Case3Setup, result: DoseResult) -> pd.DataFrame:
