@@ -46,6 +46,9 @@ class CTDIResult:
     collimation_mm: float
     n_photons: int
     wall_s: float
+    #: 1-sd batch uncertainties of the centre and the four peripheral readings (mGy)
+    ctdi100_center_sigma_mgy: float = float("nan")
+    ctdi100_periphery_sigma_mgy: list | None = None
 
 
 def ctdi_phantom(pixel_mm: float = 2.0, slice_mm: float = 5.0, diameter_mm: float = PHANTOM_DIAMETER_MM):
@@ -98,6 +101,8 @@ def simulate_ctdi(
     device: str = "cpu",
     pixel_mm: float = 2.0,
     ambient: str | None = "air",
+    rotation: str = "continuous",
+    start_angle_deg: float = 0.0,
 ) -> CTDIResult:
     """CTDI100 (centre, periphery) and CTDIw per 100 mAs for one axial rotation of ``scanner``.
 
@@ -112,6 +117,11 @@ def simulate_ctdi(
     pixel_mm : float
     ambient : str or None
         Medium between the focal spot and the phantom's grid (``simulate(ambient=...)``).
+    rotation : {"continuous", "discrete"}
+        The protocol's rotation (:class:`ctdose.physics.scanner.Protocol`). With
+        ``"discrete"`` the peripheral readings depend on where the projections fall relative
+        to the holes (``start_angle_deg``; angle 0 is the hole at 0 degrees).
+    start_angle_deg : float
 
     Returns
     -------
@@ -121,7 +131,8 @@ def simulate_ctdi(
     from .sources import CTSource
 
     geo, holes = ctdi_phantom(pixel_mm=pixel_mm)
-    protocol = Protocol(mode="axial", z_start_mm=0.0, z_end_mm=0.0, projections_per_rotation=projections_per_rotation)
+    protocol = Protocol(mode="axial", z_start_mm=0.0, z_end_mm=0.0, projections_per_rotation=projections_per_rotation,
+                        rotation=rotation, start_angle_deg=start_angle_deg)
     src = CTSource(scanner, protocol)
     res = simulate(geo, src, n_photons, seed=seed, device=device, keep_batches=True, majorant_floor_per_mm=_FLOOR_PER_MM,
                    ambient=ambient)
@@ -146,4 +157,6 @@ def simulate_ctdi(
         collimation_mm=nt,
         n_photons=int(n_photons),
         wall_s=res.wall_s,
+        ctdi100_center_sigma_mgy=sig["center"],
+        ctdi100_periphery_sigma_mgy=[sig[f"p{a}"] for a in (0, 90, 180, 270)],
     )

@@ -67,6 +67,7 @@ DEFAULT_SCANNER = {
     "tube_current_ma": 200.0,
     "rotation_time_s": 1.0,
     "projections_per_rotation": 16,
+    "rotation": "continuous",
 }
 
 
@@ -188,7 +189,9 @@ class CTScanner:
     source_to_isocentre_mm : float
         Focal spot to isocentre distance (GE Optima CT 660: 541 mm).
     fan_fov_mm : float
-        Diameter of the field of view covered by the fan at the isocentre.
+        Diameter of the field of view covered by the fan at the isocentre. A fan given by its
+        half-angle ``gamma`` (a field of half-width ``D tan(gamma)`` on the plane through the
+        isocentre) has ``fan_fov_mm = 2 D sin(gamma)``.
     collimation_mm : float
         Nominal total beam width in z at the isocentre.
     """
@@ -257,11 +260,17 @@ class SourcePositions:
         z of the focal spot (= centre of the beam in z), mm.
     mas : ndarray, shape (n,)
         Tube load (mAs) attributed to the position; sums to the protocol's total mAs.
+    angle_width_rad, z_width_mm : ndarray, shape (n,), optional
+        Continuous rotation: the gantry-angle interval (rad) and the z travel (mm) that the
+        position stands for, centred on it; the tube emits uniformly over the interval.
+        None (default) or zeros: a point projection at exactly ``angle_rad``, ``z_mm``.
     """
 
     angle_rad: np.ndarray
     z_mm: np.ndarray
     mas: np.ndarray
+    angle_width_rad: np.ndarray | None = None
+    z_width_mm: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.angle_rad.size)
@@ -296,7 +305,13 @@ class Protocol:
     tube_current_ma : float
     rotation_time_s : float
     projections_per_rotation : int
-        Source positions per rotation (the discretisation of the rotation).
+        Source positions per rotation (the discretisation of the rotation; with
+        ``rotation="continuous"`` only the resolution of the tube-current and load bookkeeping).
+    rotation : {"continuous", "discrete"}
+        Continuous (default): the tube emits throughout the rotation; each photon's gantry
+        angle (and, helical, its z) is uniform over its position's interval, as in a real scan.
+        Discrete: point projections at the listed angles only (a step-and-shoot
+        approximation whose result depends on how the projections fall on the anatomy).
     current_profile_z_mm, current_profile_ma : sequence of float, optional
         Tube-current modulation along z: mA at z positions (linear interpolation, constant
         beyond the ends). Replaces ``tube_current_ma`` where given.
@@ -310,12 +325,15 @@ class Protocol:
     tube_current_ma: float = 200.0
     rotation_time_s: float = 1.0
     projections_per_rotation: int = 16
+    rotation: str = "continuous"
     current_profile_z_mm: Sequence[float] | None = None
     current_profile_ma: Sequence[float] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("axial", "helical"):
             raise InputError(f"Protocol: mode must be 'axial' or 'helical', got {self.mode!r}")
+        if self.rotation not in ("continuous", "discrete"):
+            raise InputError(f"Protocol: rotation must be 'continuous' or 'discrete', got {self.rotation!r}")
         for name in ("z_start_mm", "z_end_mm", "start_angle_deg"):
             if not math.isfinite(float(getattr(self, name))):
                 raise InputError(f"Protocol: {name} must be finite")
@@ -364,6 +382,8 @@ class Protocol:
         along the helix; number of rotations ``(z_end - z_start) / (pitch * collimation)``
         (at least one position). Each position carries
         ``mA(z) * rotation_time / projections_per_rotation`` (scaled for a partial interval).
+        With ``rotation="continuous"`` each position also carries the angular interval and the
+        z travel it stands for (zero z travel for axial rotations).
         """
         n_proj = int(self.projections_per_rotation)
         a0 = math.radians(self.start_angle_deg)
@@ -375,6 +395,8 @@ class Protocol:
             angle = np.tile(angles, centres.size)
             z = np.repeat(centres, n_proj)
             mas = self.current_ma(z) * mas_per_unit
+            width = np.full(angle.shape, step)
+            z_width = np.zeros(angle.shape)
         else:
             feed = self.pitch * scanner.collimation_mm
             n_steps = (self.z_end_mm - self.z_start_mm) / feed * n_proj  # projection intervals
@@ -389,8 +411,13 @@ class Protocol:
             angle = a0 + step * phase
             z = self.z_start_mm + feed * phase / n_proj
             mas = self.current_ma(z) * mas_per_unit * frac
+            width = step * frac
+            z_width = feed * frac / n_proj
+        continuous = self.rotation == "continuous"
         return SourcePositions(
-            angle_rad=np.mod(angle, 2.0 * math.pi), z_mm=np.asarray(z, float), mas=np.asarray(mas, float)
+            angle_rad=np.mod(angle, 2.0 * math.pi), z_mm=np.asarray(z, float), mas=np.asarray(mas, float),
+            angle_width_rad=np.asarray(width, float) if continuous else None,
+            z_width_mm=np.asarray(z_width, float) if continuous else None,
         )
 
 
@@ -461,6 +488,7 @@ def protocol_for_case(cfg: Mapping[str, Any], roi_z_mm: Sequence[float]) -> Prot
             tube_current_ma=float(s["tube_current_ma"]),
             rotation_time_s=float(s["rotation_time_s"]),
             projections_per_rotation=int(s["projections_per_rotation"]),
+            rotation=str(s["rotation"]),
         )
     except InputError as exc:
         raise ConfigError(f"profile scanner section: {exc}") from None

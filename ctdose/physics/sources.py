@@ -331,7 +331,10 @@ class CTSource:
         Geometry (``source_to_isocentre_mm``, ``collimation_mm``, ``fan_half_angle_rad()``),
         ``spectrum`` and ``bowtie`` (with ``transmission(energy_kev, angle_rad)``).
     protocol : ctdose.physics.scanner.Protocol
-        ``source_positions(scanner)`` gives ``angle_rad``, ``z_mm`` and ``mas`` per position.
+        ``source_positions(scanner)`` gives ``angle_rad``, ``z_mm`` and ``mas`` per position
+        and, for a continuous rotation, the angle and z interval each position stands for:
+        a photon's position is drawn by tube load, then its gantry angle (and helical z)
+        uniformly over that interval.
     bowtie : bool
         Apply the bowtie weight (default True).
 
@@ -348,10 +351,18 @@ class CTSource:
         self.angle_rad = np.asarray(pos.angle_rad, dtype=np.float64).ravel()
         self.z_mm = np.asarray(pos.z_mm, dtype=np.float64).ravel()
         self.mas = np.asarray(pos.mas, dtype=np.float64).ravel()
+        widths = getattr(pos, "angle_width_rad", None)
+        self.angle_width_rad = None if widths is None else np.asarray(widths, dtype=np.float64).ravel()
+        z_widths = getattr(pos, "z_width_mm", None)
+        self.z_width_mm = None if z_widths is None else np.asarray(z_widths, dtype=np.float64).ravel()
         if self.angle_rad.size == 0 or not (self.angle_rad.size == self.z_mm.size == self.mas.size):
             raise InputError("CT protocol: no source positions, or arrays of unequal length")
         if not (np.all(np.isfinite(self.mas)) and np.all(self.mas >= 0) and self.mas.sum() > 0):
             raise InputError("CT protocol: tube loads (mAs) must be finite, >= 0 and not all zero")
+        for name in ("angle_width_rad", "z_width_mm"):
+            arr = getattr(self, name)
+            if arr is not None and (arr.shape != self.angle_rad.shape or not np.all(np.isfinite(arr)) or np.any(arr < 0)):
+                raise InputError(f"CT protocol: {name} must be finite, >= 0 and one per source position")
         self.distance_mm = float(scanner.source_to_isocentre_mm)
         self.fan_half_angle_rad = float(scanner.fan_half_angle_rad())
         self.z_half_angle_rad = math.atan(0.5 * float(scanner.collimation_mm) / self.distance_mm)
@@ -399,6 +410,10 @@ class CTSource:
                 angle=torch.tensor(self.angle_rad, dtype=torch.float32, device=dev),
                 z=torch.tensor(self.z_mm, dtype=torch.float32, device=dev),
                 bowtie=torch.tensor(self._bowtie.reshape(-1), dtype=torch.float32, device=dev),
+                angle_width=(None if self.angle_width_rad is None
+                             else torch.tensor(self.angle_width_rad, dtype=torch.float32, device=dev)),
+                z_width=(None if self.z_width_mm is None
+                         else torch.tensor(self.z_width_mm, dtype=torch.float32, device=dev)),
             )
         return self._cache[key]
 
@@ -410,6 +425,12 @@ class CTSource:
         r = torch.rand(n, generator=gen, device=dev, dtype=torch.float64)
         k = torch.searchsorted(t["pos_cdf"], r).clamp_(max=self.angle_rad.size - 1)
         ang = t["angle"][k]
+        z0 = t["z"][k]
+        if t["angle_width"] is not None:  # continuous rotation: uniform over the position's interval
+            phase = torch.rand(n, generator=gen, device=dev) - 0.5
+            ang = ang + phase * t["angle_width"][k]
+            if t["z_width"] is not None:
+                z0 = z0 + phase * t["z_width"][k]
         sa, ca = torch.sin(ang), torch.cos(ang)
         t1, t2 = math.tan(self.fan_half_angle_rad), math.tan(self.z_half_angle_rad)
         a, b = _sample_rectangle(n, (-t1, t1), (-t2, t2), gen, dev)
@@ -420,7 +441,6 @@ class CTSource:
         inv = torch.rsqrt(dx * dx + dy * dy + dz * dz)
         x0 = self.distance_mm * sa
         y0 = -self.distance_mm * ca
-        z0 = t["z"][k]
         if self.use_bowtie:
             n_g = self._gamma.size
             g = torch.atan(a)

@@ -68,6 +68,27 @@ def test_helical_partial_rotation_mas(scanner):
     assert sp.total_mas == pytest.approx(200.0 * 45.0 / 40.0)
 
 
+def test_continuous_rotation_intervals_tile_the_trajectory(scanner):
+    # axial: every position stands for 2 pi / n of its rotation and no z travel
+    ax = Protocol("axial", 0.0, 80.0, projections_per_rotation=12).source_positions(scanner)
+    np.testing.assert_allclose(ax.angle_width_rad, 2 * math.pi / 12)
+    np.testing.assert_array_equal(ax.z_width_mm, 0.0)
+    # helical with a partial last interval: the intervals tile [z_start, z_end] without gap and
+    # cover the helix's whole angle, 2 pi per table feed
+    hel = Protocol("helical", -10.0, 95.0, pitch=1.25, projections_per_rotation=10).source_positions(scanner)
+    lo, hi = hel.z_mm - hel.z_width_mm / 2, hel.z_mm + hel.z_width_mm / 2
+    assert lo[0] == pytest.approx(-10.0) and hi[-1] == pytest.approx(95.0)
+    np.testing.assert_allclose(lo[1:], hi[:-1], atol=1e-9)
+    assert hel.angle_width_rad.sum() == pytest.approx(2 * math.pi * 105.0 / (1.25 * 40.0))
+    np.testing.assert_allclose(hel.angle_width_rad / hel.z_width_mm, 2 * math.pi / 50.0)
+    # tube load per interval follows its length
+    np.testing.assert_allclose(hel.mas / hel.z_width_mm, hel.mas[0] / hel.z_width_mm[0])
+    # discrete: point projections
+    d = Protocol("axial", 0.0, 80.0, projections_per_rotation=12, rotation="discrete").source_positions(scanner)
+    assert d.angle_width_rad is None and d.z_width_mm is None
+    np.testing.assert_array_equal(d.angle_rad, ax.angle_rad)
+
+
 def test_tube_current_modulation(scanner):
     p = Protocol("axial", 0.0, 80.0, current_profile_z_mm=[0.0, 80.0], current_profile_ma=[100.0, 300.0],
                  projections_per_rotation=4)
@@ -78,7 +99,7 @@ def test_tube_current_modulation(scanner):
 @pytest.mark.parametrize(
     "kwargs",
     [dict(mode="spiral"), dict(z_start_mm=10.0, z_end_mm=0.0), dict(pitch=0.0), dict(tube_current_ma=-1.0),
-     dict(projections_per_rotation=0), dict(current_profile_z_mm=[0.0])],
+     dict(projections_per_rotation=0), dict(current_profile_z_mm=[0.0]), dict(rotation="stepwise")],
 )
 def test_protocol_rejects_bad_input(kwargs):
     with pytest.raises(InputError):

@@ -97,7 +97,7 @@ def test_ct_source_geometry_follows_the_scanner_convention():
     from ctdose.physics.spectrum import spekpy_spectrum
 
     scanner = CTScanner(spekpy_spectrum(120.0), bowtie=generic_body_bowtie())
-    protocol = Protocol(mode="axial", z_start_mm=0.0, z_end_mm=80.0, projections_per_rotation=8)
+    protocol = Protocol(mode="axial", z_start_mm=0.0, z_end_mm=80.0, projections_per_rotation=8, rotation="discrete")
     src = CTSource(scanner, protocol)
     st = src.sample(50_000, _gen(3))
     x, y, z = st.x.numpy(), st.y.numpy(), st.z.numpy()
@@ -114,6 +114,53 @@ def test_ct_source_geometry_follows_the_scanner_convention():
     gamma = np.arccos(np.clip(cosang, -1, 1))
     assert wt.max() <= 1.0 + 1e-6 and wt[gamma > 0.35].mean() < wt[gamma < 0.05].mean()
     assert src.dose_scale_per_mas == pytest.approx(src.photons_per_mas * src.mas.sum() / (200.0 * 1.0))
+
+
+def _gantry_angle(st) -> np.ndarray:
+    """Gantry angle a of each photon's focal spot (D sin a, -D cos a)."""
+    return np.mod(np.arctan2(st.x.numpy().astype(np.float64), -st.y.numpy().astype(np.float64)), 2 * math.pi)
+
+
+def test_ct_source_continuous_rotation_is_uniform_over_the_rotation():
+    # four positions per rotation, continuous: gantry angles uniform over 2 pi (24 bins,
+    # chi-square), z only at the axial rotation centres; discrete: exactly the four angles
+    from scipy import stats
+
+    from ctdose.physics.scanner import CTScanner, Protocol
+    from ctdose.physics.spectrum import spekpy_spectrum
+
+    scanner = CTScanner(spekpy_spectrum(120.0))
+    protocol = Protocol(mode="axial", z_start_mm=0.0, z_end_mm=80.0, projections_per_rotation=4, start_angle_deg=30.0)
+    st = CTSource(scanner, protocol).sample(200_000, _gen(5))
+    counts = np.histogram(_gantry_angle(st), bins=24, range=(0.0, 2 * math.pi))[0]
+    chi2 = float(((counts - counts.mean()) ** 2 / counts.mean()).sum())
+    assert stats.chi2.sf(chi2, 23) > 1e-4, (chi2, counts)
+    assert set(np.round(np.unique(st.z.numpy()), 3)) == {20.0, 60.0}
+    discrete = Protocol(mode="axial", z_start_mm=0.0, z_end_mm=80.0, projections_per_rotation=4, start_angle_deg=30.0,
+                        rotation="discrete")
+    ang = _gantry_angle(CTSource(scanner, discrete).sample(20_000, _gen(5)))
+    np.testing.assert_allclose(np.unique(np.round(np.degrees(ang), 2)), [30.0, 120.0, 210.0, 300.0], atol=0.01)
+
+
+def test_ct_source_continuous_helix():
+    # each photon's focal spot lies on the helix z = z0 + feed * (a - a0) / 2 pi, and z is
+    # uniform over the scan range (constant tube current)
+    from scipy import stats
+
+    from ctdose.physics.scanner import CTScanner, Protocol
+    from ctdose.physics.spectrum import spekpy_spectrum
+
+    scanner = CTScanner(spekpy_spectrum(120.0), collimation_mm=40.0)
+    protocol = Protocol(mode="helical", z_start_mm=-30.0, z_end_mm=90.0, pitch=1.5, projections_per_rotation=6,
+                        start_angle_deg=45.0)
+    st = CTSource(scanner, protocol).sample(100_000, _gen(6))
+    z = st.z.numpy().astype(np.float64)
+    turns_from_z = (z + 30.0) / (1.5 * 40.0)
+    turns_from_angle = (_gantry_angle(st) - math.radians(45.0)) / (2 * math.pi)
+    off = np.mod(turns_from_z - turns_from_angle + 0.5, 1.0) - 0.5  # circular difference, turns
+    assert np.abs(off).max() < 1e-4
+    assert stats.kstest((z + 30.0) / 120.0, "uniform").pvalue > 1e-3
+    assert z.min() < -29.0 and z.max() > 89.0
 
 
 def test_bad_source_parameters():

@@ -136,7 +136,7 @@ def test_ct_source_absolute_air_kerma_across_the_fan():
     from ctdose.physics.spectrum import spekpy_spectrum
 
     scanner = CTScanner(spekpy_spectrum(120.0), bowtie=generic_body_bowtie(), collimation_mm=10.0)
-    protocol = Protocol(mode="axial", z_start_mm=-5.0, z_end_mm=5.0, projections_per_rotation=1,
+    protocol = Protocol(mode="axial", z_start_mm=-5.0, z_end_mm=5.0, projections_per_rotation=1, rotation="discrete",
                         tube_current_ma=100.0, rotation_time_s=0.5)
     air = get_medium("air")
     nx = 101
