@@ -140,6 +140,7 @@ def simulate_case(
             mc_n_batches=res.n_batches,
             mc_estimator=res.estimator,
             mc_ambient=str(mc["ambient"] or "vacuum"),
+            mc_rotation=f"{protocol.rotation}, {int(protocol.projections_per_rotation)} positions per rotation",
             mc_seed=seed,
             mc_device=res.device,
             mc_wall_s=round(res.wall_s, 3),

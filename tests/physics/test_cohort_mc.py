@@ -42,6 +42,7 @@ def test_runs_every_case_then_resumes(tmp_path, capsys):
     assert float(ds["dose_mc"].values[body].mean()) > 0
     assert np.all(ds["dose_mc_sigma"].values >= 0)
     assert ds.attrs["mc_n_photons"] == 6000 and ds.attrs["mc_seed"] == case_seed(cfg["seed"], "synthetic_000")
+    assert ds.attrs["mc_rotation"] == "continuous, 4 positions per rotation"
     # a re-run has nothing to do; a new case is simulated alone
     again = run_cohort_mc(cfg, store, progress=False)
     assert again.empty and "nothing to do" in capsys.readouterr().out
