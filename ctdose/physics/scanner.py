@@ -307,14 +307,14 @@ class Protocol:
     projections_per_rotation : int
         Source positions per rotation (the discretisation of the rotation; with
         ``rotation="continuous"`` only the resolution of the tube-current and load bookkeeping).
+    current_profile_z_mm, current_profile_ma : sequence of float, optional
+        Tube-current modulation along z: mA at z positions (linear interpolation, constant
+        beyond the ends). Replaces ``tube_current_ma`` where given.
     rotation : {"continuous", "discrete"}
         Continuous (default): the tube emits throughout the rotation; each photon's gantry
         angle (and, helical, its z) is uniform over its position's interval, as in a real scan.
         Discrete: point projections at the listed angles only (a step-and-shoot
         approximation whose result depends on how the projections fall on the anatomy).
-    current_profile_z_mm, current_profile_ma : sequence of float, optional
-        Tube-current modulation along z: mA at z positions (linear interpolation, constant
-        beyond the ends). Replaces ``tube_current_ma`` where given.
     """
 
     mode: str = "axial"
@@ -325,9 +325,9 @@ class Protocol:
     tube_current_ma: float = 200.0
     rotation_time_s: float = 1.0
     projections_per_rotation: int = 16
-    rotation: str = "continuous"
     current_profile_z_mm: Sequence[float] | None = None
     current_profile_ma: Sequence[float] | None = None
+    rotation: str = "continuous"
 
     def __post_init__(self) -> None:
         if self.mode not in ("axial", "helical"):
