@@ -67,7 +67,8 @@ def water_cylinder() -> tuple[VoxelGeometry, np.ndarray, str]:
     return geo, rho > 0, "32 cm water cylinder (5 mm)"
 
 
-def _profile_phantom(profile: str) -> tuple[VoxelGeometry, np.ndarray, str]:
+def profile_case(profile: str):
+    """The profile's first synthetic thorax: ``(cfg, case Dataset)`` (labels on its grid)."""
     from ctdose.anatomy.cohort import phantom_case, sample_designs
     from ctdose.anatomy.synthetic import synthetic_params
     from ctdose.config import load_profile
@@ -76,6 +77,11 @@ def _profile_phantom(profile: str) -> tuple[VoxelGeometry, np.ndarray, str]:
     row = sample_designs(cfg)["synthetic"].iloc[0]
     ds = phantom_case(synthetic_params(row), "bench_000", "synthetic", float(cfg["cohort"]["spacing_mm"]),
                       float(cfg["cohort"]["roi_margin_mm"]))
+    return cfg, ds
+
+
+def _profile_phantom(profile: str) -> tuple[VoxelGeometry, np.ndarray, str]:
+    cfg, ds = profile_case(profile)
     geo = geometry_from_case(ds)
     name = f"{profile} phantom (synthetic thorax, {cfg['cohort']['spacing_mm']:g} mm, {np.prod(geo.shape) / 1e6:.2g} M voxels)"
     return geo, np.asarray(ds["labels"].values) > 0, name

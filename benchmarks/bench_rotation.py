@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_mc's phantom
 
 REFERENCE_MAS = 100.0
 MGY_PER_GY = 1e3
@@ -33,16 +34,12 @@ PROJECTIONS = (8, 16, 36)
 
 
 def _thorax():
-    from ctdose.anatomy.cohort import phantom_case, sample_designs
-    from ctdose.anatomy.synthetic import synthetic_params
-    from ctdose.config import load_profile
+    from bench_mc import profile_case
+
     from ctdose.physics.cohort_mc import _roi_of
     from ctdose.physics.mc import geometry_from_case
 
-    cfg = load_profile("demo", {"cohort.n_surrogate": 0, "cohort.n_synthetic": 1})
-    row = sample_designs(cfg)["synthetic"].iloc[0]
-    ds = phantom_case(synthetic_params(row), "bench_000", "synthetic", float(cfg["cohort"]["spacing_mm"]),
-                      float(cfg["cohort"]["roi_margin_mm"]))
+    cfg, ds = profile_case("demo")
     labels = np.asarray(ds["labels"].values)
     roi = _roi_of(ds.attrs, labels.shape, ds.attrs["spacing_mm"], ds.attrs["origin_mm"])
     return cfg, geometry_from_case(ds), labels, roi

@@ -351,10 +351,11 @@ class CTSource:
         self.angle_rad = np.asarray(pos.angle_rad, dtype=np.float64).ravel()
         self.z_mm = np.asarray(pos.z_mm, dtype=np.float64).ravel()
         self.mas = np.asarray(pos.mas, dtype=np.float64).ravel()
-        widths = getattr(pos, "angle_width_rad", None)
-        self.angle_width_rad = None if widths is None else np.asarray(widths, dtype=np.float64).ravel()
-        z_widths = getattr(pos, "z_width_mm", None)
-        self.z_width_mm = None if z_widths is None else np.asarray(z_widths, dtype=np.float64).ravel()
+        # continuous rotation: the interval each position stands for (None: point projections)
+        self.angle_width_rad, self.z_width_mm = (
+            None if getattr(pos, name, None) is None else np.asarray(getattr(pos, name), dtype=np.float64).ravel()
+            for name in ("angle_width_rad", "z_width_mm")
+        )
         if self.angle_rad.size == 0 or not (self.angle_rad.size == self.z_mm.size == self.mas.size):
             raise InputError("CT protocol: no source positions, or arrays of unequal length")
         if not (np.all(np.isfinite(self.mas)) and np.all(self.mas >= 0) and self.mas.sum() > 0):
@@ -410,10 +411,8 @@ class CTSource:
                 angle=torch.tensor(self.angle_rad, dtype=torch.float32, device=dev),
                 z=torch.tensor(self.z_mm, dtype=torch.float32, device=dev),
                 bowtie=torch.tensor(self._bowtie.reshape(-1), dtype=torch.float32, device=dev),
-                angle_width=(None if self.angle_width_rad is None
-                             else torch.tensor(self.angle_width_rad, dtype=torch.float32, device=dev)),
-                z_width=(None if self.z_width_mm is None
-                         else torch.tensor(self.z_width_mm, dtype=torch.float32, device=dev)),
+                **{key: None if arr is None else torch.tensor(arr, dtype=torch.float32, device=dev)
+                   for key, arr in (("angle_width", self.angle_width_rad), ("z_width", self.z_width_mm))},
             )
         return self._cache[key]
 
