@@ -19,11 +19,13 @@ photon count in the same process; its media are the nearest PEGS4 521ICRU media 
 ICRP bone, ICRU tissue, water) at our densities, its electrons are below ECUT (local), photon
 splitting off. Its OpenMP threads follow OMP_NUM_THREADS (set it to 2 for 2 cores).
 
-Our engine runs with its default estimator (stratified track length, compiled kernels, block
-majorant) on 1 core and on 2 cores (``simulate(workers=2)``: a second worker process), the same
-with weight windows (``weight_window=True``: splitting and roulette from a pilot run, see
-``ctdose.physics.weight_window``) on 2 cores, and with the eager ``collision`` estimator on 2
-cores (two threads) for comparison. Each
+Our engine runs with its default estimator (expected track length: every flight traversed voxel
+by voxel to the grid's exit, compiled kernels, see ``ctdose.physics.ray_kernels``) on 1 core and
+on 2 cores (``simulate(workers=2)``: a second worker process), the same with weight windows
+(``weight_window=True``: splitting and roulette from a pilot run, see
+``ctdose.physics.weight_window``) on 2 cores, the stratified track-length estimator (Woodcock
+flights, block majorant) with and without windows on 2 cores, and the eager ``collision``
+estimator on 2 cores (two threads) for comparison. Each
 configuration is warmed up first (tables, kernel compilation, worker start), as in a cohort
 run where these costs are paid once.
 """
@@ -109,7 +111,7 @@ def _opening(geo: VoxelGeometry):
     return y_face, ssd, half_x, half_z
 
 
-def ours(geo, body, n, workers, device="cpu", seed=0, estimator="track_length", weight_window=False):
+def ours(geo, body, n, workers, device="cpu", seed=0, estimator="expected_track_length", weight_window=False):
     y_face, ssd, hx, hz = _opening(geo)
     z_mid = geo.origin_mm[0] + (geo.shape[0] - 1) / 2 * geo.spacing_mm[0]
     x_mid = geo.origin_mm[2] + (geo.shape[2] - 1) / 2 * geo.spacing_mm[2]
@@ -173,8 +175,10 @@ def run(quick: bool = False, device: str = "cpu") -> list[dict]:
         if ref:
             rows.append(dict(benchmark=f"ompMC histories/s, {name}", value=round(ref["hist_per_s"]), unit="1/s",
                              note=f"OMP_NUM_THREADS={omp_threads}; sigma {ref['sigma']:.3f}; t {ref['wall_s']:.1f} s"))
-        configs = ([("track_length", 1, False), ("track_length", 2, False), ("track_length", 2, True), ("collision", 2, False)]
-                   if device == "cpu" else [("track_length", 1, False), ("track_length", 1, True)])
+        etl = "expected_track_length"
+        configs = ([(etl, 1, False), (etl, 2, False), (etl, 2, True), ("track_length", 2, False),
+                    ("track_length", 2, True), ("collision", 2, False)]
+                   if device == "cpu" else [(etl, 1, False), (etl, 1, True), ("track_length", 1, False)])
         for estimator, workers, window in configs:
             r = ours(geo, body, n, workers, device, estimator=estimator, weight_window=window)
             name_est = estimator + (" + weight window" if window else "")

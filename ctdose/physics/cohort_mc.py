@@ -9,7 +9,7 @@ interrupted run keeps every finished case and a re-run resumes with the rest.
 
 Scheduling: ``cfg["mc"]["scheduler"]`` = ``null`` runs an embedded local Dask cluster (no
 set-up) with ``cfg["mc"]["n_workers"]`` concurrent cases, each on one torch thread: worker
-processes for the track-length estimator (its compiled kernels hold Python's GIL, see
+processes for the two track-length estimators (their compiled kernels hold Python's GIL, see
 :mod:`ctdose.physics.kernels`), threads for the eager estimators (torch releases the GIL in
 its kernels); an address (``"tcp://host:8786"``) sends the tasks to that cluster (the workers
 need ctdose installed; inputs travel with the task, results come back to this process).
@@ -37,12 +37,14 @@ __all__ = ["cases_to_run", "run_cohort_mc", "simulate_case"]
 
 
 def _mc_cfg(cfg: Mapping[str, Any]) -> dict:
+    from .mc import DEFAULT_ESTIMATOR
+
     mc = dict(cfg.get("mc", {}) or {})
     mc.setdefault("n_photons", 200000)
     mc.setdefault("n_batches", 10)
     mc.setdefault("scheduler", None)
     mc.setdefault("n_workers", 1)
-    mc.setdefault("estimator", "track_length")
+    mc.setdefault("estimator", DEFAULT_ESTIMATOR)
     mc.setdefault("energy_cutoff_kev", 1.0)
     mc.setdefault("ambient", "air")
     if int(float(mc["n_photons"])) <= 0:
@@ -197,11 +199,12 @@ def _client(mc: dict, n_workers: int, device: str):
     from distributed import Client, LocalCluster
 
     from .kernels import compile_enabled
+    from .transport import FUSED_ESTIMATORS
 
     if mc.get("scheduler"):
         return Client(str(mc["scheduler"])), None
     # compiled kernels hold the GIL: concurrent cases need processes (each compiles once)
-    processes = n_workers > 1 and device == "cpu" and mc["estimator"] == "track_length" and compile_enabled()
+    processes = n_workers > 1 and device == "cpu" and mc["estimator"] in FUSED_ESTIMATORS and compile_enabled()
     # Dask starts worker processes with MALLOC_TRIM_THRESHOLD_=65536: glibc then hands freed
     # memory back to the system at once, and every photon step of large tensors page-faults
     # it in again (the transport ran 2-3 times slower); None leaves glibc's own setting

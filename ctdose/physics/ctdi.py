@@ -8,8 +8,9 @@ air kerma; for one axial rotation of nominal collimation N T
 .. math:: CTDI_{100} = \\frac{1}{N T} \\int_{-50\\,mm}^{50\\,mm} K_{air}(z)\\, dz ,
           \\qquad CTDI_w = \\tfrac13 CTDI_{100,c} + \\tfrac23 \\overline{CTDI_{100,p}} .
 
-Here the holes are air in the voxel phantom and the track-length estimator scores the air
-kerma of the air voxels (a small majorant floor gives enough scoring sites in the air).
+Here the holes are air in the voxel phantom and the default (expected-track-length)
+estimator scores the air kerma of every air voxel a photon's ray crosses (with the
+track-length estimator a small majorant floor gives enough scoring sites in the air).
 """
 
 from __future__ import annotations

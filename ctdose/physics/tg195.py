@@ -69,7 +69,7 @@ import pandas as pd
 
 from .._data import read_table
 from ..errors import InputError
-from .mc import DoseResult, VoxelGeometry, simulate
+from .mc import DEFAULT_ESTIMATOR, DoseResult, VoxelGeometry, simulate
 from .sources import PointSource
 
 __all__ = [
@@ -414,7 +414,7 @@ def run_case4(
     slice_mm: float = 5.0,
     seed: int = 0,
     device: str = "cpu",
-    estimator: str = "track_length",
+    estimator: str = DEFAULT_ESTIMATOR,
     n_batches: int = 10,
     world: str = "air",
 ) -> tuple[pd.DataFrame, DoseResult]:

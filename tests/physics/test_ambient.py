@@ -30,7 +30,7 @@ def _pencil(z_mm: float) -> PointSource:
     return PointSource((0.0, 0.0, z_mm), (0.0, 0.0, 1.0), energy_kev=60.0, collimation="cone", cone_half_angle_rad=1e-6)
 
 
-@pytest.mark.parametrize("estimator", ["track_length", "analogue"])
+@pytest.mark.parametrize("estimator", ["expected_track_length", "track_length", "analogue"])
 @pytest.mark.parametrize("ambient", ["water", "air"])
 def test_photons_reach_the_grid_attenuated_by_the_ambient_medium(ambient, estimator):
     geo = _slab_geometry()

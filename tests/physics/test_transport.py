@@ -67,7 +67,8 @@ def test_narrow_beam_transmission_is_beer_lambert(energy_kev, thickness_cm):
     assert abs(ratio - expected) < 4 * sigma
 
 
-def test_energy_balance_analogue_exact_and_track_length_statistical():
+@pytest.mark.parametrize("estimator", ["expected_track_length", "track_length"])
+def test_energy_balance_analogue_exact_and_track_length_statistical(estimator):
     water = get_medium("water")
     bone = get_medium("spine_bone")
     mi = np.zeros((12, 12, 12), np.uint8)
@@ -79,16 +80,16 @@ def test_energy_balance_analogue_exact_and_track_length_statistical():
     assert ana.emitted_energy_ev == pytest.approx(80e3, rel=1e-9)
     # analogue: every keV is deposited or escapes (float32 transport, float64 tallies)
     assert ana.deposited_energy_ev + ana.escaped_energy_ev == pytest.approx(ana.emitted_energy_ev, rel=1e-5)
-    trk = simulate(geo, src, 40_000, n_batches=10, seed=4, estimator="track_length", keep_batches=True)
+    trk = simulate(geo, src, 40_000, n_batches=10, seed=4, estimator=estimator, keep_batches=True)
     dep, sig = trk.sum_with_sigma(np.ones(geo.shape))
     dep_a, sig_a = ana.sum_with_sigma(np.ones(geo.shape))
-    print(f"deposited per photon: analogue {dep_a:.1f} +- {sig_a:.1f} eV, track-length {dep:.1f} +- {sig:.1f} eV")
+    print(f"deposited per photon: analogue {dep_a:.1f} +- {sig_a:.1f} eV, {estimator} {dep:.1f} +- {sig:.1f} eV")
     # track length: deposited (expected value) + escaped (sampled) = emitted within the noise
     assert abs(dep + trk.escaped_energy_ev - trk.emitted_energy_ev) < 5 * max(sig, 1.0) + 0.01 * dep
     assert abs(dep - dep_a) < 4 * math.hypot(sig, sig_a)
 
 
-@pytest.mark.parametrize("estimator", ["track_length", "collision"])
+@pytest.mark.parametrize("estimator", ["expected_track_length", "track_length", "collision"])
 def test_expected_value_estimators_agree_with_analogue_per_region_and_are_less_noisy(estimator):
     water = get_medium("water")
     lung = get_medium("lung")

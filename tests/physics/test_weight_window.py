@@ -99,9 +99,11 @@ def _cylinder(radius_mm: float = 100.0, sp: float = 5.0, nz: int = 6):
     return geo, src, rho > 0, c
 
 
-def test_windowed_run_is_unbiased_and_evens_out_the_noise():
+@pytest.mark.parametrize("estimator", ["expected_track_length", "track_length"])
+def test_windowed_run_is_unbiased_and_evens_out_the_noise(estimator):
     geo, src, body, y = _cylinder()
-    runs = {ww: simulate(geo, src, 150_000, seed=4, keep_batches=True, weight_window=ww) for ww in (False, True)}
+    runs = {ww: simulate(geo, src, 150_000, seed=4, keep_batches=True, weight_window=ww, estimator=estimator)
+            for ww in (False, True)}
     thirds = np.array_split(np.arange(y.size), 3)
     sig = {}
     for k, idx in enumerate(thirds):  # near, middle and far third along the beam (y)
@@ -117,7 +119,9 @@ def test_windowed_run_is_unbiased_and_evens_out_the_noise():
     # voxel level: the far third's mean relative error falls too
     far = np.zeros(geo.shape, bool)
     far[:, thirds[2], :] = body[:, thirds[2], :]
-    assert runs[True].rel_sigma[far].mean() < 0.7 * runs[False].rel_sigma[far].mean()
+    # (less so with the expected-track-length estimator, whose flights already score the far side)
+    gain = 0.85 if estimator == "expected_track_length" else 0.7
+    assert runs[True].rel_sigma[far].mean() < gain * runs[False].rel_sigma[far].mean()
     res = runs[True]
     assert res.deposited_energy_ev + res.escaped_energy_ev == pytest.approx(res.emitted_energy_ev, rel=0.02)
 

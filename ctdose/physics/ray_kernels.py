@@ -1,0 +1,224 @@
+"""Exact voxel traversal of whole flights: the expected-track-length estimator's kernels.
+
+A photon flies from its start (the grid entry, or its last interaction) along a straight ray
+through the voxel grid. Inside a voxel of linear attenuation ``mu`` the ray runs ``l`` mm;
+with ``T`` the transmission from the start to the voxel's entry (``T = exp(-tau)``, ``tau``
+the optical depth so far) the photon's *expected* energy transfer in that voxel is
+
+    w E mu_tr T (1 - exp(-mu l)) / mu,
+
+the track-length integral ``int w E mu_tr exp(-tau(t)) dt`` over the voxel, exact for a
+voxel of one medium. The expected-track-length estimator scores it in every voxel up to the
+grid's exit, whether or not the photon gets there; the photon's real collision is sampled on
+the same traversal (the optical depth ``-ln U`` is reached in the voxel where the running
+``tau`` passes it), so there is no majorant and no virtual collision. The primary dose of a
+ray then carries no noise of its own, only that of the source's sampling, and a scattered
+photon spreads its expected energy transfer over all the voxels it could reach.
+
+Beyond an attenuation of ``ROULETTE_ATTENUATION`` (once the collision is found) the scoring
+continuation plays Russian roulette: it goes on with probability ``ROULETTE_SURVIVAL`` and
+weight ``1 / ROULETTE_SURVIVAL``, or stops (unbiased; it bounds the work on rays deep in
+bone or through a whole trunk).
+
+Two pure tensor functions, fused with :func:`torch.compile` like
+:mod:`ctdose.physics.kernels` (their eager versions give the same results up to rounding):
+
+:func:`ray_start`
+    the start voxel, the distances to the next voxel face along each axis, the distance
+    between faces, the flat-index step per axis and the number of voxels left per axis;
+:func:`ray_chunk`
+    ``CROSSINGS_PER_CALL`` voxel crossings of every ray (unrolled): scores, collision,
+    next voxel.
+
+The traversal is the incremental one of Amanatides and Woo (1987): the next face is the
+smallest of the three per-axis face distances, which then grows by that axis's face spacing.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import torch
+
+from .kernels import _Guarded, compile_enabled
+
+__all__ = [
+    "ray_start",
+    "ray_chunk",
+    "get_ray_kernels",
+    "CROSSINGS_PER_CALL",
+    "ROULETTE_ATTENUATION",
+    "ROULETTE_SURVIVAL",
+]
+
+#: Voxel crossings per ray and kernel call (unrolled in the fused kernel).
+CROSSINGS_PER_CALL = 8
+#: Transmission below which the scoring continuation of a ray plays Russian roulette.
+ROULETTE_ATTENUATION = 1e-3
+#: Survival probability of that roulette (survivors score with weight 1 / survival).
+ROULETTE_SURVIVAL = 0.25
+#: Optical depth of the first roulette and the step between later ones.
+ROULETTE_DEPTH = -math.log(ROULETTE_ATTENUATION)
+ROULETTE_DEPTH_STEP = -math.log(ROULETTE_SURVIVAL)
+#: Inductor fuses at most this many nodes into one loop; the unrolled crossings need more than
+#: its default (64) to stay one loop (otherwise it stores every intermediate to memory).
+_MAX_FUSION_SIZE = 4096
+
+_LOCK = threading.Lock()
+_COMPILED: dict[str, tuple] = {}
+
+
+def ray_start(x, y, z, u, v, w, grid_f, grid_i, cell_f):
+    """Traversal state of rays that start at ``(x, y, z)`` (mm) inside the grid.
+
+    Parameters
+    ----------
+    x, y, z, u, v, w : Tensor (n,)
+        Start (mm) and unit direction.
+    grid_f, grid_i : Tensor
+        As in :func:`ctdose.physics.kernels.advance` (box corner, inverse spacing, counts).
+    cell_f : Tensor (3,) float32
+        Voxel edges ``dx, dy, dz`` (mm).
+
+    Returns
+    -------
+    flat : Tensor (n,) int64
+        Flat index ``(k ny + j) nx + i`` of the start voxel.
+    tx, ty, tz : Tensor (n,)
+        Distance (mm) to the next voxel face along each axis (inf for a zero direction cosine).
+    tdx, tdy, tdz : Tensor (n,)
+        Distance (mm) between successive faces of that axis (``dx / |u|``, ...).
+    dfx, dfy, dfz : Tensor (n,) int64
+        Change of ``flat`` when the ray crosses a face of that axis (``+-1``, ``+-nx``,
+        ``+-nx ny``).
+    rx, ry, rz : Tensor (n,)
+        Voxels left along each axis before the ray leaves the grid (float).
+    """
+    pos = (x, y, z)
+    dirs = (u, v, w)
+    inf = torch.full_like(x, float("inf"))
+    face, step, left, index = [], [], [], []
+    for a in range(3):
+        p, d = pos[a], dirs[a]
+        i = ((p - grid_f[a]) * grid_f[3 + a]).floor().clamp(min=0.0).minimum(grid_f[6 + a] - 1)
+        edge = (i + (d > 0).to(p.dtype)) * cell_f[a] + grid_f[a]
+        face.append(torch.where(d != 0, ((edge - p) / d).clamp(min=0.0), inf))
+        step.append(torch.where(d != 0, cell_f[a] / d.abs(), inf))
+        left.append(torch.where(d > 0, grid_f[6 + a] - 1 - i, i))
+        index.append(i.to(torch.int64))
+    flat = (index[2] * grid_i[1] + index[1]) * grid_i[0] + index[0]
+    one = torch.ones_like(flat)
+    dfx = torch.where(u > 0, one, -one)
+    dfy = torch.where(v > 0, one, -one) * grid_i[0]
+    dfz = torch.where(w > 0, one, -one) * (grid_i[0] * grid_i[1])
+    return flat, face[0], face[1], face[2], step[0], step[1], step[2], dfx, dfy, dfz, left[0], left[1], left[2]
+
+
+def ray_chunk(
+    flat, tx, ty, tz, tdx, tdy, tdz, dfx, dfy, dfz, rx, ry, rz, t, tau, att, tau_c, t_c, tau_r, ew, ie, fe, offset,
+    r_roulette, voxel_table, total_tr_ab, grid_i, n_cross: int,
+):
+    """``n_cross`` voxel crossings of every ray: expected-track-length scores and the collision.
+
+    Parameters
+    ----------
+    flat, tx, ty, tz, tdx, tdy, tdz, dfx, dfy, dfz, rx, ry, rz :
+        Traversal state from :func:`ray_start` (or the previous call).
+    t : Tensor (n,)
+        Distance (mm) from the ray's start to the current voxel's entry.
+    tau, att : Tensor (n,)
+        Optical depth to the current voxel's entry and ``exp(-tau)`` (kept as a product).
+    tau_c : Tensor (n,)
+        Optical depth of the real collision (``-ln U``).
+    t_c : Tensor (n,)
+        Distance (mm) of the collision from the start; negative until it is found.
+    tau_r : Tensor (n,)
+        Optical depth of the next roulette of the scoring continuation.
+    ew : Tensor (n,)
+        Scoring weight times energy (keV); raised by the roulette's survivors.
+    ie, fe : Tensor (n,)
+        Energy table index and fraction.
+    offset : Tensor (n,) int64
+        Start of the photon's batch block in the tally.
+    r_roulette : Tensor (n,)
+        A uniform number per ray for this call's roulette.
+    voxel_table, total_tr_ab :
+        As in :func:`ctdose.physics.kernels.advance`.
+    grid_i : Tensor (4,) int64
+        ``nx, ny, nz, n_e``.
+    n_cross : int
+        Crossings per call (a Python constant: the loop is unrolled).
+
+    Returns
+    -------
+    The updated state ``flat, tx, ty, tz, rx, ry, rz, t, tau, att, t_c, tau_r, ew``, then
+    ``index`` (n_cross, n) int64 (tally index of each crossing) and ``score`` (n_cross, n)
+    float64 (keV x weight; 0 for rays already out of the grid).
+
+    A ray is live while it has voxels left on every axis (``rx, ry, rz >= 0``); a roulette
+    loser is marked done by ``rx = -1``.
+    """
+    live = (rx >= 0) & (ry >= 0) & (rz >= 0)
+    deep = live & (tau > tau_r) & (t_c >= 0)
+    win = r_roulette < ROULETTE_SURVIVAL
+    ew = torch.where(deep & win, ew * (1.0 / ROULETTE_SURVIVAL), ew)
+    rx = torch.where(deep & ~win, -1.0, rx)
+    tau_r = torch.where(deep, tau_r + ROULETTE_DEPTH_STEP, tau_r)
+    n_e = grid_i[3]
+    indices, scores = [], []
+    for _ in range(n_cross):
+        live = (rx >= 0) & (ry >= 0) & (rz >= 0)
+        row = voxel_table[flat]
+        mi = row[:, 0].to(torch.int64) * n_e + ie
+        rho = row[:, 1]
+        mu = (total_tr_ab[mi, 0] + fe * total_tr_ab[mi, 1]) * rho
+        mu_tr = (total_tr_ab[mi, 2] + fe * total_tr_ab[mi, 3]) * rho
+        t_next = torch.minimum(torch.minimum(tx, ty), tz)
+        depth = mu * (t_next - t)
+        trans = torch.exp(-depth)
+        # mu_tr <= mu: no attenuation (vacuum) means no energy transfer either
+        sc = torch.where(live & (mu > 0), ew * mu_tr * att * (1.0 - trans) / mu, torch.zeros_like(mu))
+        indices.append(flat + offset)
+        scores.append(sc)
+        hit = live & (t_c < 0) & (tau + depth >= tau_c)
+        t_c = torch.where(hit, (t + (tau_c - tau) / mu).clamp(max=t_next), t_c)
+        tau = tau + depth
+        att = att * trans
+        t = t_next
+        sx = (tx <= ty) & (tx <= tz)
+        sy = (~sx) & (ty <= tz)
+        sz = (~sx) & (~sy)
+        rx = torch.where(sx, rx - 1.0, rx)
+        ry = torch.where(sy, ry - 1.0, ry)
+        rz = torch.where(sz, rz - 1.0, rz)
+        step = torch.where(sx, dfx, torch.where(sy, dfy, dfz))
+        flat = torch.where((rx >= 0) & (ry >= 0) & (rz >= 0), flat + step, flat)
+        tx = torch.where(sx, tx + tdx, tx)
+        ty = torch.where(sy, ty + tdy, ty)
+        tz = torch.where(sz, tz + tdz, tz)
+    return (flat, tx, ty, tz, rx, ry, rz, t, tau, att, t_c, tau_r, ew, torch.stack(indices, 0),
+            torch.stack(scores, 0).to(torch.float64))
+
+
+#: The kernels in the order :func:`get_ray_kernels` returns them.
+EAGER_RAY_KERNELS = (ray_start, ray_chunk)
+
+
+def get_ray_kernels(device: torch.device, compile: bool | None = None):
+    """``(ray_start, ray_chunk)`` for ``device``: compiled when asked and possible, else eager.
+
+    Same rules as :func:`ctdose.physics.kernels.get_kernels` (``CTDOSE_MC_COMPILE=0`` turns
+    compilation off; a failing compiler falls back to the eager functions with a warning).
+    """
+    want = compile_enabled() if compile is None else bool(compile)
+    key = torch.device(device).type
+    if not want:
+        return EAGER_RAY_KERNELS
+    with _LOCK:
+        if key not in _COMPILED:
+            opts = dict(dynamic=True, fullgraph=True, options={"max_fusion_size": _MAX_FUSION_SIZE})
+            _COMPILED[key] = tuple(
+                _Guarded(f"{key}:ray", torch.compile(f, **opts), f) for f in EAGER_RAY_KERNELS
+            )
+        return _COMPILED[key]

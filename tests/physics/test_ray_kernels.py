@@ -1,0 +1,207 @@
+"""The expected-track-length flight: exact voxel traversal, scores, collision depth, roulette.
+
+References are independent: path lengths per voxel from dense sampling of the ray, the
+track-length integral from them, optical depths by summation along the sampled ray.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ctdose.materials import get_medium
+from ctdose.physics.ray_kernels import ROULETTE_SURVIVAL, ray_chunk, ray_start
+from ctdose.physics.transport import prepare_transport
+
+SHAPE = (5, 6, 7)  # nz, ny, nx
+SPACING = (1.5, 3.0, 2.0)  # dz, dy, dx (mm)
+ENERGY_KEV = 40.0
+
+
+def _setup(media_index, density, media, spacing=SPACING, shape=SHAPE):
+    origin = tuple(0.5 * s for s in spacing)  # voxel centres: the box corner is at 0
+    return prepare_transport(media_index, density, media, spacing, origin, 150.0, "cpu", "expected_track_length",
+                             "global", compile=False)
+
+
+def _random_grid(rng):
+    media = [get_medium("water"), get_medium("spine_bone"), get_medium("lung")]
+    mi = rng.integers(0, 3, SHAPE).astype(np.uint8)
+    rho = np.array([m.density_g_cm3 for m in media], np.float32)[mi] * rng.uniform(0.5, 1.5, SHAPE).astype(np.float32)
+    return mi, rho, media
+
+
+def _traverse(prep, pos, dirs, energy_kev, tau_c=None, ew=None, r_roulette=None, tau_r=None):
+    """Run the eager kernels to the end; returns per-voxel scores (summed), t_c and the crossings."""
+    n = pos.shape[0]
+    f = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    x, y, z = (f(pos[:, i]) for i in range(3))
+    u, v, w = (f(dirs[:, i]) for i in range(3))
+    ts, tab, grid = prep.track_setup, prep.tables, prep.grid
+    state = list(ray_start(x, y, z, u, v, w, ts.grid_f, ts.grid_i, ts.cell_f))
+    e = torch.full((n,), float(energy_kev))
+    ie, fe = tab.energy_index(e)
+    zeros = torch.zeros(n)
+    state += [zeros.clone(), zeros.clone(), torch.ones(n), torch.full((n,), -1.0),
+              torch.full((n,), math.inf) if tau_r is None else torch.full((n,), float(tau_r)),
+              torch.full((n,), float(energy_kev) if ew is None else float(ew))]
+    tc = torch.full((n,), math.inf) if tau_c is None else f(tau_c)
+    scores = torch.zeros(grid.n_vox, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    crossings = 0
+    for _ in range(1000):
+        rr = torch.rand(n, generator=gen) if r_roulette is None else torch.full((n,), float(r_roulette))
+        out = ray_chunk(*state[:16], tc, *state[16:], ie, fe, torch.zeros(n, dtype=torch.int64), rr,
+                        grid.voxel_table, tab.total_tr_ab, ts.grid_i, 8)
+        flat, tx, ty, tz, rx, ry, rz, t, tau, att, t_c, tau_r_, ew_, index, score = out
+        scores.index_add_(0, index.reshape(-1), score.reshape(-1))
+        crossings += int((score != 0).sum())
+        state[:4] = flat, tx, ty, tz
+        state[10:] = rx, ry, rz, t, tau, att, t_c, tau_r_, ew_
+        if not bool(((rx >= 0) & (ry >= 0) & (rz >= 0)).any()):
+            break
+    return scores.numpy(), state[16].numpy(), crossings
+
+
+def _mu_tables(prep, energy_kev):
+    """mu and mu_tr (1/mm) of every voxel at one energy, from the tables (numpy)."""
+    tab = prep.tables
+    ie, fe = tab.energy_index(torch.tensor([float(energy_kev)]))
+    rows = prep.grid.media.to(torch.int64) * tab.n_e + ie
+    t = tab.total_tr_ab[rows]
+    rho = prep.grid.density
+    mu = ((t[:, 0] + fe * t[:, 1]) * rho).numpy().astype(np.float64)
+    mu_tr = ((t[:, 2] + fe * t[:, 3]) * rho).numpy().astype(np.float64)
+    return mu, mu_tr
+
+
+def _dense_ray(p, d, shape=SHAPE, spacing=SPACING, n=400_000):
+    """Voxel (flat index) of each of ``n`` points along the ray to the box exit, and their spacing."""
+    nz, ny, nx = shape
+    dz, dy, dx = spacing
+    hi = np.array([nx * dx, ny * dy, nz * dz])
+    with np.errstate(divide="ignore"):
+        t_exit = np.min(np.where(d > 0, (hi - p) / d, np.where(d < 0, -p / d, np.inf)))
+    dt = t_exit / n
+    t = (np.arange(n) + 0.5) * dt
+    q = p[None, :] + t[:, None] * d[None, :]
+    i = np.minimum((q[:, 0] / dx).astype(int), nx - 1)
+    j = np.minimum((q[:, 1] / dy).astype(int), ny - 1)
+    k = np.minimum((q[:, 2] / dz).astype(int), nz - 1)
+    return (k * ny + j) * nx + i, dt, t
+
+
+def test_scores_are_the_exact_track_length_integral_of_each_voxel():
+    rng = np.random.default_rng(1)
+    mi, rho, media = _random_grid(rng)
+    prep = _setup(mi, rho, media)
+    nz, ny, nx = SHAPE
+    dz, dy, dx = SPACING
+    box = np.array([nx * dx, ny * dy, nz * dz])
+    n = 24
+    pos = rng.uniform(0.05, 0.95, (n, 3)) * box
+    dirs = rng.normal(size=(n, 3))
+    dirs[0] = (1, 0, 0)  # along an axis: two direction cosines zero
+    dirs[1] = (0, -1, 1)
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    mu, mu_tr = _mu_tables(prep, ENERGY_KEV)
+    worst = 0.0
+    for r in range(n):
+        got, _, _ = _traverse(prep, pos[r:r + 1], dirs[r:r + 1], ENERGY_KEV)
+        vox, dt, _ = _dense_ray(pos[r], dirs[r])
+        # independent: integrate E mu_tr exp(-tau) along the densely sampled ray
+        tau = np.cumsum(mu[vox] * dt) - 0.5 * mu[vox] * dt
+        ref = np.bincount(vox, weights=ENERGY_KEV * mu_tr[vox] * np.exp(-tau) * dt, minlength=mu.size)
+        assert set(np.flatnonzero(got > 1e-9 * got.max())) <= set(np.flatnonzero(ref > 0))
+        worst = max(worst, float(np.abs(got - ref).sum() / ref.sum()))
+    print(f"largest relative L1 difference of the per-voxel scores over {n} rays: {worst:.2e}")
+    assert worst < 2e-3
+
+
+def test_collision_is_placed_at_the_sampled_optical_depth():
+    rng = np.random.default_rng(2)
+    mi, rho, media = _random_grid(rng)
+    prep = _setup(mi, rho, media)
+    mu, _ = _mu_tables(prep, ENERGY_KEV)
+    nz, ny, nx = SHAPE
+    dz, dy, dx = SPACING
+    box = np.array([nx * dx, ny * dy, nz * dz])
+    n = 40
+    pos = rng.uniform(0.05, 0.95, (n, 3)) * box
+    dirs = rng.normal(size=(n, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    tau_c = rng.exponential(size=n) * 0.5
+    _, t_c, _ = _traverse(prep, pos, dirs, ENERGY_KEV, tau_c=tau_c)
+    found = 0
+    for r in range(n):
+        vox, dt, t = _dense_ray(pos[r], dirs[r])
+        tau_total = float((mu[vox] * dt).sum())
+        if tau_c[r] > tau_total * (1 + 1e-3):
+            assert t_c[r] < 0  # no collision in the grid: it escapes
+            continue
+        if tau_c[r] > tau_total * (1 - 1e-3):
+            continue  # too close to the exit to tell
+        found += 1
+        tau_at = float((mu[vox] * dt)[t < t_c[r]].sum())
+        assert tau_at == pytest.approx(tau_c[r], rel=2e-3, abs=1e-4)
+    assert found >= 10
+
+
+def test_roulette_of_deep_rays_keeps_the_expected_scores():
+    """1-D column of water at 20 keV (optical depth ~ 24 over 300 mm): beyond the roulette depth
+    rays score with weight 1/p or stop; the mean of many rays equals the exact scores."""
+    water = get_medium("water")
+    shape, spacing = (1, 1, 300), (1.0, 1.0, 1.0)
+    mi = np.zeros(shape, np.uint8)
+    rho = np.full(shape, 1.0, np.float32)
+    prep = _setup(mi, rho, [water], spacing, shape)
+    n = 50_000
+    pos = np.tile([1e-3, 0.5, 0.5], (n, 1))
+    dirs = np.tile([1.0, 0.0, 0.0], (n, 1))
+    exact, _, c_exact = _traverse(prep, pos[:1], dirs[:1], 20.0, tau_c=np.zeros(1))
+    got, _, c_roul = _traverse(prep, pos, dirs, 20.0, tau_c=np.zeros(n), tau_r=-math.log(1e-3))
+    got /= n
+    mu, _ = _mu_tables(prep, 20.0)
+    depth = np.cumsum(mu) - mu  # optical depth at each voxel's entry
+    # past the first roulettes (at depths 6.9, 8.3, 9.7): a ray scores there with weight p^-k
+    # after k of them, or not at all; the relative variance of one ray is at most p^-3 - 1
+    deep = (depth > 7.5) & (depth < 11.0)
+    assert deep.sum() > 20
+    ratio = got[deep].sum() / exact[deep].sum()
+    sd = math.sqrt((ROULETTE_SURVIVAL ** -3 - 1) / n)
+    print(f"deep region: mean / exact = {ratio:.4f} (sd {sd:.4f}); crossings per ray {c_roul / n:.0f} vs {c_exact}")
+    assert abs(ratio - 1.0) < 4 * sd
+    shallow = depth < 6.0
+    np.testing.assert_allclose(got[shallow], exact[shallow], rtol=1e-5)
+    assert c_roul / n < 0.5 * c_exact
+
+
+def test_expected_track_length_equals_track_length_in_a_heterogeneous_phantom():
+    """Water with a bone slab and a lung slab, 60 keV fan: every region's energy agrees."""
+    from ctdose.physics.mc import VoxelGeometry, simulate
+    from ctdose.physics.sources import PointSource
+
+    water, bone, lung = get_medium("water"), get_medium("spine_bone"), get_medium("lung")
+    mi = np.zeros((8, 16, 16), np.uint8)
+    mi[:, 4:6, :] = 1
+    mi[:, 9:13, :] = 2
+    media = [water, bone, lung]
+    rho = np.array([m.density_g_cm3 for m in media], np.float32)[mi]
+    geo = VoxelGeometry(mi, rho, media, (5.0, 5.0, 5.0), (-17.5, -37.5, -37.5))
+    src = PointSource((0, -400.0, 0), (0, 1, 0), energy_kev=60.0, collimation="fan", half_angles_rad=(0.1, 0.05))
+    etl = simulate(geo, src, 60_000, seed=7, keep_batches=True)
+    assert etl.estimator == "expected_track_length"
+    trk = simulate(geo, src, 60_000, seed=8, keep_batches=True, estimator="track_length")
+    for name, region in (("water in front", (mi == 0) & (np.arange(16)[None, :, None] < 4)), ("bone", mi == 1),
+                         ("water between", (mi == 0) & (np.arange(16)[None, :, None] > 5)
+                          & (np.arange(16)[None, :, None] < 9)), ("lung", mi == 2),
+                         ("water behind", (mi == 0) & (np.arange(16)[None, :, None] > 12))):
+        a, sa = etl.sum_with_sigma(region.astype(float))
+        b, sb = trk.sum_with_sigma(region.astype(float))
+        print(f"{name}: ETL {a:.2f} +- {sa:.2f} eV, TL {b:.2f} +- {sb:.2f} eV")
+        assert abs(a - b) < 4 * math.hypot(sa, sb)
+    body = etl.energy_ev > 0
+    assert np.median(etl.rel_sigma[body]) < np.median(trk.rel_sigma[body])
