@@ -876,17 +876,42 @@ def _step_track_length(
     ew = e * st.weight
     offset = st.offset if st.offset is not None else torch.zeros_like(ie)
     _score_track(st, count, hi, ew, ie, fe, offset, rnd[2], grid, tab, tally, setup, kernels[1])
+    return _end_step(st, ew, inside, real, x1, y1, z1, ie, fe, rr, offset, tally, gen, cutoff_kev, grid, setup, kernels)
+
+
+def _end_step(
+    st: PhotonState,
+    ew: torch.Tensor,
+    inside: torch.Tensor,
+    real: torch.Tensor,
+    x1: torch.Tensor,
+    y1: torch.Tensor,
+    z1: torch.Tensor,
+    ie: torch.Tensor,
+    fe: torch.Tensor,
+    rr: torch.Tensor,
+    offset: torch.Tensor,
+    tally: TransportTally,
+    gen: torch.Generator,
+    cutoff_kev: float,
+    grid: TransportGrid,
+    setup: TrackLengthSetup,
+    kernels: tuple,
+) -> PhotonState:
+    """The end of a step of either track-length estimator: photons no longer ``inside`` the grid
+    escape (``ew`` = energy x weight is tallied), the ``real`` collisions at ``(x1, y1, z1)``
+    interact (:func:`_interact_fixed`; energy and direction change in place, ``st`` is
+    consumed), and the photons still alive are returned."""
     out = ~inside
     if bool(out.any()):
         tally.escaped_kev += float(ew.masked_select(out).sum(dtype=torch.float64))
     alive = inside.clone()
-    # energy and direction change in place (st is consumed)
-    _interact_fixed(_indices(real), e, st.u, st.v, st.w, st.weight, x1, y1, z1, ie, fe, rr, offset, alive, tally,
-                    gen, cutoff_kev, grid, setup, kernels)
+    _interact_fixed(_indices(real), st.energy_kev, st.u, st.v, st.w, st.weight, x1, y1, z1, ie, fe, rr, offset, alive,
+                    tally, gen, cutoff_kev, grid, setup, kernels)
     tally.n_steps += 1
-    new = PhotonState(x1, y1, z1, st.u, st.v, st.w, e, st.weight, st.offset)
+    new = PhotonState(x1, y1, z1, st.u, st.v, st.w, st.energy_kev, st.weight, st.offset)
     keep = alive.nonzero().squeeze(1)
-    if keep.numel() == n:
+    if keep.numel() == len(st):
         return new
     return new.select(keep)
 
@@ -960,24 +985,14 @@ def _step_expected_track_length(
         rays = keep if rays is None else rays.index_select(0, keep)
         state = [a.index_select(0, keep) for a in state]
         const = [c.index_select(0, keep) for c in const]
-    coll = t_c >= 0
-    ew0 = e * st.weight
-    if not bool(coll.all()):
-        tally.escaped_kev += float(ew0.masked_select(~coll).sum(dtype=torch.float64))
+    coll = t_c >= 0  # a photon without a collision in the grid escapes
     x1 = torch.addcmul(st.x, t_c, st.u)
     y1 = torch.addcmul(st.y, t_c, st.v)
     z1 = torch.addcmul(st.z, t_c, st.w)
     # the interaction variate: uniform on [0, mu) at the site (picks the interaction type)
     rr = rnd[1] * _mu_at(x1, y1, z1, ie, fe, grid, tab, setup)
-    alive = coll.clone()
-    _interact_fixed(_indices(coll), e, st.u, st.v, st.w, st.weight, x1, y1, z1, ie, fe, rr, offset, alive, tally,
-                    gen, cutoff_kev, grid, setup, kernels)
-    tally.n_steps += 1
-    new = PhotonState(x1, y1, z1, st.u, st.v, st.w, e, st.weight, st.offset)
-    keep = alive.nonzero().squeeze(1)
-    if keep.numel() == n:
-        return new
-    return new.select(keep)
+    return _end_step(st, e * st.weight, coll, coll, x1, y1, z1, ie, fe, rr, offset, tally, gen, cutoff_kev, grid,
+                     setup, kernels)
 
 
 def _mu_at(x, y, z, ie, fe, grid: TransportGrid, tab: TransportTables, setup: TrackLengthSetup) -> torch.Tensor:

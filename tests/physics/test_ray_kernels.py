@@ -94,16 +94,20 @@ def _dense_ray(p, d, shape=SHAPE, spacing=SPACING, n=400_000):
     return (k * ny + j) * nx + i, dt, t
 
 
-def test_scores_are_the_exact_track_length_integral_of_each_voxel():
-    rng = np.random.default_rng(1)
+def _random_rays(seed, n):
+    """A random grid (SHAPE, SPACING, three media) and ``n`` rays from random points inside it."""
+    rng = np.random.default_rng(seed)
     mi, rho, media = _random_grid(rng)
-    prep = _setup(mi, rho, media)
     nz, ny, nx = SHAPE
     dz, dy, dx = SPACING
-    box = np.array([nx * dx, ny * dy, nz * dz])
-    n = 24
-    pos = rng.uniform(0.05, 0.95, (n, 3)) * box
+    pos = rng.uniform(0.05, 0.95, (n, 3)) * np.array([nx * dx, ny * dy, nz * dz])
     dirs = rng.normal(size=(n, 3))
+    return rng, _setup(mi, rho, media), pos, dirs
+
+
+def test_scores_are_the_exact_track_length_integral_of_each_voxel():
+    n = 24
+    _, prep, pos, dirs = _random_rays(1, n)
     dirs[0] = (1, 0, 0)  # along an axis: two direction cosines zero
     dirs[1] = (0, -1, 1)
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
@@ -122,17 +126,10 @@ def test_scores_are_the_exact_track_length_integral_of_each_voxel():
 
 
 def test_collision_is_placed_at_the_sampled_optical_depth():
-    rng = np.random.default_rng(2)
-    mi, rho, media = _random_grid(rng)
-    prep = _setup(mi, rho, media)
-    mu, _ = _mu_tables(prep, ENERGY_KEV)
-    nz, ny, nx = SHAPE
-    dz, dy, dx = SPACING
-    box = np.array([nx * dx, ny * dy, nz * dz])
     n = 40
-    pos = rng.uniform(0.05, 0.95, (n, 3)) * box
-    dirs = rng.normal(size=(n, 3))
+    rng, prep, pos, dirs = _random_rays(2, n)
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    mu, _ = _mu_tables(prep, ENERGY_KEV)
     tau_c = rng.exponential(size=n) * 0.5
     _, t_c, _ = _traverse(prep, pos, dirs, ENERGY_KEV, tau_c=tau_c)
     found = 0
