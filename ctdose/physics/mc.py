@@ -32,7 +32,16 @@ from ..errors import InputError
 from .transport import FUSED_ESTIMATORS, TransportGrid, TransportTally, enter_grid, prepare_transport, run_transport
 from .weight_window import DEFAULT_MIN_WEIGHT
 
-__all__ = ["DEFAULT_ESTIMATOR", "ESTIMATORS", "MAX_MEDIA", "DoseResult", "VoxelGeometry", "geometry_from_case", "resolve_device", "simulate"]
+__all__ = [
+    "DEFAULT_ESTIMATOR",
+    "ESTIMATORS",
+    "MAX_MEDIA",
+    "DoseResult",
+    "VoxelGeometry",
+    "geometry_from_case",
+    "resolve_device",
+    "simulate",
+]
 
 #: Joule per keV.
 J_PER_KEV = 1.602176634e-16

@@ -1161,9 +1161,8 @@ def prepare_transport(
         rho_max = np.append(rho_max, 0.0)
     tables = build_tables(table_media, rho_max, float(max_energy_kev), device, majorant_floor_per_mm)
     block = build_block_majorant(mi, rho, tables, int(block_vox), majorant_floor_per_mm) if majorant == "block" else None
-    track = (
-        TrackLengthSetup.build(grid, tables, track_spacing_mm, compile, block) if estimator in FUSED_ESTIMATORS else None
-    )
+    fused = estimator in FUSED_ESTIMATORS
+    track = TrackLengthSetup.build(grid, tables, track_spacing_mm, compile, block) if fused else None
     return TransportSetup(grid, tables, block, track, amb)
 
 
