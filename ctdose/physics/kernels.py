@@ -49,6 +49,7 @@ __all__ = [
     "interact",
     "interaction_uniforms",
     "get_kernels",
+    "compiled_kernels",
     "shape_settings",
     "compile_enabled",
     "MIN_COMPILED_PHOTONS",
@@ -522,12 +523,24 @@ def get_kernels(device: torch.device, compile: bool | None = None):
     compile : bool or None
         None: compile unless ``CTDOSE_MC_COMPILE=0``. False: the eager functions.
     """
+    return compiled_kernels(EAGER_KERNELS, device, compile)
+
+
+def compiled_kernels(eager: tuple, device: torch.device, compile: bool | None = None, name: str = "",
+                     options: dict | None = None) -> tuple:
+    """The functions ``eager`` compiled for ``device`` (once per process), or ``eager`` itself.
+
+    The rules of :func:`get_kernels`: ``compile=None`` compiles unless ``CTDOSE_MC_COMPILE=0``;
+    a set whose compilation failed before (``_FAILED``) runs eager; each compiled function
+    falls back to its eager one if the compiler fails (:class:`_Guarded`). ``name`` tells sets
+    of kernels apart (cache and failure key ``device[:name]``); ``options`` go to Inductor.
+    """
     want = compile_enabled() if compile is None else bool(compile)
-    key = torch.device(device).type
+    key = torch.device(device).type + (f":{name}" if name else "")
     if not want or key in _FAILED:
-        return EAGER_KERNELS
+        return eager
     with _LOCK:
         if key not in _COMPILED:
-            opts = dict(dynamic=True, fullgraph=True)
-            _COMPILED[key] = tuple(_Guarded(key, torch.compile(f, **opts), f) for f in EAGER_KERNELS)
+            opts = dict(dynamic=True, fullgraph=True, **({"options": options} if options else {}))
+            _COMPILED[key] = tuple(_Guarded(key, torch.compile(f, **opts), f) for f in eager)
         return _COMPILED[key]

@@ -37,11 +37,10 @@ smallest of the three per-axis face distances, which then grows by that axis's f
 from __future__ import annotations
 
 import math
-import threading
 
 import torch
 
-from .kernels import _Guarded, compile_enabled
+from .kernels import compiled_kernels
 
 __all__ = [
     "ray_start",
@@ -64,10 +63,6 @@ ROULETTE_DEPTH_STEP = -math.log(ROULETTE_SURVIVAL)
 #: Inductor fuses at most this many nodes into one loop; the unrolled crossings need more than
 #: its default (64) to stay one loop (otherwise it stores every intermediate to memory).
 _MAX_FUSION_SIZE = 4096
-
-_LOCK = threading.Lock()
-_COMPILED: dict[str, tuple] = {}
-
 
 def ray_start(x, y, z, u, v, w, grid_f, grid_i, cell_f):
     """Traversal state of rays that start at ``(x, y, z)`` (mm) inside the grid.
@@ -211,14 +206,5 @@ def get_ray_kernels(device: torch.device, compile: bool | None = None):
     Same rules as :func:`ctdose.physics.kernels.get_kernels` (``CTDOSE_MC_COMPILE=0`` turns
     compilation off; a failing compiler falls back to the eager functions with a warning).
     """
-    want = compile_enabled() if compile is None else bool(compile)
-    key = torch.device(device).type
-    if not want:
-        return EAGER_RAY_KERNELS
-    with _LOCK:
-        if key not in _COMPILED:
-            opts = dict(dynamic=True, fullgraph=True, options={"max_fusion_size": _MAX_FUSION_SIZE})
-            _COMPILED[key] = tuple(
-                _Guarded(f"{key}:ray", torch.compile(f, **opts), f) for f in EAGER_RAY_KERNELS
-            )
-        return _COMPILED[key]
+    return compiled_kernels(EAGER_RAY_KERNELS, device, compile, name="ray",
+                            options={"max_fusion_size": _MAX_FUSION_SIZE})
