@@ -23,7 +23,7 @@ Our engine runs with its default estimator (expected track length: every flight 
 by voxel to the grid's exit, compiled kernels, see ``ctdose.physics.ray_kernels``) on 1 core and
 on 2 cores (``simulate(workers=2)``: a second worker process), the same with weight windows
 (``weight_window=True``: splitting and roulette from a pilot run, see
-``ctdose.physics.weight_window``) on 2 cores, the stratified track-length estimator (Woodcock
+``ctdose.physics.weight_window``; with this estimator they act along the flights) on 2 cores, the stratified track-length estimator (Woodcock
 flights, block majorant) with and without windows on 2 cores, and the eager ``collision``
 estimator on 2 cores (two threads) for comparison. Each
 configuration is warmed up first (tables, kernel compilation, worker start), as in a cohort

@@ -347,18 +347,20 @@ def simulate(
         focal spot and the grid.
     weight_window : bool
         The expected-track-length or track-length estimator (with the block majorant, which
-        the window's blocks need): split and roulette photons
-        against target weights from a pilot run (:mod:`ctdose.physics.weight_window`;
-        unbiased). Evens out the noise between the near and the far side of thick phantoms:
-        in the 32 cm water cylinder (one projection, 2e6 photons, 2 workers) with the
-        track-length estimator the mean relative error over the body falls 3.4-fold for 4
-        times the run time (2.5x the efficiency); in a thorax 0-20 % (one projection), in a
-        helical CT scan none. With the expected-track-length estimator, whose flights already
-        score the far side, it gains 5 % in water and loses 7 % in the demo thorax. With a
-        narrow beam in a long phantom it also multiplies the photons in the scatter far from
-        the beam (TG-195 Case 4, 10 mm: 4x the time); a larger ``window_min_weight`` bounds
-        that. The pilot (5 % of ``n_photons``, at least 20 000) is not part of the result;
-        its time is.
+        the window's blocks need): split and roulette photons against target weights from a
+        pilot run (:mod:`ctdose.physics.weight_window`; unbiased). The track-length estimator
+        applies the window after every step; the expected-track-length estimator along its
+        whole flights (its collisions follow the window voxel by voxel, see
+        :func:`ctdose.physics.ray_kernels.ray_chunk_split`). Evens out the noise between the
+        near and the far side of thick phantoms. One 120 kVp projection, 2e6 photons, 2
+        workers (``benchmarks/bench_mc.py``): with expected track length the mean relative
+        error over the body falls 3.2-fold in the 32 cm water cylinder for 4.2 times the run
+        time (2.3x the efficiency), 1.6-fold in the demo thorax (1.14x the efficiency) and
+        1.7-fold in the paper thorax (no gain); with track length 3.4-fold in water (2.5x).
+        With the track-length estimator a helical CT scan gained nothing. With a narrow beam
+        in a long phantom it also multiplies the photons in the scatter far from the beam
+        (TG-195 Case 4, 10 mm: 4x the time); a larger ``window_min_weight`` bounds that. The
+        pilot (5 % of ``n_photons``, at least 20 000) is not part of the result; its time is.
     window_min_weight : float, optional
         Smallest target weight, in (0, 1]: at most ``1/window_min_weight`` times more photons
         than at the entrance (default ``weight_window.DEFAULT_MIN_WEIGHT`` = 1/64).

@@ -28,7 +28,11 @@ Two pure tensor functions, fused with :func:`torch.compile` like
     between faces, the flat-index step per axis and the number of voxels left per axis;
 :func:`ray_chunk`
     ``CROSSINGS_PER_CALL`` voxel crossings of every ray (unrolled): scores, collision,
-    next voxel.
+    next voxel;
+:func:`ray_chunk_split`
+    the same under a weight window (:mod:`ctdose.physics.weight_window`): the window acts
+    along the flight, so a ray may collide several times (as its split copies would) or be
+    rouletted, each collision with its own weight; the scores are unchanged.
 
 The traversal is the incremental one of Amanatides and Woo (1987): the next face is the
 smallest of the three per-axis face distances, which then grows by that axis's face spacing.
@@ -45,6 +49,7 @@ from .kernels import compiled_kernels
 __all__ = [
     "ray_start",
     "ray_chunk",
+    "ray_chunk_split",
     "get_ray_kernels",
     "CROSSINGS_PER_CALL",
     "ROULETTE_ATTENUATION",
@@ -176,7 +181,9 @@ def ray_chunk(
         sc = torch.where(live & (mu > 0), ew * mu_tr * att * (1.0 - trans) / mu, torch.zeros_like(mu))
         indices.append(flat + offset)
         scores.append(sc)
-        hit = live & (t_c < 0) & (tau + depth >= tau_c)
+        # mu > 0: a zero optical depth (U = 0 happens, 2^-24 per draw) collides at the first
+        # matter, not in vacuum (0 / 0)
+        hit = live & (t_c < 0) & (mu > 0) & (tau + depth >= tau_c)
         t_c = torch.where(hit, (t + (tau_c - tau) / mu).clamp(max=t_next), t_c)
         tau = tau + depth
         att = att * trans
@@ -196,12 +203,113 @@ def ray_chunk(
             torch.stack(scores, 0).to(torch.float64))
 
 
+def ray_chunk_split(
+    flat, tx, ty, tz, tdx, tdy, tdz, dfx, dfy, dfz, rx, ry, rz, t, tau, att, lam, tau_r, wgt, e_kev, ie, fe, offset,
+    r_roulette, r_pick, voxel_table, total_tr_ab, target_vox, window_f, grid_i, n_cross: int,
+):
+    """``n_cross`` voxel crossings of every ray under a weight window: scores and collisions.
+
+    The scores are those of :func:`ray_chunk`. The collisions follow the weight window *along
+    the flight* (the way a track-length photon is split or rouletted at every step): in a voxel
+    of target weight ``W_t`` a ray of weight ``W`` stands for ``m = W / W_t`` photons
+    (``m = 1`` inside the window's bounds ``[lower, upper] W_t`` and where there is no window,
+    at most ``max_split``), so its collisions are a point process of rate ``m mu T`` per mm
+    and each carries weight ``W / m``: rate times weight is the analogue ``W mu T``, and every
+    tally stays unbiased. The points are placed systematically: a running sum
+    ``lam = Lambda - U`` of the expected count (``U`` one uniform number per ray) has a
+    collision wherever it passes an integer, so ``m = 1`` everywhere is exactly the analogue
+    collision of :func:`ray_chunk` and a photon split ``m`` ways collides ``m`` times as
+    often, spread evenly along its way. Where ``k > 1`` integers fall in one voxel, one of
+    them (picked by ``r_pick``) is scored with ``k`` times the weight (unbiased).
+
+    Parameters
+    ----------
+    flat ... att, tau_r :
+        As in :func:`ray_chunk`.
+    lam : Tensor (n,)
+        Expected collisions so far minus ``U`` (starts at ``-U``).
+    wgt : Tensor (n,)
+        Ray weight (raised by the roulette's survivors); ``e_kev`` its energy (keV).
+    r_pick : Tensor (n,)
+        A uniform number per ray for this call's choice among several collisions in a voxel.
+    target_vox : Tensor (n_vox,) float32
+        Target weight of each voxel's window block (0: no window).
+    window_f : Tensor (3,) float32
+        ``lower, upper, max_split`` (``max_split = 1``: roulette only, no splitting).
+
+    Returns
+    -------
+    The updated state ``flat, tx, ty, tz, rx, ry, rz, t, tau, att, lam, tau_r, wgt``, then per
+    crossing (n_cross, n): ``index`` (int64), ``score`` (float64), ``n_coll`` (collisions
+    in the voxel), ``t_coll`` (distance of the scored one, mm) and ``w_coll`` (its weight,
+    ``n_coll W / m``). A roulette loser is marked done by ``rx = -1`` and ``att = 0``; the
+    transmission ``att`` of a ray that left the grid stays that at its exit (its expected
+    escaping fraction)."""
+    live = (rx >= 0) & (ry >= 0) & (rz >= 0)
+    deep = live & (tau > tau_r)
+    win = r_roulette < ROULETTE_SURVIVAL
+    wgt = torch.where(deep & win, wgt * (1.0 / ROULETTE_SURVIVAL), wgt)
+    rx = torch.where(deep & ~win, -1.0, rx)
+    att = torch.where(deep & ~win, 0.0, att)  # a loser carries nothing out of the grid
+    tau_r = torch.where(deep, tau_r + ROULETTE_DEPTH_STEP, tau_r)
+    n_e = grid_i[3]
+    lower, upper, max_split = window_f[0], window_f[1], window_f[2]
+    out = ([], [], [], [], [])
+    for _ in range(n_cross):
+        live = (rx >= 0) & (ry >= 0) & (rz >= 0)
+        row = voxel_table[flat]
+        mi = row[:, 0].to(torch.int64) * n_e + ie
+        rho = row[:, 1]
+        mu = (total_tr_ab[mi, 0] + fe * total_tr_ab[mi, 1]) * rho
+        mu_tr = (total_tr_ab[mi, 2] + fe * total_tr_ab[mi, 3]) * rho
+        t_next = torch.minimum(torch.minimum(tx, ty), tz)
+        depth = mu * (t_next - t)
+        trans = torch.exp(-depth)
+        absorbing = live & (mu > 0)
+        sc = torch.where(absorbing, wgt * e_kev * mu_tr * att * (1.0 - trans) / mu, torch.zeros_like(mu))
+        # photons this ray stands for here, and the expected collisions in the voxel
+        target = target_vox[flat]
+        ratio = wgt / torch.where(target > 0, target, 1.0)
+        outside = (target > 0) & ((ratio > upper) | (ratio < lower))
+        m = torch.where(outside, ratio.clamp(max=max_split), torch.ones_like(ratio))
+        m_att = m * att
+        lam_next = torch.where(absorbing, lam + m_att * (1.0 - trans), lam)
+        k = torch.floor(lam_next) - torch.floor(lam)
+        # the picked integer, and where the running sum reaches it inside the voxel
+        level = torch.floor(lam) + 1.0 + torch.floor(r_pick * k).clamp(max=(k - 1.0).clamp(min=0.0))
+        q = ((level - lam) / torch.where(k > 0, m_att, 1.0)).clamp(0.0, 1.0)
+        s = -torch.log1p(-q) / torch.where(absorbing, mu, 1.0)
+        out[0].append(flat + offset)
+        out[1].append(sc)
+        out[2].append(k)
+        out[3].append(torch.minimum(t + s, t_next))
+        out[4].append(k * wgt / m)
+        lam = lam_next
+        tau = tau + depth
+        att = torch.where(live, att * trans, att)  # kept at the exit: the escaping fraction
+        t = t_next
+        sx = (tx <= ty) & (tx <= tz)
+        sy = (~sx) & (ty <= tz)
+        sz = (~sx) & (~sy)
+        rx = torch.where(sx, rx - 1.0, rx)
+        ry = torch.where(sy, ry - 1.0, ry)
+        rz = torch.where(sz, rz - 1.0, rz)
+        step = torch.where(sx, dfx, torch.where(sy, dfy, dfz))
+        flat = torch.where((rx >= 0) & (ry >= 0) & (rz >= 0), flat + step, flat)
+        tx = torch.where(sx, tx + tdx, tx)
+        ty = torch.where(sy, ty + tdy, ty)
+        tz = torch.where(sz, tz + tdz, tz)
+    index, score, n_coll, t_coll, w_coll = (torch.stack(a, 0) for a in out)
+    return (flat, tx, ty, tz, rx, ry, rz, t, tau, att, lam, tau_r, wgt, index, score.to(torch.float64), n_coll,
+            t_coll, w_coll)
+
+
 #: The kernels in the order :func:`get_ray_kernels` returns them.
-EAGER_RAY_KERNELS = (ray_start, ray_chunk)
+EAGER_RAY_KERNELS = (ray_start, ray_chunk, ray_chunk_split)
 
 
 def get_ray_kernels(device: torch.device, compile: bool | None = None):
-    """``(ray_start, ray_chunk)`` for ``device``: compiled when asked and possible, else eager.
+    """``(ray_start, ray_chunk, ray_chunk_split)`` for ``device``: compiled when asked and possible, else eager.
 
     Same rules as :func:`ctdose.physics.kernels.get_kernels` (``CTDOSE_MC_COMPILE=0`` turns
     compilation off; a failing compiler falls back to the eager functions with a warning).

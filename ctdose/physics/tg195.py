@@ -417,10 +417,12 @@ def run_case4(
     estimator: str = DEFAULT_ESTIMATOR,
     n_batches: int = 10,
     world: str = "air",
+    weight_window: bool = False,
 ) -> tuple[pd.DataFrame, DoseResult]:
     """Simulate one Case 4 configuration and join our VOI energies with the reference.
 
-    ``world`` is the medium around the cylinder, see :func:`case4_geometry`.
+    ``world`` is the medium around the cylinder, see :func:`case4_geometry`;
+    ``weight_window`` goes to :func:`ctdose.physics.mc.simulate`.
 
     Returns
     -------
@@ -433,7 +435,7 @@ def run_case4(
     src = case4_source(energy, collimation_mm)
     res = simulate(
         setup.geometry, src, n_photons, n_batches=n_batches, seed=seed, device=device,
-        estimator=estimator, keep_batches=True,
+        estimator=estimator, keep_batches=True, weight_window=weight_window,
     )
     ours = case4_voi_energies(setup, res)
     ref = case4_reference()

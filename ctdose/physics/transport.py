@@ -74,9 +74,12 @@ tissue at low energies); blocks without bone then need far fewer virtual collisi
 default with the track-length estimator and validated against the global majorant.
 
 Optional weight windows (``window`` of :func:`run_transport`, ``simulate(weight_window=True)``)
-split and roulette the photons after every track-length step against target weights per block
-from a pilot run (:mod:`ctdose.physics.weight_window`): unbiased, more photons where the
-fluence is low (the far side of a thick phantom).
+split and roulette the photons against target weights per block from a pilot run
+(:mod:`ctdose.physics.weight_window`): unbiased, more photons where the fluence is low (the
+far side of a thick phantom). The track-length estimator applies them after every step
+(Woodcock flights are short); the expected-track-length estimator along its whole flights
+(:func:`_step_expected_track_length_window`): its collisions follow the window voxel by voxel,
+as the copies of a split photon would collide.
 """
 
 from __future__ import annotations
@@ -995,6 +998,98 @@ def _step_expected_track_length(
                      setup, kernels)
 
 
+def _step_expected_track_length_window(
+    st: PhotonState,
+    grid: TransportGrid,
+    tab: TransportTables,
+    tally: TransportTally,
+    gen: torch.Generator,
+    cutoff_kev: float,
+    setup: TrackLengthSetup,
+    window: WeightWindow,
+    allow_split: bool = True,
+) -> PhotonState:
+    """One whole flight of every photon, expected track length under a weight window.
+
+    The scores are those of :func:`_step_expected_track_length`; the collisions follow the
+    window along the flight (:func:`ctdose.physics.ray_kernels.ray_chunk_split`): a ray may
+    collide several times, as split copies of it would, or be rouletted, each collision with
+    its own weight. The escaping energy is tallied as its expectation (weight x energy x the
+    transmission at the grid's exit). Returns the photons that fly on from the collisions
+    (in the order the collisions were found); ``st`` is not changed. ``allow_split=False``:
+    roulette only (the pool has grown too large).
+    """
+    from .kernels import EAGER_KERNELS, MIN_COMPILED_PHOTONS
+    from .ray_kernels import CROSSINGS_PER_CALL, EAGER_RAY_KERNELS, ROULETTE_DEPTH
+    from .weight_window import voxel_targets
+
+    n = len(st)
+
+    def ray_kernels(m):
+        return setup.ray_kernels if m >= MIN_COMPILED_PHOTONS else EAGER_RAY_KERNELS
+
+    e = st.energy_kev
+    dev = e.device
+    ie, fe = tab.energy_index(e)
+    trav = ray_kernels(n)[0](st.x, st.y, st.z, st.u, st.v, st.w, setup.grid_f, setup.grid_i, setup.cell_f)
+    offset = st.offset if st.offset is not None else torch.zeros_like(ie)
+    # traversal state: the 13 tensors of ray_start, then t, tau, att, lam, tau_r, weight
+    lam0 = -torch.rand(n, generator=gen, device=dev, dtype=e.dtype)
+    state = list(trav) + [torch.zeros_like(e), torch.zeros_like(e), torch.ones_like(e), lam0,
+                          torch.full_like(e, ROULETTE_DEPTH), st.weight.clone()]
+    const = [e, ie, fe, offset]
+    target_vox = voxel_targets(window, setup.cell_f)
+    window_f = torch.tensor([window.lower, window.upper, float(window.max_split) if allow_split else 1.0],
+                            dtype=torch.float32, device=dev)
+    found = []  # (photon, distance, weight) of the collisions, call by call
+    rays = None  # photon of each ray once the set is compacted (None: all photons, in order)
+    while True:
+        m = state[0].numel()
+        rnd = torch.rand((2, m), generator=gen, device=dev, dtype=e.dtype)
+        out = ray_kernels(m)[2](*state, *const, rnd[0], rnd[1], grid.voxel_table, tab.total_tr_ab, target_vox,
+                                window_f, setup.grid_i, CROSSINGS_PER_CALL)
+        flat, tx, ty, tz, rx, ry, rz, t, tau, att, lam, tau_r, wgt, index, score, n_coll, t_coll, w_coll = out
+        tally.energy_kev.index_add_(0, index.view(-1), score.view(-1))
+        hit = _indices(n_coll.view(-1) > 0)
+        if hit.numel():
+            ray = hit % m
+            found.append((ray if rays is None else rays.index_select(0, ray), t_coll.view(-1).index_select(0, hit),
+                          w_coll.view(-1).index_select(0, hit)))
+        state[:4] = flat, tx, ty, tz
+        state[10:] = rx, ry, rz, t, tau, att, lam, tau_r, wgt
+        live = (rx >= 0) & (ry >= 0) & (rz >= 0)
+        n_live = int(live.sum())
+        if n_live >= _RAY_COMPACT_FRACTION * m and n_live > 0:
+            continue
+        # rays dropped now: the expected energy of those that left the grid escapes (the
+        # roulette's losers have att = 0)
+        tally.escaped_kev += float((wgt * const[0] * att).masked_select(~live).sum(dtype=torch.float64))
+        if n_live == 0:
+            break
+        keep = _indices(live)
+        rays = keep if rays is None else rays.index_select(0, keep)
+        state = [a.index_select(0, keep) for a in state]
+        const = [c.index_select(0, keep) for c in const]
+    if not found:
+        tally.n_steps += 1
+        return st.select(torch.zeros(0, dtype=torch.int64, device=dev))
+    pid, t_c, w_c = (torch.cat(a) for a in zip(*found))
+    ev = st.select(pid)
+    ev.weight = w_c
+    ie_c, fe_c = ie.index_select(0, pid), fe.index_select(0, pid)
+    x1 = torch.addcmul(ev.x, t_c, ev.u)
+    y1 = torch.addcmul(ev.y, t_c, ev.v)
+    z1 = torch.addcmul(ev.z, t_c, ev.w)
+    # the interaction variate: uniform on [0, mu) at the site (picks the interaction type)
+    rr = torch.rand(pid.numel(), generator=gen, device=dev, dtype=e.dtype) * _mu_at(x1, y1, z1, ie_c, fe_c, grid, tab,
+                                                                                   setup)
+    inside = torch.ones(pid.numel(), dtype=torch.bool, device=dev)
+    kernels = setup.kernels if pid.numel() >= MIN_COMPILED_PHOTONS else EAGER_KERNELS
+    offset_c = offset.index_select(0, pid)
+    return _end_step(ev, ev.energy_kev * w_c, inside, inside, x1, y1, z1, ie_c, fe_c, rr, offset_c, tally, gen,
+                     cutoff_kev, grid, setup, kernels)
+
+
 def _mu_at(x, y, z, ie, fe, grid: TransportGrid, tab: TransportTables, setup: TrackLengthSetup) -> torch.Tensor:
     """Linear attenuation coefficient (1/mm) at the points (their voxel, clamped into the grid)."""
     from .kernels import _voxel
@@ -1235,10 +1330,15 @@ def run_transport(
             if pool is None or len(pool) == 0:
                 continue
             if estimator in FUSED_ESTIMATORS:
+                allow_split = len(pool) <= MAX_POOL_GROWTH * pool_size
+                if estimator == "expected_track_length" and window is not None:  # the window acts in flight
+                    pool = _step_expected_track_length_window(pool, grid, tab, tally, gen, cutoff_kev, track_setup,
+                                                              window, allow_split)
+                    continue
                 step = _step_track_length if estimator == "track_length" else _step_expected_track_length
                 pool = step(pool, grid, tab, tally, gen, cutoff_kev, track_setup)
                 if window is not None and len(pool) > 0:
-                    pool = apply_weight_window(pool, window, gen, allow_split=len(pool) <= MAX_POOL_GROWTH * pool_size)
+                    pool = apply_weight_window(pool, window, gen, allow_split=allow_split)
                 continue
             n_paths = 1 if block is not None else max(1, min(_MAX_PATHS_PER_STEP, _PATH_SITES_PER_STEP // len(pool)))
             pool = _step(pool, grid, tab, tally, gen, estimator == "collision", cutoff_kev, block, n_paths)

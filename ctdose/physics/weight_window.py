@@ -14,7 +14,12 @@ estimator a photon of weight ``w`` in a block with target ``W``
   then has weight ``W`` (the weight is kept in expectation).
 
 Both keep every tally unbiased for *any* choice of targets; the targets only decide where the
-photons go. The copies of a photon belong to its batch, so the batch method still sees
+photons go. The expected-track-length estimator's flights run to the grid's exit, so a
+window applied at their ends would come too late (a photon is only split where it already
+collided); there the window acts along the flight instead
+(:func:`ctdose.physics.ray_kernels.ray_chunk_split`): in a voxel of target ``W`` a ray of
+weight ``w`` outside the bounds collides ``w / W`` times as often (at most ``max_split``),
+each collision with weight ``W``, which is what its split copies or its roulette would do. The copies of a photon belong to its batch, so the batch method still sees
 independent batches. Photons through a CT bowtie's thick edges (weights of about 0.1) are
 rouletted in the body; in a helical scan of the demo thorax this did not change the
 efficiency measurably, so the window is off by default.
@@ -45,6 +50,7 @@ __all__ = [
     "WeightWindow",
     "apply_weight_window",
     "pilot_photons",
+    "voxel_targets",
     "window_targets",
 ]
 
@@ -87,6 +93,8 @@ class WeightWindow:
     lower: float = WINDOW_LOWER
     upper: float = WINDOW_UPPER
     max_split: int = MAX_SPLIT
+    #: target per voxel (float32, flat z, y, x), made by :func:`voxel_targets` when first needed
+    target_vox: torch.Tensor | None = None
 
 
 def pilot_photons(n_photons: int) -> int:
@@ -151,6 +159,27 @@ def window_targets(
         ok &= rel >= OUT_OF_FIELD_FRACTION * float(min_weight)
         target[ok] = np.clip(rel[ok], float(min_weight), 1.0)
     return target.reshape(-1)
+
+
+def voxel_targets(win: WeightWindow, cell_f: torch.Tensor) -> torch.Tensor:
+    """The target weight of every voxel (its centre's block; flat z, y, x order), cached on ``win``.
+
+    ``cell_f`` holds the voxel edges ``dx, dy, dz`` (mm). For the expected-track-length
+    flights (:func:`ctdose.physics.ray_kernels.ray_chunk_split`), which look the window up
+    voxel by voxel; 4 bytes per voxel.
+    """
+    if win.target_vox is None:
+        bf, gf = win.block_f, win.grid_f
+        axes = []
+        for a in range(3):
+            n = int(gf[6 + a])
+            centre = (torch.arange(n, device=gf.device, dtype=torch.float32) + 0.5) * cell_f[a]
+            axes.append((centre * bf[a]).floor().clamp(min=0.0).minimum(bf[6 + a] - 1).to(torch.int64))
+        bx, by, bz = axes
+        bi = win.block_i
+        flat = (bz[:, None, None] * bi[1] + by[None, :, None]) * bi[0] + bx[None, None, :]
+        win.target_vox = win.target[flat].reshape(-1).to(torch.float32).contiguous()
+    return win.target_vox
 
 
 def apply_weight_window(

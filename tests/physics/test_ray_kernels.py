@@ -202,3 +202,111 @@ def test_expected_track_length_equals_track_length_in_a_heterogeneous_phantom():
         assert abs(a - b) < 4 * math.hypot(sa, sb)
     body = etl.energy_ev > 0
     assert np.median(etl.rel_sigma[body]) < np.median(trk.rel_sigma[body])
+
+
+def test_zero_optical_depth_collides_at_the_first_matter_not_in_vacuum():
+    """U = 0 (a draw of 2^-24 probability) gives tau_c = 0: a ray starting in vacuum collides
+    where the matter begins, not at 0 / 0 = NaN."""
+    water = get_medium("water")
+    shape, spacing = (1, 1, 10), (1.0, 1.0, 1.0)
+    mi = np.zeros(shape, np.uint8)
+    rho = np.zeros(shape, np.float32)
+    rho[..., 4:] = 1.0
+    prep = _setup(mi, rho, [water], spacing, shape)
+    _, t_c, _ = _traverse(prep, np.array([[0.5, 0.5, 0.5]]), np.array([[1.0, 0.0, 0.0]]), 60.0, tau_c=np.zeros(1))
+    assert t_c[0] == pytest.approx(3.5, abs=1e-5)
+
+
+def _traverse_split(prep, pos, dirs, energy_kev, target_vox, window=(0.5, 2.0, 16.0), weight=1.0, seed=0):
+    """Run ``ray_chunk_split`` eagerly to the end; returns the scores and the collisions
+    (ray, distance, weight) and the expected escaping weight of each ray."""
+    from ctdose.physics.ray_kernels import ray_chunk_split
+
+    n = pos.shape[0]
+    f = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    ts, tab, grid = prep.track_setup, prep.tables, prep.grid
+    state = list(ray_start(*(f(pos[:, i]) for i in range(3)), *(f(dirs[:, i]) for i in range(3)), ts.grid_f,
+                           ts.grid_i, ts.cell_f))
+    e = torch.full((n,), float(energy_kev))
+    ie, fe = tab.energy_index(e)
+    gen = torch.Generator().manual_seed(seed)
+    state += [torch.zeros(n), torch.zeros(n), torch.ones(n), -torch.rand(n, generator=gen), torch.full((n,), math.inf),
+              torch.full((n,), float(weight))]
+    scores = torch.zeros(grid.n_vox, dtype=torch.float64)
+    rays, dist, wts = [], [], []
+    for _ in range(1000):
+        rr = torch.rand((2, n), generator=gen)
+        out = ray_chunk_split(*state, e, ie, fe, torch.zeros(n, dtype=torch.int64), rr[0], rr[1], grid.voxel_table,
+                              tab.total_tr_ab, torch.as_tensor(target_vox, dtype=torch.float32),
+                              torch.tensor(window, dtype=torch.float32), ts.grid_i, 8)
+        flat, tx, ty, tz, rx, ry, rz, t, tau, att, lam, tau_r, wgt, index, score, n_coll, t_coll, w_coll = out
+        scores.index_add_(0, index.reshape(-1), score.reshape(-1))
+        hit = n_coll > 0
+        rays.append(torch.arange(n).expand_as(n_coll)[hit])
+        dist.append(t_coll[hit])
+        wts.append(w_coll[hit])
+        state[:4] = flat, tx, ty, tz
+        state[10:] = rx, ry, rz, t, tau, att, lam, tau_r, wgt
+        if not bool(((rx >= 0) & (ry >= 0) & (rz >= 0)).any()):
+            break
+    escaping = (state[18] * state[15]).numpy()
+    return scores.numpy(), torch.cat(rays).numpy(), torch.cat(dist).numpy(), torch.cat(wts).numpy(), escaping
+
+
+def test_split_flight_without_window_is_the_analogue_collision():
+    """No window (target 0 everywhere): the same scores as ray_chunk, at most one collision per
+    ray, at an exponentially distributed optical depth, weight kept."""
+    water = get_medium("water")
+    shape, spacing = (1, 1, 40), (1.0, 1.0, 5.0)
+    mi = np.zeros(shape, np.uint8)
+    rho = np.ones(shape, np.float32)
+    prep = _setup(mi, rho, [water], spacing, shape)
+    n = 40_000
+    pos = np.tile([1e-3, 0.5, 0.5], (n, 1))
+    dirs = np.tile([1.0, 0.0, 0.0], (n, 1))
+    scores, rays, dist, wts, escaping = _traverse_split(prep, pos, dirs, 60.0, np.zeros(40), weight=0.75)
+    exact, _, _ = _traverse(prep, pos[:1], dirs[:1], 60.0, ew=0.75 * 60.0)
+    np.testing.assert_allclose(scores / n, exact, rtol=1e-5)
+    assert np.bincount(rays, minlength=n).max() == 1 and np.all(wts == 0.75)
+    mu = float(_mu_tables(prep, 60.0)[0][0])
+    tau = mu * dist
+    t_exit = mu * 200.0  # optical depth of the 200 mm column
+    # collided fraction and the mean optical depth of the collisions (truncated exponential)
+    p_coll = 1 - math.exp(-t_exit)
+    assert rays.size / n == pytest.approx(p_coll, abs=4 * math.sqrt(p_coll * (1 - p_coll) / n))
+    mean_tau = 1 - t_exit * math.exp(-t_exit) / p_coll
+    assert float(tau.mean()) == pytest.approx(mean_tau, abs=4 * float(tau.std()) / math.sqrt(tau.size))
+    assert escaping.mean() == pytest.approx(0.75 * math.exp(-t_exit), rel=1e-4)
+
+
+def test_split_flight_collides_as_often_as_the_window_asks_and_keeps_the_weight():
+    """A 200 mm water column whose far half has target weight 1/10: there a ray of weight 1
+    collides ten times as often with weight 1/10; the collided weight per voxel is the exact
+    W (T_in - T_out) everywhere, and the window changes no score."""
+    water = get_medium("water")
+    shape, spacing = (1, 1, 40), (1.0, 1.0, 5.0)
+    mi = np.zeros(shape, np.uint8)
+    rho = np.ones(shape, np.float32)
+    prep = _setup(mi, rho, [water], spacing, shape)
+    n = 20_000
+    pos = np.tile([1e-3, 0.5, 0.5], (n, 1))
+    dirs = np.tile([1.0, 0.0, 0.0], (n, 1))
+    target = np.where(np.arange(40) >= 20, 0.1, 0.0)
+    scores, rays, dist, wts, escaping = _traverse_split(prep, pos, dirs, 60.0, target)
+    plain = _traverse_split(prep, pos[:1], dirs[:1], 60.0, np.zeros(40))[0]
+    np.testing.assert_allclose(scores / n, plain, rtol=1e-5)
+    mu = float(_mu_tables(prep, 60.0)[0][0])
+    edges = np.arange(41) * 5.0
+    vox = np.minimum((dist / 5.0).astype(int), 39)
+    got = np.bincount(vox, weights=wts, minlength=40) / n
+    exact = np.exp(-mu * edges[:-1]) - np.exp(-mu * edges[1:])
+    count = np.bincount(vox, minlength=40)
+    far = np.arange(40) >= 20
+    assert np.allclose(wts[far[vox]], 0.1) and np.all(wts[~far[vox]] == 1.0)
+    # systematic placement: the far half's collisions are ten times the analogue count
+    assert count[far].sum() == pytest.approx(10 * n * exact[far].sum(), rel=0.03)
+    for region in (~far, far):
+        sd = math.sqrt(np.bincount(vox, weights=wts**2, minlength=40)[region].sum()) / n
+        print(f"collided weight {got[region].sum():.5f} vs exact {exact[region].sum():.5f} (sd {sd:.5f})")
+        assert abs(got[region].sum() - exact[region].sum()) < 4 * sd
+    assert escaping.mean() == pytest.approx(math.exp(-mu * 200.0), rel=1e-4)

@@ -119,9 +119,9 @@ def test_windowed_run_is_unbiased_and_evens_out_the_noise(estimator):
     # voxel level: the far third's mean relative error falls too
     far = np.zeros(geo.shape, bool)
     far[:, thirds[2], :] = body[:, thirds[2], :]
-    # (less so with the expected-track-length estimator, whose flights already score the far side)
-    gain = 0.85 if estimator == "expected_track_length" else 0.7
-    assert runs[True].rel_sigma[far].mean() < gain * runs[False].rel_sigma[far].mean()
+    plain, windowed = (float(runs[ww].rel_sigma[far].mean()) for ww in (False, True))
+    print(f"far third, mean relative error per voxel: plain {plain:.4f}, window {windowed:.4f}")
+    assert windowed < 0.55 * plain
     res = runs[True]
     assert res.deposited_energy_ev + res.escaped_energy_ev == pytest.approx(res.emitted_energy_ev, rel=0.02)
 
