@@ -51,6 +51,8 @@ class GroupJob:
     ambient: Any = None
     #: weight-window target per block (:mod:`ctdose.physics.weight_window`), or None
     window_target: np.ndarray | None = None
+    #: uniform numbers per source photon from the batches' Sobol' sequences (0: random sampling)
+    sample_dims: int = 0
 
 
 @dataclass
@@ -87,7 +89,7 @@ def run_group(job: GroupJob) -> GroupResult:
     tally = run_transport(
         prep.grid, prep.tables, job.source.sample, job.batch_sizes, gen, estimator=job.estimator,
         cutoff_kev=job.cutoff_kev, pool_size=job.pool_size, block=prep.block, track_setup=prep.track_setup,
-        ambient=prep.ambient, window=window,
+        ambient=prep.ambient, window=window, sample_dims=job.sample_dims,
     )
     return GroupResult(tally.energy_kev.numpy(), tally.escaped_kev, tally.emitted_kev, tally.n_steps)
 

@@ -14,7 +14,12 @@ generator (deterministic for a seed) and know their absolute normalisation:
 
 Directions are isotropic within the collimated field (uniform per solid angle): for the
 rectangular ("fan") field the tangent-plane point (a, b) is uniform in the rectangle and kept
-with probability (1 + a^2 + b^2)^(-3/2) (solid angle per unit tangent-plane area).
+with probability (1 + a^2 + b^2)^(-3/2) (solid angle per unit tangent-plane area). Given
+uniform numbers ``u`` (``sample(n, gen, u)``, the quasi-random sampling of
+:mod:`ctdose.physics.quasi_random`, which ``simulate`` uses by default) the same distributions
+come by inversion instead: every coordinate a monotone function of one number (the field's
+marginal by Newton's method on its closed-form solid angle, the energy by the spectrum's
+cumulative), so that evenly spread numbers give evenly spread photons.
 The bowtie filter is applied as a statistical weight exp(-mu_Al(E) t(gamma)) that depends on
 the photon's in-plane fan angle gamma = atan(a).
 
@@ -132,6 +137,9 @@ class _EnergySampler:
         self.keep = torch.tensor(keep, dtype=torch.float64, device=device)
         self.alias = torch.tensor(alias, dtype=torch.int64, device=device)
         self.n = len(centres)
+        cdf = np.concatenate([[0.0], np.cumsum(np.asarray(probs, dtype=np.float64))])
+        self.cdf = torch.tensor(cdf / cdf[-1], dtype=torch.float64, device=device)
+        self.probs = self.cdf[1:] - self.cdf[:-1]
 
     def sample(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         dev = self.centres.device
@@ -142,6 +150,15 @@ class _EnergySampler:
         j = torch.where((r - j) < self.keep[j], j, self.alias[j])
         off = torch.rand(n, generator=gen, device=dev) - 0.5
         return self.centres[j] + off * self.widths[j], j
+
+    def from_uniform(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Energies (keV) and bins by inversion of the spectrum's CDF at ``u`` (n,) in [0, 1):
+        the bin, then the position within it (uniform), both monotone in ``u``."""
+        if self.n == 1:
+            return self.centres.expand(u.numel()).clone(), torch.zeros(u.numel(), dtype=torch.int64, device=u.device)
+        j = (torch.searchsorted(self.cdf, u, right=True) - 1).clamp_(0, self.n - 1)
+        off = ((u - self.cdf[j]) / self.probs[j].clamp(min=1e-300)).clamp_(0.0, 1.0) - 0.5
+        return self.centres[j] + off.to(torch.float32) * self.widths[j], j
 
 
 def _sample_rectangle(
@@ -177,6 +194,51 @@ def _sample_rectangle(
         out_b.append(b)
         got += int(a.numel())
     return torch.cat(out_a)[:n], torch.cat(out_b)[:n]
+
+
+def _corner_solid_angle(a: torch.Tensor, b: float) -> torch.Tensor:
+    """:func:`_corner_solid_angle_sr` for a tensor of ``a`` (float64)."""
+    return torch.atan(a * b / torch.sqrt(1.0 + a * a + b * b))
+
+
+#: Newton steps of the field's marginal inversion (quadratic convergence from the plane guess).
+_NEWTON_STEPS = 12
+
+
+def _rectangle_from_uniforms(
+    ua: torch.Tensor, ub: torch.Tensor, a_bounds: tuple[float, float], b_bounds: tuple[float, float],
+    per_solid_angle: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tangent-plane coordinates (a, b) from uniform numbers by inversion (no rejection).
+
+    The quasi-random counterpart of :func:`_sample_rectangle`: the same distribution, and a
+    monotone map from ``(ua, ub)`` (float64, in [0, 1)) to ``(a, b)``, so that evenly spread
+    numbers give evenly spread directions. Per solid angle the density is
+    ``(1 + a^2 + b^2)^(-3/2)``: the marginal of ``a`` has the cumulative
+    ``C(a, b1) - C(a, b0) - C(a0, b1) + C(a0, b0)`` with ``C(a, b) = atan(a b / sqrt(1 + a^2 +
+    b^2))`` (solved for ``a`` by Newton's method); given ``a`` the cumulative of ``b`` is
+    ``b / sqrt(1 + a^2 + b^2)`` (inverted in closed form).
+    """
+    (a0, a1), (b0, b1) = a_bounds, b_bounds
+    a = a0 + ua * (a1 - a0)
+    if not per_solid_angle:
+        return a.to(torch.float32), (b0 + ub * (b1 - b0)).to(torch.float32)
+    lo = torch.full_like(ua, a0)
+
+    def cum(x):
+        return _corner_solid_angle(x, b1) - _corner_solid_angle(x, b0) - _corner_solid_angle(lo, b1) \
+            + _corner_solid_angle(lo, b0)
+
+    target = ua * tangent_rectangle_solid_angle_sr(a_bounds, b_bounds)
+    for _ in range(_NEWTON_STEPS):
+        c = 1.0 + a * a
+        dens = (b1 / torch.sqrt(c + b1 * b1) - b0 / torch.sqrt(c + b0 * b0)) / c
+        a = (a - (cum(a) - target) / dens).clamp_(a0, a1)
+    c = 1.0 + a * a
+    g0, g1 = b0 / torch.sqrt(c + b0 * b0), b1 / torch.sqrt(c + b1 * b1)
+    g = g0 + ub * (g1 - g0)
+    b = (g * torch.sqrt(c) / torch.sqrt(1.0 - g * g)).clamp_(b0, b1)
+    return a.to(torch.float32), b.to(torch.float32)
 
 
 @dataclass
@@ -295,16 +357,29 @@ class PointSource:
         return self._pos, self._d
 
     # -- sampling ------------------------------------------------------------------------------
-    def sample(self, n: int, gen: torch.Generator) -> PhotonState:
-        """Draw ``n`` photons (weight 1) on the generator's device."""
+    #: Uniform numbers per photon for :meth:`sample`'s ``u``: two field coordinates, the energy.
+    sample_dims = 3
+
+    def sample(self, n: int, gen: torch.Generator, u: torch.Tensor | None = None) -> PhotonState:
+        """Draw ``n`` photons (weight 1) on the generator's device.
+
+        ``u`` (n, 3) float64 in [0, 1), optional: the photons as a monotone map of these
+        numbers (field coordinates, cone angle and azimuth, energy by inversion; see
+        :mod:`ctdose.physics.quasi_random`) instead of random draws from ``gen``.
+        """
         dev = gen.device
         key = str(dev)
         if key not in self._cache:
             self._cache[key] = _EnergySampler(self._e, self._w, self._p, dev)
-        energy, _ = self._cache[key].sample(n, gen)
+        if u is not None:
+            u = u.to(dev)
+        energy, _ = self._cache[key].sample(n, gen) if u is None else self._cache[key].from_uniform(u[:, 2])
         d = torch.tensor(self._d, dtype=torch.float32, device=dev)
         if self.collimation == "fan":
-            a, b = _sample_rectangle(n, *self._field, gen, dev, self.sampling == "solid_angle")
+            if u is None:
+                a, b = _sample_rectangle(n, *self._field, gen, dev, self.sampling == "solid_angle")
+            else:
+                a, b = _rectangle_from_uniforms(u[:, 0], u[:, 1], *self._field, self.sampling == "solid_angle")
             e1 = torch.tensor(self._e1, dtype=torch.float32, device=dev)
             e2 = torch.tensor(self._e2, dtype=torch.float32, device=dev)
             dx = d[0] + a * e1[0] + b * e2[0]
@@ -314,8 +389,10 @@ class PointSource:
             u, v, w = dx * inv, dy * inv, dz * inv
         else:
             cmin = math.cos(float(self.cone_half_angle_rad))
-            c = 1.0 - torch.rand(n, generator=gen, device=dev) * (1.0 - cmin)
-            phi = torch.rand(n, generator=gen, device=dev) * (2.0 * math.pi)
+            u_c = torch.rand(n, generator=gen, device=dev) if u is None else u[:, 0].to(torch.float32)
+            u_phi = torch.rand(n, generator=gen, device=dev) if u is None else u[:, 1].to(torch.float32)
+            c = 1.0 - u_c * (1.0 - cmin)
+            phi = u_phi * (2.0 * math.pi)
             ones = torch.ones(n, device=dev)
             u, v, w = rotate_direction(ones * d[0], ones * d[1], ones * d[2], c, phi)
         pos = [torch.full((n,), float(self._pos[i]), dtype=torch.float32, device=dev) for i in range(3)]
@@ -416,23 +493,43 @@ class CTSource:
             )
         return self._cache[key]
 
-    def sample(self, n: int, gen: torch.Generator) -> PhotonState:
-        """Draw ``n`` photons; the bowtie enters as the photon weight."""
+    #: Uniform numbers per photon for :meth:`sample`'s ``u``: the tube position along the scan,
+    #: two field coordinates, the energy.
+    sample_dims = 4
+
+    def sample(self, n: int, gen: torch.Generator, u: torch.Tensor | None = None) -> PhotonState:
+        """Draw ``n`` photons; the bowtie enters as the photon weight.
+
+        ``u`` (n, 4) float64 in [0, 1), optional: the photons as a monotone map of these numbers
+        (see :mod:`ctdose.physics.quasi_random`): the first picks the tube position by its load
+        and, for a continuous rotation, the phase within its interval (so that it runs
+        continuously along the scan), then the field coordinates and the energy.
+        """
         dev = gen.device
         t = self._device_tables(dev)
-        energy, ebin = t["energy"].sample(n, gen)
-        r = torch.rand(n, generator=gen, device=dev, dtype=torch.float64)
+        if u is not None:
+            u = u.to(dev)
+        energy, ebin = t["energy"].sample(n, gen) if u is None else t["energy"].from_uniform(u[:, 3])
+        r = torch.rand(n, generator=gen, device=dev, dtype=torch.float64) if u is None else u[:, 0]
         k = torch.searchsorted(t["pos_cdf"], r).clamp_(max=self.angle_rad.size - 1)
         ang = t["angle"][k]
         z0 = t["z"][k]
         if t["angle_width"] is not None:  # continuous rotation: uniform over the position's interval
-            phase = torch.rand(n, generator=gen, device=dev) - 0.5
+            if u is None:
+                phase = torch.rand(n, generator=gen, device=dev) - 0.5
+            else:  # where r lies within its position's share of the cumulative load
+                start = torch.where(k > 0, t["pos_cdf"][(k - 1).clamp(min=0)], 0.0)
+                share = (t["pos_cdf"][k] - start).clamp(min=1e-300)
+                phase = ((r - start) / share).clamp(0.0, 1.0).to(torch.float32) - 0.5
             ang = ang + phase * t["angle_width"][k]
             if t["z_width"] is not None:
                 z0 = z0 + phase * t["z_width"][k]
         sa, ca = torch.sin(ang), torch.cos(ang)
         t1, t2 = math.tan(self.fan_half_angle_rad), math.tan(self.z_half_angle_rad)
-        a, b = _sample_rectangle(n, (-t1, t1), (-t2, t2), gen, dev)
+        if u is None:
+            a, b = _sample_rectangle(n, (-t1, t1), (-t2, t2), gen, dev)
+        else:
+            a, b = _rectangle_from_uniforms(u[:, 1], u[:, 2], (-t1, t1), (-t2, t2))
         # central direction (-sin, cos, 0), fan axis (cos, sin, 0), e2 = z
         dx = -sa + a * ca
         dy = ca + a * sa

@@ -1275,6 +1275,7 @@ def run_transport(
     track_setup: TrackLengthSetup | None = None,
     ambient: tuple[int, float] | None = None,
     window: WeightWindow | None = None,
+    sample_dims: int = 0,
 ) -> TransportTally:
     """Transport all batches' source photons through one shared pool; return the tally.
 
@@ -1291,6 +1292,9 @@ def run_transport(
     memory; only one short tail of nearly empty steps at the very end). Deposited energies are
     in keV times weight. ``window`` (the two track-length estimators): after every step the pool
     is split and rouletted against its targets (:mod:`ctdose.physics.weight_window`).
+    ``sample_dims > 0``: the source photons are ``sample(n, gen, u)`` of that many uniform
+    numbers each from one scrambled Sobol' sequence per batch
+    (:class:`ctdose.physics.quasi_random.BatchSobol`, seeded from ``gen``).
     """
     dev = grid.density.device
     n_b = len(batch_sizes)
@@ -1301,13 +1305,18 @@ def run_transport(
         starts = ends - np.asarray(batch_sizes, dtype=np.int64)
         batch_offsets = torch.arange(n_b, dtype=torch.int64, device=dev) * grid.n_vox
         total = int(sum(batch_sizes))
+        streams = None
+        if sample_dims > 0:
+            from .quasi_random import BatchSobol
+
+            streams = BatchSobol(batch_sizes, sample_dims, gen)
         drawn = 0
         pool: PhotonState | None = None
         while drawn < total or (pool is not None and len(pool) > 0):
             n_alive = 0 if pool is None else len(pool)
             if drawn < total and n_alive < pool_size // 2:
                 k = min(pool_size - n_alive, total - drawn)
-                fresh = sample(k, gen)
+                fresh = sample(k, gen) if streams is None else sample(k, gen, streams.draw(k))
                 # photons drawn..drawn+k-1 by batch (batches are consecutive ranges of photons)
                 counts = np.clip(np.minimum(ends, drawn + k) - np.maximum(starts, drawn), 0, None)
                 fresh.offset = torch.repeat_interleave(

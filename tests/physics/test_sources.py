@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ctdose.errors import InputError
+from ctdose.physics.quasi_random import BatchSobol
 from ctdose.physics.sources import CTSource, PointSource, rectangle_solid_angle_sr, tangent_rectangle_solid_angle_sr
 
 
@@ -16,6 +17,18 @@ def _gen(seed=0):
     g = torch.Generator()
     g.manual_seed(seed)
     return g
+
+
+#: Both ways of drawing source photons: independent random numbers, or a scrambled Sobol'
+#: sequence mapped by inversion (simulate's default, ctdose.physics.quasi_random).
+SAMPLING = ["random", "sobol"]
+
+
+def _draw(src, n, seed, how):
+    gen = _gen(seed)
+    if how == "random":
+        return src.sample(n, gen)
+    return src.sample(n, gen, BatchSobol([n], src.sample_dims, gen).draw(n))
 
 
 def test_rectangle_solid_angle_matches_numerical_integral():
@@ -42,11 +55,12 @@ def test_off_axis_rectangle_solid_angle():
         tangent_rectangle_solid_angle_sr((0.1, 0.3), (-0.3, 0.2)) + tangent_rectangle_solid_angle_sr((0.3, 0.5), (-0.3, 0.2)))
 
 
-def test_off_axis_field_is_isotropic_and_bounded():
+@pytest.mark.parametrize("how", SAMPLING)
+def test_off_axis_field_is_isotropic_and_bounded(how):
     field = ((0.1, 0.5), (-0.3, 0.2))
     src = PointSource((0, 0, 0), (0, 0, 1), energy_kev=20.0, fan_axis=(1, 0, 0), field_tan=field)
     assert src.solid_angle_sr == pytest.approx(tangent_rectangle_solid_angle_sr(*field))
-    st = src.sample(400_000, _gen(4))
+    st = _draw(src, 400_000, 4, how)
     a, b = st.u.numpy() / st.w.numpy(), st.v.numpy() / st.w.numpy()  # e1 = +x, e2 = direction x e1 = +y
     assert a.min() >= 0.1 - 1e-5 and a.max() <= 0.5 + 1e-5 and b.min() >= -0.3 - 1e-5 and b.max() <= 0.2 + 1e-5
     # uniform per solid angle: the share of each half equals its solid angle share
@@ -54,16 +68,17 @@ def test_off_axis_field_is_isotropic_and_bounded():
     expected = tangent_rectangle_solid_angle_sr((0.1, 0.3), field[1]) / src.solid_angle_sr
     assert share == pytest.approx(expected, abs=4 * math.sqrt(expected * (1 - expected) / a.size))
     plane = PointSource((0, 0, 0), (0, 0, 1), energy_kev=20.0, fan_axis=(1, 0, 0), field_tan=field, sampling="plane")
-    st = plane.sample(400_000, _gen(5))
+    st = _draw(plane, 400_000, 5, how)
     assert np.mean(st.u.numpy() / st.w.numpy() < 0.3) == pytest.approx(0.5, abs=0.005)
     with pytest.raises(InputError, match="field_tan"):
         PointSource((0, 0, 0), (0, 0, 1), energy_kev=20.0, field_tan=((0.5, 0.1), (0, 1)))
 
 
-def test_fan_is_isotropic_within_the_field():
+@pytest.mark.parametrize("how", SAMPLING)
+def test_fan_is_isotropic_within_the_field(how):
     src = PointSource((0, 0, 0), (1, 0, 0), energy_kev=50.0, collimation="fan", half_angles_rad=(0.5, 0.05),
                       fan_axis=(0, 1, 0))
-    st = src.sample(200_000, _gen(1))
+    st = _draw(src, 200_000, 1, how)
     u, v, w = st.u.numpy(), st.v.numpy(), st.w.numpy()
     np.testing.assert_allclose(u**2 + v**2 + w**2, 1.0, atol=1e-5)
     assert np.all(np.abs(np.arctan2(v, u)) <= 0.5 + 1e-5) and np.all(np.abs(np.arctan2(w, u)) <= 0.05 + 1e-5)
@@ -75,14 +90,15 @@ def test_fan_is_isotropic_within_the_field():
     assert frac == pytest.approx(expected, rel=0.1)
 
 
-def test_cone_directions_and_spectrum_sampling():
+@pytest.mark.parametrize("how", SAMPLING)
+def test_cone_directions_and_spectrum_sampling(how):
     class Spec:
         energy_kev = np.array([30.0, 60.0])
         fluence_per_mas_per_mm2_at_1m = np.array([1.0, 3.0])
         absolute = True
 
     src = PointSource((1, 2, 3), (0, 0, -1), spectrum=Spec(), collimation="cone", cone_half_angle_rad=0.2)
-    st = src.sample(100_000, _gen(2))
+    st = _draw(src, 100_000, 2, how)
     cos = -st.w.numpy()
     assert cos.min() >= math.cos(0.2) - 1e-6
     # uniform in cos within the cone
@@ -121,7 +137,8 @@ def _gantry_angle(st) -> np.ndarray:
     return np.mod(np.arctan2(st.x.numpy().astype(np.float64), -st.y.numpy().astype(np.float64)), 2 * math.pi)
 
 
-def test_ct_source_continuous_rotation_is_uniform_over_the_rotation():
+@pytest.mark.parametrize("how", SAMPLING)
+def test_ct_source_continuous_rotation_is_uniform_over_the_rotation(how):
     # four positions per rotation, continuous: gantry angles uniform over 2 pi (24 bins,
     # chi-square), z only at the axial rotation centres; discrete: exactly the four angles
     from scipy import stats
@@ -131,18 +148,19 @@ def test_ct_source_continuous_rotation_is_uniform_over_the_rotation():
 
     scanner = CTScanner(spekpy_spectrum(120.0))
     protocol = Protocol(mode="axial", z_start_mm=0.0, z_end_mm=80.0, projections_per_rotation=4, start_angle_deg=30.0)
-    st = CTSource(scanner, protocol).sample(200_000, _gen(5))
+    st = _draw(CTSource(scanner, protocol), 200_000, 5, how)
     counts = np.histogram(_gantry_angle(st), bins=24, range=(0.0, 2 * math.pi))[0]
     chi2 = float(((counts - counts.mean()) ** 2 / counts.mean()).sum())
     assert stats.chi2.sf(chi2, 23) > 1e-4, (chi2, counts)
     assert set(np.round(np.unique(st.z.numpy()), 3)) == {20.0, 60.0}
     discrete = Protocol(mode="axial", z_start_mm=0.0, z_end_mm=80.0, projections_per_rotation=4, start_angle_deg=30.0,
                         rotation="discrete")
-    ang = _gantry_angle(CTSource(scanner, discrete).sample(20_000, _gen(5)))
+    ang = _gantry_angle(_draw(CTSource(scanner, discrete), 20_000, 5, how))
     np.testing.assert_allclose(np.unique(np.round(np.degrees(ang), 2)), [30.0, 120.0, 210.0, 300.0], atol=0.01)
 
 
-def test_ct_source_continuous_helix():
+@pytest.mark.parametrize("how", SAMPLING)
+def test_ct_source_continuous_helix(how):
     # each photon's focal spot lies on the helix z = z0 + feed * (a - a0) / 2 pi, and z is
     # uniform over the scan range (constant tube current)
     from scipy import stats
@@ -153,7 +171,7 @@ def test_ct_source_continuous_helix():
     scanner = CTScanner(spekpy_spectrum(120.0), collimation_mm=40.0)
     protocol = Protocol(mode="helical", z_start_mm=-30.0, z_end_mm=90.0, pitch=1.5, projections_per_rotation=6,
                         start_angle_deg=45.0)
-    st = CTSource(scanner, protocol).sample(100_000, _gen(6))
+    st = _draw(CTSource(scanner, protocol), 100_000, 6, how)
     z = st.z.numpy().astype(np.float64)
     turns_from_z = (z + 30.0) / (1.5 * 40.0)
     turns_from_angle = (_gantry_angle(st) - math.radians(45.0)) / (2 * math.pi)
@@ -170,3 +188,53 @@ def test_bad_source_parameters():
         PointSource((0, 0, 0), (0, 0, 1), energy_kev=float("nan"))
     with pytest.raises(InputError):
         PointSource((0, 0, 0), (0, 0, 1), energy_kev=50.0, half_angles_rad=(2.0, 0.1))
+
+
+@pytest.mark.parametrize("field", [((-0.45, 0.45), (-0.04, 0.04)), ((0.1, 0.8), (-0.3, 0.2))])
+def test_field_inversion_is_the_exact_inverse_of_the_solid_angle_distribution(field):
+    """a(ua) splits the field's solid angle at ua (inclusion-exclusion of corner rectangles),
+    and b(ub) given a splits the line's density (1 + a^2 + b^2)^(-3/2) at ub (numerical
+    quadrature): both independent of the Newton / closed-form inversion."""
+    from scipy import integrate
+
+    from ctdose.physics.sources import _rectangle_from_uniforms
+
+    (a0, a1), (b0, b1) = field
+    omega = tangent_rectangle_solid_angle_sr(*field)
+    ua = torch.tensor([1e-6, 0.1, 0.37, 0.5, 0.81, 0.999999], dtype=torch.float64)
+    ub = torch.tensor([0.5, 0.02, 0.9, 0.3, 0.65, 0.5], dtype=torch.float64)
+    a, b = _rectangle_from_uniforms(ua, ub, *field)
+    for k in range(ua.numel()):
+        ak, bk = float(a[k]), float(b[k])
+        share = tangent_rectangle_solid_angle_sr((a0, ak), (b0, b1)) / omega
+        assert share == pytest.approx(float(ua[k]), abs=2e-6)  # float32 a
+        line = integrate.quad(lambda t: (1 + ak * ak + t * t) ** -1.5, b0, b1)[0]
+        part = integrate.quad(lambda t: (1 + ak * ak + t * t) ** -1.5, b0, bk)[0]
+        assert part / line == pytest.approx(float(ub[k]), abs=2e-6)
+    # plane sampling: linear
+    a, b = _rectangle_from_uniforms(ua, ub, *field, per_solid_angle=False)
+    np.testing.assert_allclose(a.numpy(), a0 + ua.numpy() * (a1 - a0), atol=1e-6)
+
+
+def test_sobol_photons_fill_the_spectrum_and_the_field_evenly():
+    """2^14 Sobol' photons: every spectrum bin gets its share to within a few photons, and the
+    four quadrants of the field their solid-angle shares to 1e-3 (random sampling: about 4e-3)."""
+    class Spec:
+        energy_kev = np.array([20.0, 40.0, 60.0, 80.0, 100.0])
+        fluence_per_mas_per_mm2_at_1m = np.array([0.5, 3.0, 4.0, 2.0, 0.5])
+        absolute = True
+
+    field = ((0.1, 0.8), (-0.3, 0.2))
+    src = PointSource((0, 0, 0), (0, 0, 1), spectrum=Spec(), fan_axis=(1, 0, 0), field_tan=field)
+    n = 1 << 14
+    st = _draw(src, n, 3, "sobol")
+    e = st.energy_kev.numpy()
+    p = Spec.fluence_per_mas_per_mm2_at_1m / Spec.fluence_per_mas_per_mm2_at_1m.sum()
+    counts = np.histogram(e, bins=[10, 30, 50, 70, 90, 110])[0]
+    assert np.abs(counts - n * p).max() <= 2
+    assert e.mean() == pytest.approx(float((p * Spec.energy_kev).sum()), rel=2e-4)
+    a, b = st.u.numpy() / st.w.numpy(), st.v.numpy() / st.w.numpy()
+    for (alo, ahi), (blo, bhi) in (((0.1, 0.45), (-0.3, -0.05)), ((0.45, 0.8), (-0.05, 0.2))):
+        share = np.mean((a >= alo) & (a < ahi) & (b >= blo) & (b < bhi))
+        assert share == pytest.approx(tangent_rectangle_solid_angle_sr((alo, ahi), (blo, bhi)) / src.solid_angle_sr,
+                                      abs=1e-3)
