@@ -156,6 +156,7 @@ class _EnergySampler:
         the bin, then the position within it (uniform), both monotone in ``u``."""
         if self.n == 1:
             return self.centres.expand(u.numel()).clone(), torch.zeros(u.numel(), dtype=torch.int64, device=u.device)
+        u = u.contiguous()
         j = (torch.searchsorted(self.cdf, u, right=True) - 1).clamp_(0, self.n - 1)
         off = ((u - self.cdf[j]) / self.probs[j].clamp(min=1e-300)).clamp_(0.0, 1.0) - 0.5
         return self.centres[j] + off.to(torch.float32) * self.widths[j], j
@@ -510,7 +511,7 @@ class CTSource:
         if u is not None:
             u = u.to(dev)
         energy, ebin = t["energy"].sample(n, gen) if u is None else t["energy"].from_uniform(u[:, 3])
-        r = torch.rand(n, generator=gen, device=dev, dtype=torch.float64) if u is None else u[:, 0]
+        r = torch.rand(n, generator=gen, device=dev, dtype=torch.float64) if u is None else u[:, 0].contiguous()
         k = torch.searchsorted(t["pos_cdf"], r).clamp_(max=self.angle_rad.size - 1)
         ang = t["angle"][k]
         z0 = t["z"][k]
