@@ -115,6 +115,36 @@ def ray_start(x, y, z, u, v, w, grid_f, grid_i, cell_f):
     return flat, face[0], face[1], face[2], step[0], step[1], step[2], dfx, dfy, dfz, left[0], left[1], left[2]
 
 
+def _crossing(flat, tx, ty, tz, t, voxel_table, total_tr_ab, ie, fe, n_e):
+    """The current voxel of each ray: attenuation and energy-transfer coefficients (1/mm), the
+    distance to its exit face (mm), the optical depth of the chord and its transmission."""
+    row = voxel_table[flat]
+    mi = row[:, 0].to(torch.int64) * n_e + ie
+    rho = row[:, 1]
+    mu = (total_tr_ab[mi, 0] + fe * total_tr_ab[mi, 1]) * rho
+    mu_tr = (total_tr_ab[mi, 2] + fe * total_tr_ab[mi, 3]) * rho
+    t_next = torch.minimum(torch.minimum(tx, ty), tz)
+    depth = mu * (t_next - t)
+    return mu, mu_tr, t_next, depth, torch.exp(-depth)
+
+
+def _next_voxel(flat, tx, ty, tz, tdx, tdy, tdz, dfx, dfy, dfz, rx, ry, rz):
+    """Cross the nearest face: one axis's count of voxels left falls by one, the flat index
+    moves (while still in the grid) and that axis's next face moves one face spacing on."""
+    sx = (tx <= ty) & (tx <= tz)
+    sy = (~sx) & (ty <= tz)
+    sz = (~sx) & (~sy)
+    rx = torch.where(sx, rx - 1.0, rx)
+    ry = torch.where(sy, ry - 1.0, ry)
+    rz = torch.where(sz, rz - 1.0, rz)
+    step = torch.where(sx, dfx, torch.where(sy, dfy, dfz))
+    flat = torch.where((rx >= 0) & (ry >= 0) & (rz >= 0), flat + step, flat)
+    tx = torch.where(sx, tx + tdx, tx)
+    ty = torch.where(sy, ty + tdy, ty)
+    tz = torch.where(sz, tz + tdz, tz)
+    return flat, tx, ty, tz, rx, ry, rz
+
+
 def ray_chunk(
     flat, tx, ty, tz, tdx, tdy, tdz, dfx, dfy, dfz, rx, ry, rz, t, tau, att, tau_c, t_c, tau_r, ew, ie, fe, offset,
     r_roulette, voxel_table, total_tr_ab, grid_i, n_cross: int,
@@ -169,14 +199,7 @@ def ray_chunk(
     indices, scores = [], []
     for _ in range(n_cross):
         live = (rx >= 0) & (ry >= 0) & (rz >= 0)
-        row = voxel_table[flat]
-        mi = row[:, 0].to(torch.int64) * n_e + ie
-        rho = row[:, 1]
-        mu = (total_tr_ab[mi, 0] + fe * total_tr_ab[mi, 1]) * rho
-        mu_tr = (total_tr_ab[mi, 2] + fe * total_tr_ab[mi, 3]) * rho
-        t_next = torch.minimum(torch.minimum(tx, ty), tz)
-        depth = mu * (t_next - t)
-        trans = torch.exp(-depth)
+        mu, mu_tr, t_next, depth, trans = _crossing(flat, tx, ty, tz, t, voxel_table, total_tr_ab, ie, fe, n_e)
         # mu_tr <= mu: no attenuation (vacuum) means no energy transfer either
         sc = torch.where(live & (mu > 0), ew * mu_tr * att * (1.0 - trans) / mu, torch.zeros_like(mu))
         indices.append(flat + offset)
@@ -188,17 +211,7 @@ def ray_chunk(
         tau = tau + depth
         att = att * trans
         t = t_next
-        sx = (tx <= ty) & (tx <= tz)
-        sy = (~sx) & (ty <= tz)
-        sz = (~sx) & (~sy)
-        rx = torch.where(sx, rx - 1.0, rx)
-        ry = torch.where(sy, ry - 1.0, ry)
-        rz = torch.where(sz, rz - 1.0, rz)
-        step = torch.where(sx, dfx, torch.where(sy, dfy, dfz))
-        flat = torch.where((rx >= 0) & (ry >= 0) & (rz >= 0), flat + step, flat)
-        tx = torch.where(sx, tx + tdx, tx)
-        ty = torch.where(sy, ty + tdy, ty)
-        tz = torch.where(sz, tz + tdz, tz)
+        flat, tx, ty, tz, rx, ry, rz = _next_voxel(flat, tx, ty, tz, tdx, tdy, tdz, dfx, dfy, dfz, rx, ry, rz)
     return (flat, tx, ty, tz, rx, ry, rz, t, tau, att, t_c, tau_r, ew, torch.stack(indices, 0),
             torch.stack(scores, 0).to(torch.float64))
 
@@ -257,14 +270,7 @@ def ray_chunk_split(
     out = ([], [], [], [], [])
     for _ in range(n_cross):
         live = (rx >= 0) & (ry >= 0) & (rz >= 0)
-        row = voxel_table[flat]
-        mi = row[:, 0].to(torch.int64) * n_e + ie
-        rho = row[:, 1]
-        mu = (total_tr_ab[mi, 0] + fe * total_tr_ab[mi, 1]) * rho
-        mu_tr = (total_tr_ab[mi, 2] + fe * total_tr_ab[mi, 3]) * rho
-        t_next = torch.minimum(torch.minimum(tx, ty), tz)
-        depth = mu * (t_next - t)
-        trans = torch.exp(-depth)
+        mu, mu_tr, t_next, depth, trans = _crossing(flat, tx, ty, tz, t, voxel_table, total_tr_ab, ie, fe, n_e)
         absorbing = live & (mu > 0)
         sc = torch.where(absorbing, wgt * e_kev * mu_tr * att * (1.0 - trans) / mu, torch.zeros_like(mu))
         # photons this ray stands for here, and the expected collisions in the voxel
@@ -288,17 +294,7 @@ def ray_chunk_split(
         tau = tau + depth
         att = torch.where(live, att * trans, att)  # kept at the exit: the escaping fraction
         t = t_next
-        sx = (tx <= ty) & (tx <= tz)
-        sy = (~sx) & (ty <= tz)
-        sz = (~sx) & (~sy)
-        rx = torch.where(sx, rx - 1.0, rx)
-        ry = torch.where(sy, ry - 1.0, ry)
-        rz = torch.where(sz, rz - 1.0, rz)
-        step = torch.where(sx, dfx, torch.where(sy, dfy, dfz))
-        flat = torch.where((rx >= 0) & (ry >= 0) & (rz >= 0), flat + step, flat)
-        tx = torch.where(sx, tx + tdx, tx)
-        ty = torch.where(sy, ty + tdy, ty)
-        tz = torch.where(sz, tz + tdz, tz)
+        flat, tx, ty, tz, rx, ry, rz = _next_voxel(flat, tx, ty, tz, tdx, tdy, tdz, dfx, dfy, dfz, rx, ry, rz)
     index, score, n_coll, t_coll, w_coll = (torch.stack(a, 0) for a in out)
     return (flat, tx, ty, tz, rx, ry, rz, t, tau, att, lam, tau_r, wgt, index, score.to(torch.float64), n_coll,
             t_coll, w_coll)

@@ -924,6 +924,33 @@ def _end_step(
 _RAY_COMPACT_FRACTION = 0.6
 
 
+def _ray_kernels(setup: TrackLengthSetup, m: int) -> tuple:
+    """The ray kernels for ``m`` rays: compiled, or eager for a few (the tail of a run, the end
+    of a flight; as in the track-length step, no compilation for sizes 0 and 1)."""
+    from .kernels import MIN_COMPILED_PHOTONS
+    from .ray_kernels import EAGER_RAY_KERNELS
+
+    return setup.ray_kernels if m >= MIN_COMPILED_PHOTONS else EAGER_RAY_KERNELS
+
+
+def _ray_set(st: PhotonState, tab: TransportTables, setup: TrackLengthSetup):
+    """Energy-table index and fraction, traversal start (``ray_start``, 13 tensors) and tally
+    offset of every photon's ray."""
+    ie, fe = tab.energy_index(st.energy_kev)
+    trav = _ray_kernels(setup, len(st))[0](st.x, st.y, st.z, st.u, st.v, st.w, setup.grid_f, setup.grid_i,
+                                           setup.cell_f)
+    offset = st.offset if st.offset is not None else torch.zeros_like(ie)
+    return ie, fe, list(trav), offset
+
+
+def _compact_rays(live: torch.Tensor, rays: torch.Tensor | None, state: list, const: list):
+    """Keep the ``live`` rays: their photon indices (``rays``, None for all in order), their
+    traversal state and constants."""
+    keep = _indices(live)
+    rays = keep if rays is None else rays.index_select(0, keep)
+    return rays, [a.index_select(0, keep) for a in state], [c.index_select(0, keep) for c in const]
+
+
 def _step_expected_track_length(
     st: PhotonState,
     grid: TransportGrid,
@@ -943,23 +970,16 @@ def _step_expected_track_length(
     at the site). Returns the photons that fly on. ``st`` is consumed.
     """
     from .kernels import EAGER_KERNELS, MIN_COMPILED_PHOTONS
-    from .ray_kernels import CROSSINGS_PER_CALL, EAGER_RAY_KERNELS, ROULETTE_DEPTH
+    from .ray_kernels import CROSSINGS_PER_CALL, ROULETTE_DEPTH
 
     n = len(st)
-    # few rays (the tail of a run, the end of a flight): the eager kernels, as in the
-    # track-length step (no compilation for sizes 0 and 1)
-    def ray_kernels(m):
-        return setup.ray_kernels if m >= MIN_COMPILED_PHOTONS else EAGER_RAY_KERNELS
-
     kernels = setup.kernels if n >= MIN_COMPILED_PHOTONS else EAGER_KERNELS
     e = st.energy_kev
-    ie, fe = tab.energy_index(e)
     rnd = torch.rand((2, n), generator=gen, device=e.device, dtype=e.dtype)
-    trav = ray_kernels(n)[0](st.x, st.y, st.z, st.u, st.v, st.w, setup.grid_f, setup.grid_i, setup.cell_f)
-    offset = st.offset if st.offset is not None else torch.zeros_like(ie)
+    ie, fe, state, offset = _ray_set(st, tab, setup)
     # traversal state: the 13 tensors of ray_start, then t, tau, att, t_c, tau_r, ew (distinct
     # tensors: aliased inputs would compile the kernel a second time)
-    state = list(trav) + [torch.zeros_like(e), torch.zeros_like(e), torch.ones_like(e), torch.full_like(e, -1.0),
+    state += [torch.zeros_like(e), torch.zeros_like(e), torch.ones_like(e), torch.full_like(e, -1.0),
                           torch.full_like(e, ROULETTE_DEPTH), e * st.weight]
     const = [-torch.log1p(-rnd[0]), ie, fe, offset]  # tau_c, ie, fe, offset
     t_c = torch.full_like(e, -1.0)
@@ -967,7 +987,7 @@ def _step_expected_track_length(
     while True:
         m = state[0].numel()
         r_roulette = torch.rand(m, generator=gen, device=e.device, dtype=e.dtype)
-        flat, tx, ty, tz, rx, ry, rz, t, tau, att, tc, tau_r, ew, index, score = ray_kernels(m)[1](
+        flat, tx, ty, tz, rx, ry, rz, t, tau, att, tc, tau_r, ew, index, score = _ray_kernels(setup, m)[1](
             *state[:16], const[0], *state[16:], *const[1:], r_roulette, grid.voxel_table, tab.total_tr_ab,
             setup.grid_i, CROSSINGS_PER_CALL,
         )
@@ -984,10 +1004,7 @@ def _step_expected_track_length(
             t_c.index_copy_(0, rays, tc)
         if n_live == 0:
             break
-        keep = _indices(live)
-        rays = keep if rays is None else rays.index_select(0, keep)
-        state = [a.index_select(0, keep) for a in state]
-        const = [c.index_select(0, keep) for c in const]
+        rays, state, const = _compact_rays(live, rays, state, const)
     coll = t_c >= 0  # a photon without a collision in the grid escapes
     x1 = torch.addcmul(st.x, t_c, st.u)
     y1 = torch.addcmul(st.y, t_c, st.v)
@@ -1020,22 +1037,16 @@ def _step_expected_track_length_window(
     roulette only (the pool has grown too large).
     """
     from .kernels import EAGER_KERNELS, MIN_COMPILED_PHOTONS
-    from .ray_kernels import CROSSINGS_PER_CALL, EAGER_RAY_KERNELS, ROULETTE_DEPTH
+    from .ray_kernels import CROSSINGS_PER_CALL, ROULETTE_DEPTH
     from .weight_window import voxel_targets
 
     n = len(st)
-
-    def ray_kernels(m):
-        return setup.ray_kernels if m >= MIN_COMPILED_PHOTONS else EAGER_RAY_KERNELS
-
     e = st.energy_kev
     dev = e.device
-    ie, fe = tab.energy_index(e)
-    trav = ray_kernels(n)[0](st.x, st.y, st.z, st.u, st.v, st.w, setup.grid_f, setup.grid_i, setup.cell_f)
-    offset = st.offset if st.offset is not None else torch.zeros_like(ie)
+    ie, fe, state, offset = _ray_set(st, tab, setup)
     # traversal state: the 13 tensors of ray_start, then t, tau, att, lam, tau_r, weight
     lam0 = -torch.rand(n, generator=gen, device=dev, dtype=e.dtype)
-    state = list(trav) + [torch.zeros_like(e), torch.zeros_like(e), torch.ones_like(e), lam0,
+    state += [torch.zeros_like(e), torch.zeros_like(e), torch.ones_like(e), lam0,
                           torch.full_like(e, ROULETTE_DEPTH), st.weight.clone()]
     const = [e, ie, fe, offset]
     target_vox = voxel_targets(window, setup.cell_f)
@@ -1046,7 +1057,7 @@ def _step_expected_track_length_window(
     while True:
         m = state[0].numel()
         rnd = torch.rand((2, m), generator=gen, device=dev, dtype=e.dtype)
-        out = ray_kernels(m)[2](*state, *const, rnd[0], rnd[1], grid.voxel_table, tab.total_tr_ab, target_vox,
+        out = _ray_kernels(setup, m)[2](*state, *const, rnd[0], rnd[1], grid.voxel_table, tab.total_tr_ab, target_vox,
                                 window_f, setup.grid_i, CROSSINGS_PER_CALL)
         flat, tx, ty, tz, rx, ry, rz, t, tau, att, lam, tau_r, wgt, index, score, n_coll, t_coll, w_coll = out
         tally.energy_kev.index_add_(0, index.view(-1), score.view(-1))
@@ -1066,10 +1077,7 @@ def _step_expected_track_length_window(
         tally.escaped_kev += float((wgt * const[0] * att).masked_select(~live).sum(dtype=torch.float64))
         if n_live == 0:
             break
-        keep = _indices(live)
-        rays = keep if rays is None else rays.index_select(0, keep)
-        state = [a.index_select(0, keep) for a in state]
-        const = [c.index_select(0, keep) for c in const]
+        rays, state, const = _compact_rays(live, rays, state, const)
     if not found:
         tally.n_steps += 1
         return st.select(torch.zeros(0, dtype=torch.int64, device=dev))

@@ -253,17 +253,19 @@ def _traverse_split(prep, pos, dirs, energy_kev, target_vox, window=(0.5, 2.0, 1
     return scores.numpy(), torch.cat(rays).numpy(), torch.cat(dist).numpy(), torch.cat(wts).numpy(), escaping
 
 
+def _water_column(n):
+    """A 200 mm water column of forty 5 mm voxels along x and ``n`` rays along it from its start."""
+    shape = (1, 1, 40)
+    prep = _setup(np.zeros(shape, np.uint8), np.ones(shape, np.float32), [get_medium("water")], (1.0, 1.0, 5.0),
+                  shape)
+    return prep, np.tile([1e-3, 0.5, 0.5], (n, 1)), np.tile([1.0, 0.0, 0.0], (n, 1))
+
+
 def test_split_flight_without_window_is_the_analogue_collision():
     """No window (target 0 everywhere): the same scores as ray_chunk, at most one collision per
     ray, at an exponentially distributed optical depth, weight kept."""
-    water = get_medium("water")
-    shape, spacing = (1, 1, 40), (1.0, 1.0, 5.0)
-    mi = np.zeros(shape, np.uint8)
-    rho = np.ones(shape, np.float32)
-    prep = _setup(mi, rho, [water], spacing, shape)
     n = 40_000
-    pos = np.tile([1e-3, 0.5, 0.5], (n, 1))
-    dirs = np.tile([1.0, 0.0, 0.0], (n, 1))
+    prep, pos, dirs = _water_column(n)
     scores, rays, dist, wts, escaping = _traverse_split(prep, pos, dirs, 60.0, np.zeros(40), weight=0.75)
     exact, _, _ = _traverse(prep, pos[:1], dirs[:1], 60.0, ew=0.75 * 60.0)
     np.testing.assert_allclose(scores / n, exact, rtol=1e-5)
@@ -283,14 +285,8 @@ def test_split_flight_collides_as_often_as_the_window_asks_and_keeps_the_weight(
     """A 200 mm water column whose far half has target weight 1/10: there a ray of weight 1
     collides ten times as often with weight 1/10; the collided weight per voxel is the exact
     W (T_in - T_out) everywhere, and the window changes no score."""
-    water = get_medium("water")
-    shape, spacing = (1, 1, 40), (1.0, 1.0, 5.0)
-    mi = np.zeros(shape, np.uint8)
-    rho = np.ones(shape, np.float32)
-    prep = _setup(mi, rho, [water], spacing, shape)
     n = 20_000
-    pos = np.tile([1e-3, 0.5, 0.5], (n, 1))
-    dirs = np.tile([1.0, 0.0, 0.0], (n, 1))
+    prep, pos, dirs = _water_column(n)
     target = np.where(np.arange(40) >= 20, 0.1, 0.0)
     scores, rays, dist, wts, escaping = _traverse_split(prep, pos, dirs, 60.0, target)
     plain = _traverse_split(prep, pos[:1], dirs[:1], 60.0, np.zeros(40))[0]
