@@ -197,13 +197,11 @@ def _sample_rectangle(
     return torch.cat(out_a)[:n], torch.cat(out_b)[:n]
 
 
-def _corner_solid_angle(a: torch.Tensor, b: float) -> torch.Tensor:
-    """:func:`_corner_solid_angle_sr` for a tensor of ``a`` (float64)."""
-    return torch.atan(a * b / torch.sqrt(1.0 + a * a + b * b))
-
-
-#: Newton steps of the field's marginal inversion (quadratic convergence from the plane guess).
-_NEWTON_STEPS = 12
+#: Newton steps of the field's marginal inversion: at most this many; it stops once the largest
+#: step is below ``_NEWTON_TOLERANCE`` of the field's width (quadratic convergence from the
+#: plane guess: 3-4 steps for a CT fan).
+_MAX_NEWTON_STEPS = 30
+_NEWTON_TOLERANCE = 1e-10
 
 
 def _rectangle_from_uniforms(
@@ -224,17 +222,17 @@ def _rectangle_from_uniforms(
     a = a0 + ua * (a1 - a0)
     if not per_solid_angle:
         return a.to(torch.float32), (b0 + ub * (b1 - b0)).to(torch.float32)
-    lo = torch.full_like(ua, a0)
-
-    def cum(x):
-        return _corner_solid_angle(x, b1) - _corner_solid_angle(x, b0) - _corner_solid_angle(lo, b1) \
-            + _corner_solid_angle(lo, b0)
-
-    target = ua * tangent_rectangle_solid_angle_sr(a_bounds, b_bounds)
-    for _ in range(_NEWTON_STEPS):
+    # the target cumulative, less the constant corner terms at a0
+    target = ua * tangent_rectangle_solid_angle_sr(a_bounds, b_bounds) + (
+        _corner_solid_angle_sr(a0, b1) - _corner_solid_angle_sr(a0, b0))
+    for _ in range(_MAX_NEWTON_STEPS):
         c = 1.0 + a * a
-        dens = (b1 / torch.sqrt(c + b1 * b1) - b0 / torch.sqrt(c + b0 * b0)) / c
-        a = (a - (cum(a) - target) / dens).clamp_(a0, a1)
+        s1, s0 = torch.sqrt(c + b1 * b1), torch.sqrt(c + b0 * b0)
+        cum = torch.atan(a * (b1 / s1)) - torch.atan(a * (b0 / s0))
+        step = (cum - target) * c / (b1 / s1 - b0 / s0)
+        a = (a - step).clamp_(a0, a1)
+        if float(step.abs().max()) <= _NEWTON_TOLERANCE * (a1 - a0):
+            break
     c = 1.0 + a * a
     g0, g1 = b0 / torch.sqrt(c + b0 * b0), b1 / torch.sqrt(c + b1 * b1)
     g = g0 + ub * (g1 - g0)
