@@ -282,7 +282,7 @@ def ray_chunk_split(
         lam_next = torch.where(absorbing, lam + m_att * (1.0 - trans), lam)
         k = torch.floor(lam_next) - torch.floor(lam)
         # the picked integer, and where the running sum reaches it inside the voxel
-        level = torch.floor(lam) + 1.0 + torch.floor(r_pick * k).clamp(max=(k - 1.0).clamp(min=0.0))
+        level = torch.floor(lam) + 1.0 + torch.floor(r_pick * k)  # r_pick < 1: at most k - 1
         q = ((level - lam) / torch.where(k > 0, m_att, 1.0)).clamp(0.0, 1.0)
         s = -torch.log1p(-q) / torch.where(absorbing, mu, 1.0)
         out[0].append(flat + offset)
