@@ -289,7 +289,7 @@ def score_points(
     score : Tensor (P,) float64
         Energy (keV x weight) scored there; zero outside the grid.
 
-    The caller adds ``score`` into the tally with one serial ``index_add_`` (the kernel may
+    The caller adds ``score`` into the tally with one serial ``scatter_add_`` (the kernel may
     run on several threads; a serial sum keeps the result bit-for-bit reproducible).
     """
     j = torch.arange(pid.shape[0], device=pid.device) - start[pid]

@@ -991,7 +991,7 @@ def _step_expected_track_length(
             *state[:16], const[0], *state[16:], *const[1:], r_roulette, grid.voxel_table, tab.total_tr_ab,
             setup.grid_i, CROSSINGS_PER_CALL,
         )
-        tally.energy_kev.index_add_(0, index.view(-1), score.view(-1))
+        tally.energy_kev.scatter_add_(0, index.view(-1), score.view(-1))
         state[:4] = flat, tx, ty, tz
         state[10:] = rx, ry, rz, t, tau, att, tc, tau_r, ew
         live = (rx >= 0) & (ry >= 0) & (rz >= 0)
@@ -1060,7 +1060,7 @@ def _step_expected_track_length_window(
         out = _ray_kernels(setup, m)[2](*state, *const, rnd[0], rnd[1], grid.voxel_table, tab.total_tr_ab, target_vox,
                                 window_f, setup.grid_i, CROSSINGS_PER_CALL)
         flat, tx, ty, tz, rx, ry, rz, t, tau, att, lam, tau_r, wgt, index, score, n_coll, t_coll, w_coll = out
-        tally.energy_kev.index_add_(0, index.view(-1), score.view(-1))
+        tally.energy_kev.scatter_add_(0, index.view(-1), score.view(-1))
         hit = _indices(n_coll.view(-1) > 0)
         if hit.numel():
             ray = hit % m
@@ -1124,7 +1124,7 @@ def _score_track(
     """Score the segments just flown: ``count`` points spaced ``hi`` (mm) on each.
 
     The points lie photon after photon in one flat array (no empty slots) for
-    :func:`ctdose.physics.kernels.score_points`; one serial ``index_add_`` adds the scores
+    :func:`ctdose.physics.kernels.score_points`; one serial ``scatter_add_`` adds the scores
     (bit-for-bit reproducible).
     """
     ends = count.cumsum(0)
@@ -1136,7 +1136,7 @@ def _score_track(
         pid, ends - count, st.x, st.y, st.z, st.u, st.v, st.w, hi, ew, ie, fe, offset, r_strat, setup.grid_f,
         setup.grid_i, grid.voxel_table, tab.total_tr_ab,
     )
-    tally.energy_kev.index_add_(0, sidx, sval)
+    tally.energy_kev.scatter_add_(0, sidx, sval)
 
 
 def _owners(ends: torch.Tensor, total: int) -> torch.Tensor:
@@ -1212,7 +1212,7 @@ def _interact_fixed(
         v.index_copy_(0, idx, v1)
         w.index_copy_(0, idx, w1)
         alive.index_copy_(0, idx, alive1)
-        tally.energy_kev.index_add_(0, tidx, deposit)
+        tally.energy_kev.scatter_add_(0, tidx, deposit)
         idx = idx.masked_select(~done)
     raise RuntimeError(f"interaction sampling did not converge for {idx.numel()} photons (NaN energies?)")
 
