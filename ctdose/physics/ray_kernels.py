@@ -106,12 +106,13 @@ def ray_start(x, y, z, u, v, w, grid_f, grid_i, cell_f):
         face.append(torch.where(d != 0, ((edge - p) / d).clamp(min=0.0), inf))
         step.append(torch.where(d != 0, cell_f[a] / d.abs(), inf))
         left.append(torch.where(d > 0, grid_f[6 + a] - 1 - i, i))
-        index.append(i.to(torch.int64))
-    flat = (index[2] * grid_i[1] + index[1]) * grid_i[0] + index[0]
+        index.append(i.to(torch.int32))
+    nx, ny = grid_i[0].to(torch.int32), grid_i[1].to(torch.int32)
+    flat = (index[2] * ny + index[1]) * nx + index[0]
     one = torch.ones_like(flat)
     dfx = torch.where(u > 0, one, -one)
-    dfy = torch.where(v > 0, one, -one) * grid_i[0]
-    dfz = torch.where(w > 0, one, -one) * (grid_i[0] * grid_i[1])
+    dfy = torch.where(v > 0, one, -one) * nx
+    dfz = torch.where(w > 0, one, -one) * (nx * ny)
     return flat, face[0], face[1], face[2], step[0], step[1], step[2], dfx, dfy, dfz, left[0], left[1], left[2]
 
 
@@ -119,7 +120,7 @@ def _crossing(flat, tx, ty, tz, t, voxel_table, total_tr_ab, ie, fe, n_e):
     """The current voxel of each ray: attenuation and energy-transfer coefficients (1/mm), the
     distance to its exit face (mm), the optical depth of the chord and its transmission."""
     row = voxel_table[flat]
-    mi = row[:, 0].to(torch.int64) * n_e + ie
+    mi = row[:, 0].to(torch.int32) * n_e + ie
     rho = row[:, 1]
     mu = (total_tr_ab[mi, 0] + fe * total_tr_ab[mi, 1]) * rho
     mu_tr = (total_tr_ab[mi, 2] + fe * total_tr_ab[mi, 3]) * rho
@@ -195,14 +196,14 @@ def ray_chunk(
     ew = torch.where(deep & win, ew * (1.0 / ROULETTE_SURVIVAL), ew)
     rx = torch.where(deep & ~win, -1.0, rx)
     tau_r = torch.where(deep, tau_r + ROULETTE_DEPTH_STEP, tau_r)
-    n_e = grid_i[3]
+    n_e = grid_i[3].to(torch.int32)
     indices, scores = [], []
     for _ in range(n_cross):
         live = (rx >= 0) & (ry >= 0) & (rz >= 0)
         mu, mu_tr, t_next, depth, trans = _crossing(flat, tx, ty, tz, t, voxel_table, total_tr_ab, ie, fe, n_e)
         # mu_tr <= mu: no attenuation (vacuum) means no energy transfer either
         sc = torch.where(live & (mu > 0), ew * mu_tr * att * (1.0 - trans) / mu, torch.zeros_like(mu))
-        indices.append(flat + offset)
+        indices.append(flat.to(torch.int64) + offset)
         scores.append(sc)
         # mu > 0: a zero optical depth (U = 0 happens, 2^-24 per draw) collides at the first
         # matter, not in vacuum (0 / 0)
@@ -265,7 +266,7 @@ def ray_chunk_split(
     rx = torch.where(deep & ~win, -1.0, rx)
     att = torch.where(deep & ~win, 0.0, att)  # a loser carries nothing out of the grid
     tau_r = torch.where(deep, tau_r + ROULETTE_DEPTH_STEP, tau_r)
-    n_e = grid_i[3]
+    n_e = grid_i[3].to(torch.int32)
     lower, upper, max_split = window_f[0], window_f[1], window_f[2]
     out = ([], [], [], [], [])
     for _ in range(n_cross):
@@ -285,7 +286,7 @@ def ray_chunk_split(
         level = torch.floor(lam) + 1.0 + torch.floor(r_pick * k)  # r_pick < 1: at most k - 1
         q = ((level - lam) / torch.where(k > 0, m_att, 1.0)).clamp(0.0, 1.0)
         s = -torch.log1p(-q) / torch.where(absorbing, mu, 1.0)
-        out[0].append(flat + offset)
+        out[0].append(flat.to(torch.int64) + offset)
         out[1].append(sc)
         out[2].append(k)
         out[3].append(torch.minimum(t + s, t_next))

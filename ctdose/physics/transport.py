@@ -981,7 +981,7 @@ def _step_expected_track_length(
     # tensors: aliased inputs would compile the kernel a second time)
     state += [torch.zeros_like(e), torch.zeros_like(e), torch.ones_like(e), torch.full_like(e, -1.0),
                           torch.full_like(e, ROULETTE_DEPTH), e * st.weight]
-    const = [-torch.log1p(-rnd[0]), ie, fe, offset]  # tau_c, ie, fe, offset
+    const = [-torch.log1p(-rnd[0]), ie.to(torch.int32), fe, offset]  # tau_c, ie, fe, offset
     t_c = torch.full_like(e, -1.0)
     rays = None  # photon of each ray once the set is compacted (None: all photons, in order)
     while True:
@@ -1048,7 +1048,7 @@ def _step_expected_track_length_window(
     lam0 = -torch.rand(n, generator=gen, device=dev, dtype=e.dtype)
     state += [torch.zeros_like(e), torch.zeros_like(e), torch.ones_like(e), lam0,
                           torch.full_like(e, ROULETTE_DEPTH), st.weight.clone()]
-    const = [e, ie, fe, offset]
+    const = [e, ie.to(torch.int32), fe, offset]
     target_vox = voxel_targets(window, setup.cell_f)
     window_f = torch.tensor([window.lower, window.upper, float(window.max_split) if allow_split else 1.0],
                             dtype=torch.float32, device=dev)
