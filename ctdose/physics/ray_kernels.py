@@ -219,7 +219,7 @@ def ray_chunk(
 
 def ray_chunk_split(
     flat, tx, ty, tz, tdx, tdy, tdz, dfx, dfy, dfz, rx, ry, rz, t, tau, att, lam, tau_r, wgt, e_kev, ie, fe, offset,
-    r_roulette, r_pick, voxel_table, total_tr_ab, target_vox, window_f, grid_i, n_cross: int,
+    r_roulette, r_pick, r_window, voxel_table, total_tr_ab, target_vox, window_f, grid_i, n_cross: int,
 ):
     """``n_cross`` voxel crossings of every ray under a weight window: scores and collisions.
 
@@ -234,7 +234,11 @@ def ray_chunk_split(
     collision wherever it passes an integer, so ``m = 1`` everywhere is exactly the analogue
     collision of :func:`ray_chunk` and a photon split ``m`` ways collides ``m`` times as
     often, spread evenly along its way. Where ``k > 1`` integers fall in one voxel, one of
-    them (picked by ``r_pick``) is scored with ``k`` times the weight (unbiased).
+    them (picked by ``r_pick``) is scored with ``k`` times the weight (unbiased). A ray below
+    the window (``W < lower W_t``) where the call starts plays Russian roulette as a whole, as
+    a track-length photon would: it goes on with probability ``W / W_t`` and weight ``W_t``,
+    or stops (scores, collisions and escape alike), so light copies that fly back into the
+    heavy part of the beam do not pay for a whole flight there.
 
     Parameters
     ----------
@@ -246,6 +250,8 @@ def ray_chunk_split(
         Ray weight (raised by the roulette's survivors); ``e_kev`` its energy (keV).
     r_pick : Tensor (n,)
         A uniform number per ray for this call's choice among several collisions in a voxel.
+    r_window : Tensor (n,)
+        A uniform number per ray for this call's roulette below the window.
     target_vox : Tensor (n_vox,) float32
         Target weight of each voxel's window block (0: no window).
     window_f : Tensor (3,) float32
@@ -256,7 +262,7 @@ def ray_chunk_split(
     The updated state ``flat, tx, ty, tz, rx, ry, rz, t, tau, att, lam, tau_r, wgt``, then per
     crossing (n_cross, n): ``index`` (int64), ``score`` (float64), ``n_coll`` (collisions
     in the voxel), ``t_coll`` (distance of the scored one, mm) and ``w_coll`` (its weight,
-    ``n_coll W / m``). A roulette loser is marked done by ``rx = -1`` and ``att = 0``; the
+    ``n_coll W / m``). A loser of either roulette is marked done by ``rx = -1`` and ``att = 0``; the
     transmission ``att`` of a ray that left the grid stays that at its exit (its expected
     escaping fraction)."""
     live = (rx >= 0) & (ry >= 0) & (rz >= 0)
@@ -268,6 +274,15 @@ def ray_chunk_split(
     tau_r = torch.where(deep, tau_r + ROULETTE_DEPTH_STEP, tau_r)
     n_e = grid_i[3].to(torch.int32)
     lower, upper, max_split = window_f[0], window_f[1], window_f[2]
+    # below the window where the call starts: the whole ray (its scores too) plays roulette
+    live = (rx >= 0) & (ry >= 0) & (rz >= 0)
+    target = target_vox[flat]
+    ratio = wgt / torch.where(target > 0, target, 1.0)
+    low = live & (target > 0) & (ratio < lower)
+    keep = r_window < ratio
+    wgt = torch.where(low & keep, target, wgt)
+    rx = torch.where(low & ~keep, -1.0, rx)
+    att = torch.where(low & ~keep, 0.0, att)
     out = ([], [], [], [], [])
     for _ in range(n_cross):
         live = (rx >= 0) & (ry >= 0) & (rz >= 0)

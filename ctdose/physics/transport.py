@@ -1056,8 +1056,8 @@ def _step_expected_track_length_window(
     rays = None  # photon of each ray once the set is compacted (None: all photons, in order)
     while True:
         m = state[0].numel()
-        rnd = torch.rand((2, m), generator=gen, device=dev, dtype=e.dtype)
-        out = _ray_kernels(setup, m)[2](*state, *const, rnd[0], rnd[1], grid.voxel_table, tab.total_tr_ab, target_vox,
+        rnd = torch.rand((3, m), generator=gen, device=dev, dtype=e.dtype)
+        out = _ray_kernels(setup, m)[2](*state, *const, rnd[0], rnd[1], rnd[2], grid.voxel_table, tab.total_tr_ab, target_vox,
                                 window_f, setup.grid_i, CROSSINGS_PER_CALL)
         flat, tx, ty, tz, rx, ry, rz, t, tau, att, lam, tau_r, wgt, index, score, n_coll, t_coll, w_coll = out
         tally.energy_kev.scatter_add_(0, index.view(-1), score.view(-1))

@@ -19,7 +19,8 @@ window applied at their ends would come too late (a photon is only split where i
 collided); there the window acts along the flight instead
 (:func:`ctdose.physics.ray_kernels.ray_chunk_split`): in a voxel of target ``W`` a ray of
 weight ``w`` outside the bounds collides ``w / W`` times as often (at most ``max_split``),
-each collision with weight ``W``, which is what its split copies or its roulette would do.
+each collision with weight ``W``, which is what its split copies would do; a ray below the
+window plays roulette as a whole (its scores too) every few voxels.
 The copies of a photon belong to its batch, so the batch method still sees
 independent batches. Photons through a CT bowtie's thick edges (weights of about 0.1) are
 rouletted in the body; in a helical scan of the demo thorax this did not change the

@@ -274,7 +274,7 @@ def attenuation_table(
 
 
 def mixture_weights_mol_g(medium: Medium) -> dict[int, float]:
-    """Moles of atoms of each element per gram of ``medium``, :math:`w_i / A_i` (mol/g).
+    r"""Moles of atoms of each element per gram of ``medium``, :math:`w_i / A_i` (mol/g).
 
     The weights of the mixture rule for per-atom quantities (scattering functions, squared
     form factors): the mixture's value per gram is :math:`\sum_i (w_i/A_i) q_i`.

@@ -235,8 +235,8 @@ def _traverse_split(prep, pos, dirs, energy_kev, target_vox, window=(0.5, 2.0, 1
     scores = torch.zeros(grid.n_vox, dtype=torch.float64)
     rays, dist, wts = [], [], []
     for _ in range(1000):
-        rr = torch.rand((2, n), generator=gen)
-        out = ray_chunk_split(*state, e, ie, fe, torch.zeros(n, dtype=torch.int64), rr[0], rr[1], grid.voxel_table,
+        rr = torch.rand((3, n), generator=gen)
+        out = ray_chunk_split(*state, e, ie, fe, torch.zeros(n, dtype=torch.int64), rr[0], rr[1], rr[2], grid.voxel_table,
                               tab.total_tr_ab, torch.as_tensor(target_vox, dtype=torch.float32),
                               torch.tensor(window, dtype=torch.float32), ts.grid_i, 8)
         flat, tx, ty, tz, rx, ry, rz, t, tau, att, lam, tau_r, wgt, index, score, n_coll, t_coll, w_coll = out
@@ -306,3 +306,37 @@ def test_split_flight_collides_as_often_as_the_window_asks_and_keeps_the_weight(
         print(f"collided weight {got[region].sum():.5f} vs exact {exact[region].sum():.5f} (sd {sd:.5f})")
         assert abs(got[region].sum() - exact[region].sum()) < 4 * sd
     assert escaping.mean() == pytest.approx(math.exp(-mu * 200.0), rel=1e-4)
+
+
+def test_split_flight_below_the_window_plays_roulette_and_stays_unbiased():
+    """Rays of weight 0.1 in a 200 mm water column: the near half has target 0.1 (inside the
+    window), the far half target 1, where the rays are ten times too light: there each ray
+    plays roulette as a whole (scores, collisions and escape), so about a tenth go on, with
+    weight 1. The far half's scores, collided weight and the escaping weight keep their exact
+    expectations (20 independent runs give the spread); the near half is untouched."""
+    n_runs, n = 20, 4000
+    prep, pos, dirs = _water_column(n)
+    target = np.where(np.arange(40) >= 20, 1.0, 0.1)
+    mu = float(_mu_tables(prep, 60.0)[0][0])
+    edges = np.arange(41) * 5.0
+    exact_coll = 0.1 * (np.exp(-mu * edges[:-1]) - np.exp(-mu * edges[1:]))
+    plain = 0.1 * _traverse_split(prep, pos[:1], dirs[:1], 60.0, np.zeros(40))[0]
+    far = np.arange(40) >= 20
+    runs = []
+    for seed in range(n_runs):
+        scores, rays, dist, wts, escaping = _traverse_split(prep, pos, dirs, 60.0, target, weight=0.1, seed=seed)
+        vox = np.minimum((dist / 5.0).astype(int), 39)
+        coll = np.bincount(vox, weights=wts, minlength=40) / n
+        runs.append((scores[far].sum() / n, coll[far].sum(), escaping.mean(), scores[~far].sum() / n))
+        # the near half sees the analogue ray: weight 0.1, scores exactly the plain ones
+        np.testing.assert_allclose(scores[~far] / n, plain[~far], rtol=1e-5)
+        assert np.all(wts[~far[vox]] == np.float32(0.1)) and np.all(wts[far[vox]] == 1.0)
+        # a tenth of the rays reach the far half's collisions (survivors) - the rest are gone
+        assert escaping[escaping > 0].min() == pytest.approx(math.exp(-mu * 200.0), rel=1e-4)
+        assert (escaping > 0).mean() == pytest.approx(0.1, abs=4 * math.sqrt(0.09 / n))
+    runs = np.array(runs)
+    mean, sd = runs.mean(0), runs.std(0, ddof=1) / math.sqrt(n_runs)
+    expected = (plain[far].sum(), exact_coll[far].sum(), 0.1 * math.exp(-mu * 200.0))
+    for name, m, s, x in zip(("far scores (keV)", "far collided weight", "escaping weight"), mean, sd, expected):
+        print(f"{name}: {m:.5g} +- {s:.2g} vs exact {x:.5g}")
+        assert s > 0 and abs(m - x) < 4 * s
