@@ -58,9 +58,11 @@ __all__ = [
 
 #: Smallest target weight: at most this many times more photons than at the entrance.
 DEFAULT_MIN_WEIGHT = 1.0 / 64.0
-#: Window bounds relative to the target weight: split above, roulette below.
-WINDOW_UPPER = 2.0
-WINDOW_LOWER = 0.5
+#: Window bounds relative to the target weight: split above, roulette below. A narrow window
+#: (1/1.25 .. 1.25) gave 4-6 % less noise than [0.5, 2] at the same cost for both estimators
+#: (32 cm water, demo and paper thorax; narrower gained nothing more).
+WINDOW_UPPER = 1.25
+WINDOW_LOWER = 0.8
 #: Most copies one photon is split into at one step.
 MAX_SPLIT = 16
 #: Photon energy (keV) of the energy-transfer coefficients that turn pilot energy into fluence.
