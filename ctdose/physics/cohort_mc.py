@@ -47,6 +47,9 @@ def _mc_cfg(cfg: Mapping[str, Any]) -> dict:
     mc.setdefault("estimator", DEFAULT_ESTIMATOR)
     mc.setdefault("energy_cutoff_kev", 1.0)
     mc.setdefault("ambient", "air")
+    mc.setdefault("weight_window", False)
+    if not isinstance(mc["weight_window"], bool):
+        raise ConfigError(f"mc.weight_window must be true or false, got {mc['weight_window']!r}")
     if int(float(mc["n_photons"])) <= 0:
         raise ConfigError(f"mc.n_photons must be positive, got {mc['n_photons']!r}")
     if int(mc["n_batches"]) < 2:
@@ -131,6 +134,7 @@ def simulate_case(
             energy_cutoff_kev=float(mc["energy_cutoff_kev"]),
             estimator=str(mc["estimator"]),
             ambient=mc["ambient"],
+            weight_window=mc["weight_window"],
         )
         dose = res.dose_gy_per_mas
         body = _body_mask(np.asarray(labels))
@@ -141,6 +145,7 @@ def simulate_case(
             mc_n_photons=res.n_photons,
             mc_n_batches=res.n_batches,
             mc_estimator=res.estimator,
+            mc_weight_window=int(mc["weight_window"]),
             mc_ambient=str(mc["ambient"] or "vacuum"),
             mc_rotation=f"{protocol.rotation}, {int(protocol.projections_per_rotation)} positions per rotation",
             mc_seed=seed,

@@ -100,3 +100,28 @@ def test_local_worker_processes_keep_glibc_memory_trimming_off():
         cluster.close()
     assert len(env) == 2  # two worker processes
     assert set(env.values()) == {None}
+
+
+def test_weight_window_key_reaches_the_run_and_keeps_the_dose(tmp_path):
+    """``mc.weight_window: true`` runs the cases with weight windows (recorded in the attrs);
+    the body's mean dose agrees with the plain run; a non-boolean value is refused."""
+    means = {}
+    for window in (False, True):
+        store = CaseStore.for_run(tmp_path / f"run{window}")
+        store.write_case(_case("synthetic_000", 100.0))
+        cfg = load_profile("smoke", {"mc.n_photons": 40000, "mc.n_batches": 4, "device": "cpu",
+                                     "mc.weight_window": window, "scanner.projections_per_rotation": 4,
+                                     "inputs.kerma_modes": []})
+        run_cohort_mc(cfg, store, progress=False)
+        ds = store.read_case("synthetic_000").load()
+        assert ds.attrs["mc_weight_window"] == int(window)
+        body = ds["labels"].values > 0
+        means[window] = float(ds["dose_mc"].values[body].mean())
+    print(f"body mean dose: plain {means[False]:.5g}, weight window {means[True]:.5g} Gy/mAs")
+    assert means[True] == pytest.approx(means[False], rel=0.03)
+    store = CaseStore.for_run(tmp_path / "bad")
+    store.write_case(_case("synthetic_000", 100.0))
+    cfg = load_profile("smoke")
+    cfg["mc"]["weight_window"] = "yes"
+    with pytest.raises(ConfigError, match="weight_window"):
+        run_cohort_mc(cfg, store, progress=False)
