@@ -83,13 +83,14 @@ def ray_start(x, y, z, u, v, w, grid_f, grid_i, cell_f):
 
     Returns
     -------
-    flat : Tensor (n,) int64
-        Flat index ``(k ny + j) nx + i`` of the start voxel.
+    flat : Tensor (n,) int32
+        Flat index ``(k ny + j) nx + i`` of the start voxel (32-bit: grids of fewer than
+        2^31 voxels, checked where the kernels are set up).
     tx, ty, tz : Tensor (n,)
         Distance (mm) to the next voxel face along each axis (inf for a zero direction cosine).
     tdx, tdy, tdz : Tensor (n,)
         Distance (mm) between successive faces of that axis (``dx / |u|``, ...).
-    dfx, dfy, dfz : Tensor (n,) int64
+    dfx, dfy, dfz : Tensor (n,) int32
         Change of ``flat`` when the ray crosses a face of that axis (``+-1``, ``+-nx``,
         ``+-nx ny``).
     rx, ry, rz : Tensor (n,)
@@ -262,9 +263,9 @@ def ray_chunk_split(
     The updated state ``flat, tx, ty, tz, rx, ry, rz, t, tau, att, lam, tau_r, wgt``, then per
     crossing (n_cross, n): ``index`` (int64), ``score`` (float64), ``n_coll`` (collisions
     in the voxel), ``t_coll`` (distance of the scored one, mm) and ``w_coll`` (its weight,
-    ``n_coll W / m``). A loser of either roulette is marked done by ``rx = -1`` and ``att = 0``; the
-    transmission ``att`` of a ray that left the grid stays that at its exit (its expected
-    escaping fraction)."""
+    ``n_coll W / m``). A loser of either roulette is marked done by ``rx = -1`` and
+    ``att = 0``; the transmission ``att`` of a ray that left the grid stays that at its exit
+    (its expected escaping fraction)."""
     live = (rx >= 0) & (ry >= 0) & (rz >= 0)
     deep = live & (tau > tau_r)
     win = r_roulette < ROULETTE_SURVIVAL

@@ -785,8 +785,13 @@ class TrackLengthSetup:
         from .kernels import get_kernels
         from .ray_kernels import get_ray_kernels
 
+        from ..errors import InputError
+
         dev = grid.density.device
         nz, ny, nx = grid.shape
+        if nz * ny * nx >= _MAX_TRAVERSAL_VOXELS:
+            raise InputError(f"voxel grid {nz} x {ny} x {nx}: the flights index voxels with 32-bit integers "
+                             f"(fewer than {_MAX_TRAVERSAL_VOXELS} voxels)")
         dx, dy, dz = grid.spacing_mm
         h = float(spacing_mm) if spacing_mm else min(dx, dy, dz) * _TRACK_SPACING_PER_VOXEL
         f32 = dict(dtype=torch.float32, device=dev)
@@ -918,6 +923,9 @@ def _end_step(
         return new
     return new.select(keep)
 
+
+#: The flights' voxel indices are 32-bit (the tally's, with the batch offset, 64-bit).
+_MAX_TRAVERSAL_VOXELS = 2**31
 
 #: Expected-track-length flights: a ray set is compacted when fewer than this fraction of its
 #: rays are still in the grid (compaction costs a copy of the traversal state).
@@ -1057,8 +1065,8 @@ def _step_expected_track_length_window(
     while True:
         m = state[0].numel()
         rnd = torch.rand((3, m), generator=gen, device=dev, dtype=e.dtype)
-        out = _ray_kernels(setup, m)[2](*state, *const, rnd[0], rnd[1], rnd[2], grid.voxel_table, tab.total_tr_ab, target_vox,
-                                window_f, setup.grid_i, CROSSINGS_PER_CALL)
+        out = _ray_kernels(setup, m)[2](*state, *const, rnd[0], rnd[1], rnd[2], grid.voxel_table, tab.total_tr_ab,
+                                        target_vox, window_f, setup.grid_i, CROSSINGS_PER_CALL)
         flat, tx, ty, tz, rx, ry, rz, t, tau, att, lam, tau_r, wgt, index, score, n_coll, t_coll, w_coll = out
         tally.energy_kev.scatter_add_(0, index.view(-1), score.view(-1))
         hit = _indices(n_coll.view(-1) > 0)

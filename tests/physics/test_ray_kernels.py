@@ -340,3 +340,17 @@ def test_split_flight_below_the_window_plays_roulette_and_stays_unbiased():
     for name, m, s, x in zip(("far scores (keV)", "far collided weight", "escaping weight"), mean, sd, expected):
         print(f"{name}: {m:.5g} +- {s:.2g} vs exact {x:.5g}")
         assert s > 0 and abs(m - x) < 4 * s
+
+
+def test_a_grid_too_large_for_32_bit_voxel_indices_is_refused(monkeypatch):
+    """The flights index voxels with 32-bit integers: a grid of 2^31 voxels or more gets a clear
+    error when the kernels are set up (checked here with the limit lowered to 100 voxels)."""
+    from ctdose.errors import InputError
+    from ctdose.physics import transport
+
+    shape = (2, 5, 10)  # 100 voxels
+    mi, rho = np.zeros(shape, np.uint8), np.ones(shape, np.float32)
+    _setup(mi, rho, [get_medium("water")], (1.0, 1.0, 1.0), shape)  # within the real limit
+    monkeypatch.setattr(transport, "_MAX_TRAVERSAL_VOXELS", 100)
+    with pytest.raises(InputError, match="2 x 5 x 10.*32-bit"):
+        _setup(mi, rho, [get_medium("water")], (1.0, 1.0, 1.0), shape)
