@@ -416,7 +416,7 @@ def incoherent_transfer_fraction(medium, energy_kev: np.ndarray, n_cos: int = 20
 
 
 def incoherent_transfer_fractions(media: Sequence, energy_kev: np.ndarray, n_cos: int = 2001) -> np.ndarray:
-    """:func:`incoherent_transfer_fraction` of several media at once, shape (n_media, n).
+    r""":func:`incoherent_transfer_fraction` of several media at once, shape (n_media, n).
 
     Both integrals over cos theta are linear in the scattering function, and a medium's is
     the mixture :math:`\sum_i (w_i/A_i) S_i(x)` of its elements'
