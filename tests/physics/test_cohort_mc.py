@@ -102,9 +102,11 @@ def test_local_worker_processes_keep_glibc_memory_trimming_off():
     assert set(env.values()) == {None}
 
 
-def test_weight_window_key_reaches_the_run_and_keeps_the_dose(tmp_path):
+def test_weight_window_key_reaches_the_run_and_keeps_the_dose(tmp_path, monkeypatch):
     """``mc.weight_window: true`` runs the cases with weight windows (recorded in the attrs);
-    the body's mean dose agrees with the plain run; a non-boolean value is refused."""
+    the body's mean dose agrees with the plain run; a non-boolean value is refused. (Eager
+    kernels: compiling them would take most of this small test's time.)"""
+    monkeypatch.setenv("CTDOSE_MC_COMPILE", "0")
     means = {}
     for window in (False, True):
         store = CaseStore.for_run(tmp_path / f"run{window}")
