@@ -385,7 +385,7 @@ class PointSource:
             dy = d[1] + a * e1[1] + b * e2[1]
             dz = d[2] + a * e1[2] + b * e2[2]
             inv = torch.rsqrt(dx * dx + dy * dy + dz * dz)
-            u, v, w = dx * inv, dy * inv, dz * inv
+            cos_x, cos_y, cos_z = dx * inv, dy * inv, dz * inv
         else:
             cmin = math.cos(float(self.cone_half_angle_rad))
             u_c = torch.rand(n, generator=gen, device=dev) if u is None else u[:, 0].to(torch.float32)
@@ -393,9 +393,9 @@ class PointSource:
             c = 1.0 - u_c * (1.0 - cmin)
             phi = u_phi * (2.0 * math.pi)
             ones = torch.ones(n, device=dev)
-            u, v, w = rotate_direction(ones * d[0], ones * d[1], ones * d[2], c, phi)
+            cos_x, cos_y, cos_z = rotate_direction(ones * d[0], ones * d[1], ones * d[2], c, phi)
         pos = [torch.full((n,), float(self._pos[i]), dtype=torch.float32, device=dev) for i in range(3)]
-        return PhotonState(pos[0], pos[1], pos[2], u, v, w, energy, torch.ones(n, device=dev))
+        return PhotonState(pos[0], pos[1], pos[2], cos_x, cos_y, cos_z, energy, torch.ones(n, device=dev))
 
 
 class CTSource:
