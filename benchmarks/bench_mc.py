@@ -23,9 +23,10 @@ Our engine runs with its default estimator (expected track length: every flight 
 by voxel to the grid's exit, compiled kernels, see ``ctdose.physics.ray_kernels``) on 1 core and
 on 2 cores (``simulate(workers=2)``: a second worker process), the same with weight windows
 (``weight_window=True``: splitting and roulette from a pilot run, see
-``ctdose.physics.weight_window``; with this estimator they act along the flights) on 2 cores, the stratified track-length estimator (Woodcock
-flights, block majorant) with and without windows on 2 cores, and the eager ``collision``
-estimator on 2 cores (two threads) for comparison. Each
+``ctdose.physics.weight_window``; with this estimator they act along the flights) on 2 cores,
+the stratified track-length estimator (Woodcock flights, block majorant) with and without
+windows on 2 cores, and the ``collision`` estimator (Woodcock flights, global majorant, a score
+at every tentative site; compiled kernels) on 2 cores for comparison. Each
 configuration is warmed up first (tables, kernel compilation, worker start), as in a cohort
 run where these costs are paid once.
 """
@@ -178,7 +179,8 @@ def run(quick: bool = False, device: str = "cpu") -> list[dict]:
         etl = "expected_track_length"
         configs = ([(etl, 1, False), (etl, 2, False), (etl, 2, True), ("track_length", 2, False),
                     ("track_length", 2, True), ("collision", 2, False)]
-                   if device == "cpu" else [(etl, 1, False), (etl, 1, True), ("track_length", 1, False)])
+                   if device == "cpu" else [(etl, 1, False), (etl, 1, True), ("track_length", 1, False),
+                                            ("collision", 1, False)])
         for estimator, workers, window in configs:
             r = ours(geo, body, n, workers, device, estimator=estimator, weight_window=window)
             name_est = estimator + (" + weight window" if window else "")

@@ -9,9 +9,9 @@ interrupted run keeps every finished case and a re-run resumes with the rest.
 
 Scheduling: ``cfg["mc"]["scheduler"]`` = ``null`` runs an embedded local Dask cluster (no
 set-up) with ``cfg["mc"]["n_workers"]`` concurrent cases, each on one torch thread: worker
-processes for the two track-length estimators (their compiled kernels hold Python's GIL, see
-:mod:`ctdose.physics.kernels`), threads for the eager estimators (torch releases the GIL in
-its kernels); an address (``"tcp://host:8786"``) sends the tasks to that cluster (the workers
+processes for the expected-track-length, track-length and collision estimators (their
+compiled kernels hold Python's GIL, see :mod:`ctdose.physics.kernels`), threads for the
+analogue estimator (eager; torch releases the GIL in its kernels); an address (``"tcp://host:8786"``) sends the tasks to that cluster (the workers
 need ctdose installed; inputs travel with the task, results come back to this process).
 
 Stored variables: ``dose_mc`` and ``dose_mc_sigma`` (Gy per mAs of one rotation, float32; the

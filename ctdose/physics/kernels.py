@@ -1,10 +1,13 @@
-"""Fused per-photon kernels of the track-length Woodcock step, compiled where possible.
+"""Fused per-photon kernels of the Woodcock steps, compiled where possible.
 
-The per-photon arithmetic of one step lives in three pure tensor functions:
+The per-photon arithmetic of one step lives in a few pure tensor functions:
 
 :func:`advance` (:func:`advance_block` with the local majorant)
     free path with the majorant, move, voxel lookup, real-collision test, and the number of
     track-length points on the segment flown (:func:`segment_points`);
+:func:`advance_collision` (:func:`advance_block_collision`)
+    free path, voxel lookup, the collision estimator's score at the tentative site and the
+    real-collision test (the collision estimator's step);
 :func:`score_points`
     the stratified track-length estimator at those points, which lie photon after photon in
     one flat array (no empty slots for short segments);
@@ -44,6 +47,8 @@ from .interactions import ELECTRON_REST_KEV, HC_KEV_ANGSTROM, kn_proposal, rotat
 __all__ = [
     "advance",
     "advance_block",
+    "advance_collision",
+    "advance_block_collision",
     "segment_points",
     "score_points",
     "interact",
@@ -143,15 +148,18 @@ def advance(
     The voxel data at the new position are looked up again for the (fewer) photons that
     interact (:func:`interact`): writing them for every photon would cost more.
     """
-    ie, fe = _energy_index(e, energy_f)
-    maj = maj_ab[ie, 0] + fe * maj_ab[ie, 1]
-    s = -torch.log(r_path) / maj
-    x1 = x + s * u
-    y1 = y + s * v
-    z1 = z + s * w
+    ie, fe, maj, s, x1, y1, z1 = _global_flight(x, y, z, u, v, w, e, r_path, energy_f, maj_ab)
     rr, real, inside = _collide(x1, y1, z1, ie, fe, maj, r_real, grid_f, grid_i, voxel_table, total_tr_ab)
     count, hi = segment_points(s, r_strat, n_slots, h_mm)
     return s, x1, y1, z1, ie, fe, rr, real, inside, count, hi
+
+
+def _global_flight(x, y, z, u, v, w, e, r_path, energy_f, maj_ab):
+    """Free path with the global majorant: ``ie, fe, maj, s, x1, y1, z1``."""
+    ie, fe = _energy_index(e, energy_f)
+    maj = maj_ab[ie, 0] + fe * maj_ab[ie, 1]
+    s = -torch.log(r_path) / maj
+    return ie, fe, maj, s, x + s * u, y + s * v, z + s * w
 
 
 def advance_block(
@@ -179,6 +187,16 @@ def advance_block(
     Returns the same tuple as :func:`advance`; ``s`` is the distance flown (to the collision
     site or the block face) and ``real`` is False at a face.
     """
+    ie, fe, maj, s, x1, y1, z1, coll = _block_flight(x, y, z, u, v, w, e, r_path, grid_f, grid_i, energy_f, block_ab,
+                                                     block_f, block_i)
+    rr, real, inside = _collide(x1, y1, z1, ie, fe, maj, r_real, grid_f, grid_i, voxel_table, total_tr_ab)
+    count, hi = segment_points(s, r_strat, n_slots, h_mm)
+    return s, x1, y1, z1, ie, fe, rr, real & coll, inside, count, hi
+
+
+def _block_flight(x, y, z, u, v, w, e, r_path, grid_f, grid_i, energy_f, block_ab, block_f, block_i):
+    """Free path with the block majorant, cut at the block face (see :func:`advance_block`):
+    ``ie, fe, maj, s, x1, y1, z1, coll`` (``coll``: a tentative collision inside the block)."""
     ie, fe = _energy_index(e, energy_f)
     gx = (x - grid_f[0]) * block_f[0]
     gy = (y - grid_f[1]) * block_f[1]
@@ -212,10 +230,67 @@ def advance_block(
     x1 = torch.where(ax, fxp + torch.where(u > 0, eps, -eps), x1)
     y1 = torch.where(ay, fyp + torch.where(v > 0, eps, -eps), y1)
     z1 = torch.where(az, fzp + torch.where(w > 0, eps, -eps), z1)
-    rr, real, inside = _collide(x1, y1, z1, ie, fe, maj, r_real, grid_f, grid_i, voxel_table, total_tr_ab)
-    count, hi = segment_points(s, r_strat, n_slots, h_mm)
-    return s, x1, y1, z1, ie, fe, rr, real & coll, inside, count, hi
+    return ie, fe, maj, s, x1, y1, z1, coll
 
+
+
+def advance_collision(
+    x, y, z, u, v, w, e, ew, r_path, r_real, offset, grid_f, grid_i, energy_f, maj_ab, voxel_table, total_tr_ab,
+):
+    """One free flight with the global majorant, scored by the collision estimator.
+
+    At the tentative collision site (real or virtual) the photon scores its expected energy
+    transfer per unit majorant path, ``w E mu_tr(E, voxel) / mu_maj(E)``; the sites form a
+    Poisson process of rate ``mu_maj`` along the path, so the sum over them estimates the
+    track-length integral ``int w E mu_tr dt`` without bias. Then the real-collision test.
+
+    Parameters
+    ----------
+    ew : Tensor (n,)
+        Photon energy times weight (keV).
+    offset : Tensor (n,) int64
+        Start of the photon's batch block in the tally.
+
+    The other parameters are those of :func:`advance` (no track-length points here).
+
+    Returns
+    -------
+    x1, y1, z1, ie, fe, rr, real, inside
+        As :func:`advance`.
+    index : Tensor (n,) int64
+        Tally index of the site (``offset`` + voxel index, clamped into the grid).
+    score : Tensor (n,) float64
+        Energy (keV x weight) scored there; zero outside the grid.
+    """
+    ie, fe, maj, _, x1, y1, z1 = _global_flight(x, y, z, u, v, w, e, r_path, energy_f, maj_ab)
+    return _collision_site(x1, y1, z1, ie, fe, maj, r_real, ew, offset, grid_f, grid_i, voxel_table, total_tr_ab)
+
+
+def advance_block_collision(
+    x, y, z, u, v, w, e, ew, r_path, r_real, offset, grid_f, grid_i, energy_f, block_ab, block_f, block_i,
+    voxel_table, total_tr_ab,
+):
+    """:func:`advance_collision` with the block majorant (:func:`advance_block`).
+
+    A photon stopped at a block face has no tentative collision there: it scores nothing and
+    ``real`` is False.
+    """
+    ie, fe, maj, _, x1, y1, z1, coll = _block_flight(x, y, z, u, v, w, e, r_path, grid_f, grid_i, energy_f,
+                                                     block_ab, block_f, block_i)
+    x1, y1, z1, ie, fe, rr, real, inside, index, score = _collision_site(
+        x1, y1, z1, ie, fe, maj, r_real, ew, offset, grid_f, grid_i, voxel_table, total_tr_ab
+    )
+    return x1, y1, z1, ie, fe, rr, real & coll, inside, index, torch.where(coll, score, torch.zeros_like(score))
+
+
+def _collision_site(x1, y1, z1, ie, fe, maj, r_real, ew, offset, grid_f, grid_i, voxel_table, total_tr_ab):
+    """Collision-estimator score and real-collision test at the tentative sites (x1, y1, z1)."""
+    inside, flat, _, mi, rho = _voxel(x1, y1, z1, ie, grid_f, grid_i, voxel_table)
+    mu = (total_tr_ab[mi, 0] + fe * total_tr_ab[mi, 1]) * rho
+    mu_tr = (total_tr_ab[mi, 2] + fe * total_tr_ab[mi, 3]) * rho
+    rr = r_real * maj
+    score = torch.where(inside, mu_tr * (ew / maj), torch.zeros_like(mu_tr))
+    return x1, y1, z1, ie, fe, rr, (rr < mu) & inside, inside, flat + offset, score.to(torch.float64)
 
 def segment_points(s, r_strat, n_slots, h_mm):
     """Number and spacing of the stratified track-length points on each flight segment.
@@ -509,11 +584,12 @@ class _Guarded:
 
 
 #: The kernels in the order :func:`get_kernels` returns them.
-EAGER_KERNELS = (advance, score_points, advance_block, interact)
+EAGER_KERNELS = (advance, score_points, advance_block, interact, advance_collision, advance_block_collision)
 
 
 def get_kernels(device: torch.device, compile: bool | None = None):
-    """``(advance, score_points, advance_block, interact)`` for ``device``.
+    """``(advance, score_points, advance_block, interact, advance_collision, advance_block_collision)``
+    for ``device``.
 
     Compiled when asked and possible, else the eager functions.
 

@@ -48,7 +48,8 @@ Estimators
     collision (real or virtual) the photon scores ``w E mu_tr(E, voxel) / mu_maj(E)``. The
     sites form a Poisson process of rate mu_maj along the path, so the expectation is the
     same track-length integral, but only the voxels with a site score (noisier in small or
-    thin voxels unless a majorant floor adds sites). Eager PyTorch.
+    thin voxels unless a majorant floor adds sites). Fused kernels as the track-length
+    estimator's (:func:`ctdose.physics.kernels.advance_collision`), one site per step.
 ``"analogue"``
     Energy is deposited at real interactions: the whole photon energy at photoabsorption,
     E - E' at incoherent scattering, the remaining energy at the cutoff. Eager PyTorch.
@@ -60,11 +61,11 @@ standard error follow from the batch sums (the batch method). All batches share 
 photons in flight (each photon carries its batch's tally offset), so the pool stays full and
 only one short tail of nearly empty steps remains at the very end.
 
-When few photons are left in flight (the tail of a run, and small runs) a step is dispatch-
-bound; each photon then samples several successive free paths in one step (``n_paths`` of
-:func:`_step`): the tentative sites lie on one ray, the first real collision or exit ends the
-flight, and the sites before it are virtual. This is the same random process as one path per
-step, with many fewer (larger) tensor operations.
+When few photons are left in flight (the tail of a run, and small runs) an analogue step is
+dispatch-bound; each photon then samples several successive free paths in one step
+(``n_paths`` of :func:`_step`): the tentative sites lie on one ray, the first real collision
+or exit ends the flight, and the sites before it are virtual. This is the same random process
+as one path per step, with many fewer (larger) tensor operations.
 
 The majorant can be local to blocks of voxels (:func:`build_block_majorant`): the free
 path is sampled with the block's majorant and cut at the block face (exact by the memoryless
@@ -118,10 +119,13 @@ __all__ = [
     "run_transport",
     "MM_PER_CM",
     "FUSED_ESTIMATORS",
+    "WINDOW_ESTIMATORS",
 ]
 
 #: The estimators that run as fused (compiled) kernels and need a :class:`TrackLengthSetup`.
-FUSED_ESTIMATORS = ("expected_track_length", "track_length")
+FUSED_ESTIMATORS = ("expected_track_length", "track_length", "collision")
+#: The estimators that take weight windows (:mod:`ctdose.physics.weight_window`).
+WINDOW_ESTIMATORS = ("expected_track_length", "track_length")
 #: mm per cm (mass coefficients cm^2/g times g/cm^3 give 1/cm; the engine works in mm).
 MM_PER_CM = 10.0
 #: Relative safety margin on the majorant (float32 rounding of the tables).
@@ -563,14 +567,14 @@ def _block_free_path(st, grid, tab, block, ie, fe, gen):
     return maj, s, coll
 
 
-def _interact(ridx, r, mi, fe, rho, med, tflat, e, w8, u, v, w, alive, tab, tally, gen, deposit, cutoff_kev):
+def _interact(ridx, r, mi, fe, rho, med, tflat, e, w8, u, v, w, alive, tab, tally, gen, cutoff_kev):
     """Real interactions of the photons ``ridx``: type, new energy and direction, local deposits.
 
     ``r`` is the rejection variate ``r_real * mu_maj`` (uniform on [0, mu) for a real
     collision, so it also picks photoelectric / incoherent / coherent in proportion to the
-    partial coefficients). ``deposit``: the analogue estimator's local deposits (whole
-    energy at photoabsorption, E - E' at incoherent scattering); the cutoff deposit is always
-    made. Updates ``alive`` in place; returns the new ``e, u, v, w``.
+    partial coefficients). The analogue estimator's local deposits: the whole energy at
+    photoabsorption, E - E' at incoherent scattering, the rest below the cutoff. Updates
+    ``alive`` in place; returns the new ``e, u, v, w``.
     """
     if ridx.numel() == 0:
         return e, u, v, w
@@ -581,7 +585,7 @@ def _interact(ridx, r, mi, fe, rho, med, tflat, e, w8, u, v, w, alive, tab, tall
     e_r = e[ridx]
     w_r = w8[ridx]
     flat_r = tflat[ridx]
-    dep = torch.where(is_photo, e_r, torch.zeros_like(e_r)) if deposit else torch.zeros_like(e_r)
+    dep = torch.where(is_photo, e_r, torch.zeros_like(e_r))
     new_e = e_r.clone()
     sc = (~is_photo).nonzero().squeeze(1)
     if sc.numel() > 0:
@@ -595,8 +599,7 @@ def _interact(ridx, r, mi, fe, rho, med, tflat, e, w8, u, v, w, alive, tab, tall
             eps, c = sample_incoherent(e_s[ii], m_s[ii], tab.scatter, gen)
             cos_s[ii] = c
             new_e[sc[ii]] = e_s[ii] * eps
-            if deposit:
-                dep[sc[ii]] = e_s[ii] * (1.0 - eps)
+            dep[sc[ii]] = e_s[ii] * (1.0 - eps)
         ci = (~inc_s).nonzero().squeeze(1)
         if ci.numel() > 0:
             cos_s[ci] = sample_coherent(e_s[ci], m_s[ci], tab.scatter, gen)
@@ -620,26 +623,25 @@ def _step(
     tab: TransportTables,
     tally: TransportTally,
     gen: torch.Generator,
-    track_length: bool,
     cutoff_kev: float,
     block: BlockMajorant | None = None,
     n_paths: int = 1,
 ) -> PhotonState:
-    """One Woodcock step for every photon of ``st``; returns the surviving photons.
+    """One Woodcock step of the analogue estimator for every photon of ``st``; returns the
+    surviving photons (eager PyTorch).
 
     With ``n_paths`` = k > 1 (global majorant only) each photon samples k successive free
     paths at once (the energy and direction do not change at virtual collisions, so the k
     tentative sites lie on one ray at the cumulative distances) and stops at the first site
-    that is a real collision or outside the box; the sites before it are virtual (and score
-    the track-length estimator). The result is the same random process as k single steps;
-    it only trades a little wasted work for k times fewer tensor operations, which pays when
-    few photons are left (the tail, dispatch-bound).
+    that is a real collision or outside the box; the sites before it are virtual. The result
+    is the same random process as k single steps; it only trades a little wasted work for k
+    times fewer tensor operations, which pays when few photons are left (the tail,
+    dispatch-bound).
 
     Memory traffic per step: a handful of fused-size elementwise passes, one gather each of
     the medium index and density (flat voxel index), two of the interpolated majorant and
-    medium total coefficient, one scatter-add of the track-length score; interaction sampling
-    and state updates only touch the (fewer) photons with a real collision; the live pool is
-    compacted once at the end.
+    medium total coefficient; interaction sampling and state updates only touch the (fewer)
+    photons with a real collision; the live pool is compacted once at the end.
     """
     nz, ny, nx = grid.shape
     dx, dy, dz = grid.spacing_mm
@@ -668,7 +670,7 @@ def _step(
     inside = (fx >= 0) & (fx < nx) & (fy >= 0) & (fy < ny) & (fz >= 0) & (fz < nz)
     all_inside = bool(inside.all())
     if not all_inside:
-        # sites outside get a valid (clamped) voxel and zero weight for the scoring below
+        # sites outside get a valid (clamped) voxel; they are no real collisions
         fx = fx.clamp_(0.0, nx - 1)
         fy = fy.clamp_(0.0, ny - 1)
         fz = fz.clamp_(0.0, nz - 1)
@@ -688,24 +690,13 @@ def _step(
         real &= coll[:, None]
     if not all_inside:
         real &= inside
-    # scoring sites: all (k = 1) or those up to the first real collision or exit (k > 1)
-    score_mask = None if all_inside else inside
+    # the first site that is a real collision or outside the box (k > 1)
     if k_paths > 1:
         stop = real if all_inside else (real | ~inside)
         has = stop.any(1)
         first = torch.argmax(stop.to(torch.uint8), dim=1)
         kst = torch.where(has, first, torch.full_like(first, k_paths - 1))
-        upto = torch.arange(k_paths, device=e.device)[None, :] <= kst[:, None]
-        score_mask = upto if score_mask is None else score_mask & upto
-    if coll is not None:
-        # photons stopped at a block face have no (tentative) collision this step
-        score_mask = coll[:, None] if score_mask is None else score_mask & coll[:, None]
     w8 = st.weight
-    if track_length:
-        score = torch.addcmul(coef[..., 2], fe2, coef[..., 3]).mul_(rho).mul_((e * w8).div_(maj)[:, None])
-        if score_mask is not None:
-            score = score.mul_(score_mask)
-        tally.energy_kev.scatter_add_(0, tflat.reshape(-1), score.view(-1).to(torch.float64))
     # state at each photon's last site
     if k_paths > 1:
         g = kst[:, None]
@@ -727,7 +718,7 @@ def _step(
     ridx = real.nonzero().squeeze(1)
     alive = inside.clone() if not all_inside else torch.ones_like(real)
     e, u, v, w = _interact(ridx, r, mi, fe, rho, med, tflat, e, w8, st.u, st.v, st.w, alive, tab, tally, gen,
-                           deposit=not track_length, cutoff_kev=cutoff_kev)
+                           cutoff_kev=cutoff_kev)
     tally.n_steps += 1
     keep = alive.nonzero().squeeze(1)
     new = PhotonState(x, y, z, u, v, w, e, st.weight, st.offset)
@@ -738,7 +729,8 @@ def _step(
 
 @dataclass
 class TrackLengthSetup:
-    """Constants of the track-length step for one run (device tensors) and its kernels."""
+    """Constants of the fused steps for one run (device tensors) and their kernels: the
+    track-length, expected-track-length and collision estimators."""
 
     grid_f: torch.Tensor
     grid_i: torch.Tensor
@@ -884,6 +876,44 @@ def _step_track_length(
     ew = e * st.weight
     offset = st.offset if st.offset is not None else torch.zeros_like(ie)
     _score_track(st, count, hi, ew, ie, fe, offset, rnd[2], grid, tab, tally, setup, kernels[1])
+    return _end_step(st, ew, inside, real, x1, y1, z1, ie, fe, rr, offset, tally, gen, cutoff_kev, grid, setup, kernels)
+
+
+def _step_collision(
+    st: PhotonState,
+    grid: TransportGrid,
+    tab: TransportTables,
+    tally: TransportTally,
+    gen: torch.Generator,
+    cutoff_kev: float,
+    setup: TrackLengthSetup,
+) -> PhotonState:
+    """One Woodcock step with the collision estimator; returns the survivors.
+
+    The free flight, the score ``w E mu_tr / mu_maj`` at the tentative site and the collision
+    test come from :func:`ctdose.physics.kernels.advance_collision` (or
+    :func:`~ctdose.physics.kernels.advance_block_collision`); the scores are added into the
+    tally with one serial ``scatter_add_`` (reproducible on any thread count), and real
+    interactions are sampled by :func:`_interact_fixed` as in :func:`_step_track_length`.
+    ``st`` is consumed.
+    """
+    from .kernels import EAGER_KERNELS, MIN_COMPILED_PHOTONS
+
+    n = len(st)
+    kernels = setup.kernels if n >= MIN_COMPILED_PHOTONS else EAGER_KERNELS
+    e = st.energy_kev
+    rnd = torch.rand((2, n), generator=gen, device=e.device, dtype=e.dtype)
+    r_path = torch.sub(1.0, rnd[0])  # in (0, 1]: finite free paths
+    ew = e * st.weight
+    offset = st.offset if st.offset is not None else torch.zeros(n, dtype=torch.int64, device=e.device)
+    common = (st.x, st.y, st.z, st.u, st.v, st.w, e, ew, r_path, rnd[1], offset, setup.grid_f, setup.grid_i,
+              setup.energy_f)
+    if setup.block_ab is None:
+        out = kernels[4](*common, setup.maj_ab, grid.voxel_table, tab.total_tr_ab)
+    else:
+        out = kernels[5](*common, setup.block_ab, setup.block_f, setup.block_i, grid.voxel_table, tab.total_tr_ab)
+    x1, y1, z1, ie, fe, rr, real, inside, index, score = out
+    tally.energy_kev.scatter_add_(0, index, score)
     return _end_step(st, ew, inside, real, x1, y1, z1, ie, fe, rr, offset, tally, gen, cutoff_kev, grid, setup, kernels)
 
 
@@ -1360,11 +1390,20 @@ def run_transport(
                     pool = _step_expected_track_length_window(pool, grid, tab, tally, gen, cutoff_kev, track_setup,
                                                               window, allow_split)
                     continue
-                step = _step_track_length if estimator == "track_length" else _step_expected_track_length
+                step = _FUSED_STEPS[estimator]
                 pool = step(pool, grid, tab, tally, gen, cutoff_kev, track_setup)
                 if window is not None and len(pool) > 0:
                     pool = apply_weight_window(pool, window, gen, allow_split=allow_split)
                 continue
             n_paths = 1 if block is not None else max(1, min(_MAX_PATHS_PER_STEP, _PATH_SITES_PER_STEP // len(pool)))
-            pool = _step(pool, grid, tab, tally, gen, estimator == "collision", cutoff_kev, block, n_paths)
+            pool = _step(pool, grid, tab, tally, gen, cutoff_kev, block, n_paths)
     return tally
+
+
+#: The step function of each fused estimator (the expected-track-length estimator with weight
+#: windows has its own, :func:`_step_expected_track_length_window`).
+_FUSED_STEPS = {
+    "expected_track_length": _step_expected_track_length,
+    "track_length": _step_track_length,
+    "collision": _step_collision,
+}

@@ -1,5 +1,6 @@
-"""Fused track-length kernels: exact integrals, exact interaction distributions, compiled = eager,
-block faces, parallel runs."""
+"""Fused kernels: exact track-length integrals, the collision estimator's sites and its exact
+compound-Poisson sum, exact interaction distributions, compiled = eager, block faces, parallel
+runs."""
 
 from __future__ import annotations
 
@@ -13,7 +14,15 @@ import torch
 from ctdose.materials import get_medium
 from ctdose.physics import kernels, mc_workers, transport
 from ctdose.physics.interactions import ELECTRON_REST_KEV, HC_KEV_ANGSTROM, klein_nishina_pdf
-from ctdose.physics.kernels import advance, advance_block, get_kernels, score_points, segment_points
+from ctdose.physics.kernels import (
+    advance,
+    advance_block,
+    advance_block_collision,
+    advance_collision,
+    get_kernels,
+    score_points,
+    segment_points,
+)
 from ctdose.physics.mc import VoxelGeometry, simulate
 from ctdose.physics.sources import PointSource
 from ctdose.physics.transport import (
@@ -139,6 +148,121 @@ def test_points_outside_the_grid_score_nothing():
     assert np.all(idx.numpy() < grid.n_vox)
 
 
+
+def _row_photons(n, x0, energy_kev, seed):
+    """``n`` photons at x0 (mm) on the row's axis, flying along +x: state, ew, offsets, generator."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.full((n,), x0, **F32)
+    one, zero = torch.ones(n, **F32), torch.zeros(n, **F32)
+    e = torch.full((n,), energy_kev, **F32)
+    return (x, one, one, one, zero, zero, e), e * 1.0, torch.zeros(n, dtype=torch.int64), gen
+
+
+def test_collision_site_scores_mu_tr_over_the_majorant_where_the_flight_ends():
+    """One flight: the site is at -ln(r)/mu_maj, scores w E mu_tr / mu_maj in its voxel, and is
+    real where r_real mu_maj < mu; beyond the grid it scores nothing (exact arithmetic)."""
+    grid, tab, media, *_ = _slab_world(split=20)  # water up to x = 40 mm, bone beyond
+    setup = TrackLengthSetup.build(grid, tab, None, compile=False)
+    energy = 60.0
+    (x, y, z, u, v, w, e), ew, offset, _ = _row_photons(4, 5.0, energy, 0)
+    ie, fe = tab.energy_index(e)
+    maj = float(tab.maj_a[ie[0]] + fe[0] * tab.maj_b[ie[0]])
+    s_mm = torch.tensor([10.0, 50.0, 50.0, 100.0])  # water, bone, bone, outside (row ends at 80 mm)
+    r_path = torch.exp(-s_mm * maj)
+    r_real = torch.tensor([0.0, 0.0, 0.999, 0.0])
+    ew = ew * torch.tensor([1.0, 2.0, 1.0, 1.0])
+    offset = torch.tensor([0, 3 * grid.n_vox, 0, 0])
+    x1, y1, z1, ie1, fe1, rr, real, inside, index, score = advance_collision(
+        x, y, z, u, v, w, e, ew, r_path, r_real, offset, setup.grid_f, setup.grid_i, setup.energy_f, setup.maj_ab,
+        grid.voxel_table, tab.total_tr_ab,
+    )
+    np.testing.assert_allclose(x1.numpy(), 5.0 + s_mm.numpy(), rtol=1e-5)
+    rho_w, rho_b = media[0].density_g_cm3, media[1].density_g_cm3
+    mu_w = _mu_tr_per_mm(tab, 0, energy, rho_w)
+    mu_b = _mu_tr_per_mm(tab, 1, energy, rho_b)
+    expected = [energy * mu_w / maj, 2.0 * energy * mu_b / maj, energy * mu_b / maj, 0.0]
+    np.testing.assert_allclose(score.numpy(), expected, rtol=1e-5)
+    assert score.dtype == torch.float64
+    np.testing.assert_array_equal(index.numpy(), [7, 3 * grid.n_vox + 27, 27, 39])
+    # r_real = 0.999 in bone: real exactly where 0.999 mu_maj < mu_bone (bone sets the majorant)
+    mu_bone_total = float((tab.total_tr_ab[1 * tab.n_e + ie[0], 0] + fe[0] * tab.total_tr_ab[1 * tab.n_e + ie[0], 1])
+                          * rho_b)
+    assert real.tolist() == [True, True, 0.999 * maj < mu_bone_total, False]
+    assert inside.tolist() == [True, True, True, False]
+
+
+def test_collision_estimator_sum_along_a_path_is_the_exact_compound_poisson_mean():
+    """Sites of rate mu_maj along L mm of one medium, each scoring E mu_tr / mu_maj: the sum has
+    mean E mu_tr L and variance L (E mu_tr)^2 / mu_maj (all sites counted, real or not)."""
+    grid, tab, *_ = _slab_world()
+    setup = TrackLengthSetup.build(grid, tab, None, compile=False)
+    energy, x0, n = 45.0, 12.0, 20_000
+    state, ew, offset, gen = _row_photons(n, x0, energy, 4)
+    x = state[0]
+    total = torch.zeros(n, dtype=torch.float64)
+    alive = torch.ones(n, dtype=torch.bool)
+    for _ in range(500):
+        r = torch.rand((2, n), generator=gen)
+        out = advance_collision(x, *state[1:], ew, 1.0 - r[0], r[1], offset, setup.grid_f, setup.grid_i,
+                                setup.energy_f, setup.maj_ab, grid.voxel_table, tab.total_tr_ab)
+        x, inside, score = out[0], out[7], out[9]
+        alive &= inside
+        total += torch.where(alive, score, torch.zeros_like(score))
+        if not alive.any():
+            break
+    assert not alive.any()
+    length = 80.0 - x0
+    mu_tr = _mu_tr_per_mm(tab, 0, energy, 1.0)
+    ie, fe = tab.energy_index(torch.tensor([energy]))
+    maj = float(tab.maj_a[ie] + fe * tab.maj_b[ie])
+    mean, sem = float(total.mean()), float(total.std()) / math.sqrt(n)
+    exact = energy * mu_tr * length
+    print(f"collision sum over {length} mm: mean {mean:.5f} +- {sem:.5f}, exact {exact:.5f}; "
+          f"variance {float(total.var()):.6f}, exact {length * (energy * mu_tr) ** 2 / maj:.6f}")
+    assert abs(mean - exact) < 4 * sem
+    var_exact = length * (energy * mu_tr) ** 2 / maj
+    # the sample variance of a compound Poisson sum: relative standard error about sqrt(2 / n)
+    assert abs(float(total.var()) / var_exact - 1.0) < 0.06
+
+
+def test_a_block_face_is_no_collision_site():
+    """With the block majorant a flight cut at a block face scores nothing and does not collide."""
+    mi, rho, grid, tab = _bone_cube()
+    block = build_block_majorant(mi, rho, tab, 4)
+    st = TrackLengthSetup.build(grid, tab, None, compile=False, block=block)
+    n = 4000
+    (x, y, z), (u, v, w), e, r = _random_pool(grid, n, 2)
+    offset = torch.zeros(n, dtype=torch.int64)
+    common = (x, y, z, u, v, w, e, e, r[0].clamp_min(1e-7), r[1], offset, st.grid_f, st.grid_i, st.energy_f)
+    x1, y1, z1, ie, fe, rr, real, inside, index, score = advance_block_collision(
+        *common, st.block_ab, st.block_f, st.block_i, grid.voxel_table, tab.total_tr_ab)
+    ref = advance_block(x, y, z, u, v, w, e, r[0].clamp_min(1e-7), r[1], r[2], torch.tensor(8.0), st.h_mm, st.grid_f,
+                        st.grid_i, st.energy_f, st.block_ab, st.block_f, st.block_i, grid.voxel_table,
+                        tab.total_tr_ab)
+    np.testing.assert_array_equal(x1.numpy(), ref[1].numpy())
+    np.testing.assert_array_equal(real.numpy(), ref[7].numpy())
+    # a tentative site inside the block: the photon flew the whole path sampled with the block's
+    # majorant; at a face it flew less
+    site = torch.isclose(-torch.log(r[0].clamp_min(1e-7)) / _block_majorant_at(st, grid, tab, x, y, z, e), ref[0])
+    face = ~site
+    assert int(face.sum()) > 100 and int(site.sum()) > 100
+    assert not bool(real[face].any())
+    assert float(score[face].abs().max()) == 0.0
+    assert float(score[site & inside].min()) > 0.0
+
+
+def _block_majorant_at(st, grid, tab, x, y, z, e):
+    """The block majorant (1/mm) at each point, computed independently of the kernels."""
+    bw = 1.0 / st.block_f[:3]
+    lo = torch.tensor(grid.lo_mm)
+    nb = st.block_i
+    bx = ((x - lo[0]) / bw[0]).floor().clamp(0, int(nb[0]) - 1).long()
+    by = ((y - lo[1]) / bw[1]).floor().clamp(0, int(nb[1]) - 1).long()
+    bz = ((z - lo[2]) / bw[2]).floor().clamp(0, int(nb[2]) - 1).long()
+    ie, fe = tab.energy_index(e)
+    row = ((bz * nb[1] + by) * nb[0] + bx) * tab.n_e + ie
+    return st.block_ab[row, 0] + fe * st.block_ab[row, 1]
+
 def _random_pool(grid, n, seed):
     g = torch.Generator().manual_seed(seed)
     lo, hi = torch.tensor(grid.lo_mm), torch.tensor(grid.hi_mm)
@@ -251,11 +375,16 @@ def test_compiled_kernels_equal_the_eager_ones():
     (x, y, z), (u, v, w), e, r = _random_pool(grid, n, 1)
     common = (x, y, z, u, v, w, e, r[0].clamp_min(1e-7), r[1], r[2], torch.tensor(12.0), eager.h_mm, eager.grid_f,
               eager.grid_i, eager.energy_f)
+    coll = (x, y, z, u, v, w, e, e * r[2], r[0].clamp_min(1e-7), r[1], torch.arange(n) % 3 * grid.n_vox,
+            eager.grid_f, eager.grid_i, eager.energy_f)
     for name, args in [
         ("advance", common + (eager.maj_ab, grid.voxel_table, tab.total_tr_ab)),
         ("advance_block", common + (eager.block_ab, eager.block_f, eager.block_i, grid.voxel_table, tab.total_tr_ab)),
+        ("advance_collision", coll + (eager.maj_ab, grid.voxel_table, tab.total_tr_ab)),
+        ("advance_block_collision",
+         coll + (eager.block_ab, eager.block_f, eager.block_i, grid.voxel_table, tab.total_tr_ab)),
     ]:
-        k = {"advance": 0, "advance_block": 2}[name]
+        k = {"advance": 0, "advance_block": 2, "advance_collision": 4, "advance_block_collision": 5}[name]
         _assert_same(eager.kernels[k](*args), fused.kernels[k](*args), name)
     s, x1, y1, z1, ie, fe, rr, real, inside, count, hi = eager.kernels[0](*common[:-3], eager.grid_f, eager.grid_i,
                                                                             eager.energy_f, eager.maj_ab,

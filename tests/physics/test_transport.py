@@ -246,9 +246,9 @@ def test_several_free_paths_per_step_equal_one_path_per_step(monkeypatch):
 
     mi, geo = _bone_in_water_in_air(12, slice(2, 10), slice(5, 7), -44.0)
     src = PointSource((0, -400.0, 0), (0, 1, 0), energy_kev=60.0, collimation="fan", half_angles_rad=(0.15, 0.15))
-    many = simulate(geo, src, 30_000, seed=11, keep_batches=True, estimator="collision")
+    many = simulate(geo, src, 30_000, seed=11, keep_batches=True, estimator="analogue")
     monkeypatch.setattr(transport, "_PATH_SITES_PER_STEP", 1)  # one free path per photon and step
-    one = simulate(geo, src, 30_000, seed=12, keep_batches=True, estimator="collision")
+    one = simulate(geo, src, 30_000, seed=12, keep_batches=True, estimator="analogue")
     for region in (mi == 1, mi == 2):
         a, sa = many.sum_with_sigma(region.astype(float))
         b, sb = one.sum_with_sigma(region.astype(float))
