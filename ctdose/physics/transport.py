@@ -868,15 +868,22 @@ def _step_track_length(
     n_slots = setup.slot_counts[max(2, min(_TRACK_MAX_SLOTS, setup.max_sites // n))]
     common = (st.x, st.y, st.z, st.u, st.v, st.w, e, r_path, rnd[1], rnd[2], n_slots, setup.h_mm, setup.grid_f,
               setup.grid_i, setup.energy_f)
-    if setup.block_ab is None:
-        out = kernels[0](*common, setup.maj_ab, grid.voxel_table, tab.total_tr_ab)
-    else:
-        out = kernels[2](*common, setup.block_ab, setup.block_f, setup.block_i, grid.voxel_table, tab.total_tr_ab)
+    out = _fly(kernels, 0, 2, common, grid, tab, setup)
     _, x1, y1, z1, ie, fe, rr, real, inside, count, hi = out  # the path length is not needed here
     ew = e * st.weight
     offset = st.offset if st.offset is not None else torch.zeros_like(ie)
     _score_track(st, count, hi, ew, ie, fe, offset, rnd[2], grid, tab, tally, setup, kernels[1])
     return _end_step(st, ew, inside, real, x1, y1, z1, ie, fe, rr, offset, tally, gen, cutoff_kev, grid, setup, kernels)
+
+
+def _fly(kernels: tuple, k_global: int, k_block: int, common: tuple, grid: TransportGrid, tab: TransportTables,
+         setup: TrackLengthSetup) -> tuple:
+    """Call the flight kernel ``kernels[k_global]`` (global majorant) or ``kernels[k_block]``
+    (block majorant, when ``setup`` has one) with the per-photon arguments ``common``."""
+    if setup.block_ab is None:
+        return kernels[k_global](*common, setup.maj_ab, grid.voxel_table, tab.total_tr_ab)
+    return kernels[k_block](*common, setup.block_ab, setup.block_f, setup.block_i, grid.voxel_table,
+                            tab.total_tr_ab)
 
 
 def _step_collision(
@@ -908,11 +915,7 @@ def _step_collision(
     offset = st.offset if st.offset is not None else torch.zeros(n, dtype=torch.int64, device=e.device)
     common = (st.x, st.y, st.z, st.u, st.v, st.w, e, ew, r_path, rnd[1], offset, setup.grid_f, setup.grid_i,
               setup.energy_f)
-    if setup.block_ab is None:
-        out = kernels[4](*common, setup.maj_ab, grid.voxel_table, tab.total_tr_ab)
-    else:
-        out = kernels[5](*common, setup.block_ab, setup.block_f, setup.block_i, grid.voxel_table, tab.total_tr_ab)
-    x1, y1, z1, ie, fe, rr, real, inside, index, score = out
+    x1, y1, z1, ie, fe, rr, real, inside, index, score = _fly(kernels, 4, 5, common, grid, tab, setup)
     tally.energy_kev.scatter_add_(0, index, score)
     return _end_step(st, ew, inside, real, x1, y1, z1, ie, fe, rr, offset, tally, gen, cutoff_kev, grid, setup, kernels)
 
