@@ -100,11 +100,12 @@ def _voxel(x1, y1, z1, ie, grid_f, grid_i, voxel_table):
 
 
 def _collide(x1, y1, z1, ie, fe, maj, r_real, grid_f, grid_i, voxel_table, total_tr_ab):
-    """The real-collision test at the new positions: ``(rr, real, inside)``."""
-    inside, _, _, mi, rho = _voxel(x1, y1, z1, ie, grid_f, grid_i, voxel_table)
+    """The real-collision test at the new positions: ``(rr, real, inside)``, and the voxel's
+    index, table row and density (``flat, mi, rho``)."""
+    inside, flat, _, mi, rho = _voxel(x1, y1, z1, ie, grid_f, grid_i, voxel_table)
     mu = (total_tr_ab[mi, 0] + fe * total_tr_ab[mi, 1]) * rho
     rr = r_real * maj
-    return rr, (rr < mu) & inside, inside
+    return rr, (rr < mu) & inside, inside, flat, mi, rho
 
 
 def advance(
@@ -149,7 +150,7 @@ def advance(
     interact (:func:`interact`): writing them for every photon would cost more.
     """
     ie, fe, maj, s, x1, y1, z1 = _global_flight(x, y, z, u, v, w, e, r_path, energy_f, maj_ab)
-    rr, real, inside = _collide(x1, y1, z1, ie, fe, maj, r_real, grid_f, grid_i, voxel_table, total_tr_ab)
+    rr, real, inside, *_ = _collide(x1, y1, z1, ie, fe, maj, r_real, grid_f, grid_i, voxel_table, total_tr_ab)
     count, hi = segment_points(s, r_strat, n_slots, h_mm)
     return s, x1, y1, z1, ie, fe, rr, real, inside, count, hi
 
@@ -189,7 +190,7 @@ def advance_block(
     """
     ie, fe, maj, s, x1, y1, z1, coll = _block_flight(x, y, z, u, v, w, e, r_path, grid_f, grid_i, energy_f, block_ab,
                                                      block_f, block_i)
-    rr, real, inside = _collide(x1, y1, z1, ie, fe, maj, r_real, grid_f, grid_i, voxel_table, total_tr_ab)
+    rr, real, inside, *_ = _collide(x1, y1, z1, ie, fe, maj, r_real, grid_f, grid_i, voxel_table, total_tr_ab)
     count, hi = segment_points(s, r_strat, n_slots, h_mm)
     return s, x1, y1, z1, ie, fe, rr, real & coll, inside, count, hi
 
@@ -231,7 +232,6 @@ def _block_flight(x, y, z, u, v, w, e, r_path, grid_f, grid_i, energy_f, block_a
     y1 = torch.where(ay, fyp + torch.where(v > 0, eps, -eps), y1)
     z1 = torch.where(az, fzp + torch.where(w > 0, eps, -eps), z1)
     return ie, fe, maj, s, x1, y1, z1, coll
-
 
 
 def advance_collision(
@@ -285,12 +285,12 @@ def advance_block_collision(
 
 def _collision_site(x1, y1, z1, ie, fe, maj, r_real, ew, offset, grid_f, grid_i, voxel_table, total_tr_ab):
     """Collision-estimator score and real-collision test at the tentative sites (x1, y1, z1)."""
-    inside, flat, _, mi, rho = _voxel(x1, y1, z1, ie, grid_f, grid_i, voxel_table)
-    mu = (total_tr_ab[mi, 0] + fe * total_tr_ab[mi, 1]) * rho
+    rr, real, inside, flat, mi, rho = _collide(x1, y1, z1, ie, fe, maj, r_real, grid_f, grid_i, voxel_table,
+                                               total_tr_ab)
     mu_tr = (total_tr_ab[mi, 2] + fe * total_tr_ab[mi, 3]) * rho
-    rr = r_real * maj
     score = torch.where(inside, mu_tr * (ew / maj), torch.zeros_like(mu_tr))
-    return x1, y1, z1, ie, fe, rr, (rr < mu) & inside, inside, flat + offset, score.to(torch.float64)
+    return x1, y1, z1, ie, fe, rr, real, inside, flat + offset, score.to(torch.float64)
+
 
 def segment_points(s, r_strat, n_slots, h_mm):
     """Number and spacing of the stratified track-length points on each flight segment.
