@@ -457,11 +457,12 @@ def _water_box():
     return geo, src
 
 
-def test_compiled_and_eager_runs_agree_and_each_is_reproducible():
+@pytest.mark.parametrize("estimator", ["expected_track_length", "collision"])
+def test_compiled_and_eager_runs_agree_and_each_is_reproducible(estimator):
     geo, src = _water_box()
-    a = simulate(geo, src, 20_000, seed=5, compile=True, keep_batches=True)
-    a2 = simulate(geo, src, 20_000, seed=5, compile=True)
-    b = simulate(geo, src, 20_000, seed=6, compile=False, keep_batches=True)
+    a = simulate(geo, src, 20_000, seed=5, compile=True, keep_batches=True, estimator=estimator)
+    a2 = simulate(geo, src, 20_000, seed=5, compile=True, estimator=estimator)
+    b = simulate(geo, src, 20_000, seed=6, compile=False, keep_batches=True, estimator=estimator)
     np.testing.assert_array_equal(a.energy_ev, a2.energy_ev)
     ta, sa = a.sum_with_sigma(np.ones(geo.shape))
     tb, sb = b.sum_with_sigma(np.ones(geo.shape))
