@@ -11,8 +11,9 @@ Scheduling: ``cfg["mc"]["scheduler"]`` = ``null`` runs an embedded local Dask cl
 set-up) with ``cfg["mc"]["n_workers"]`` concurrent cases, each on one torch thread: worker
 processes for the expected-track-length, track-length and collision estimators (their
 compiled kernels hold Python's GIL, see :mod:`ctdose.physics.kernels`), threads for the
-analogue estimator (eager; torch releases the GIL in its kernels); an address (``"tcp://host:8786"``) sends the tasks to that cluster (the workers
-need ctdose installed; inputs travel with the task, results come back to this process).
+analogue estimator (eager; torch releases the GIL in its kernels); an address
+(``"tcp://host:8786"``) sends the tasks to that cluster (the workers need ctdose installed;
+inputs travel with the task, results come back to this process).
 
 Stored variables: ``dose_mc`` and ``dose_mc_sigma`` (Gy per mAs of one rotation, float32; the
 sigma is the batch-method standard error) and ``kerma_<mode>`` (air kerma, Gy per mAs); case

@@ -148,7 +148,6 @@ def test_points_outside_the_grid_score_nothing():
     assert np.all(idx.numpy() < grid.n_vox)
 
 
-
 def _row_photons(n, x0, energy_kev, seed):
     """``n`` photons at x0 (mm) on the row's axis, flying along +x: state, ew, offsets, generator."""
     gen = torch.Generator().manual_seed(seed)
