@@ -2,8 +2,9 @@
 
 Usage::
 
-    python benchmarks/bench_mc.py                  # 2e6 histories per run
-    python benchmarks/bench_mc.py --quick          # 2e5
+    python benchmarks/bench_mc.py                  # 2e6 histories per run, 3 rounds
+    python benchmarks/bench_mc.py --rounds 1       # one round (a third of the time)
+    python benchmarks/bench_mc.py --quick          # 2e5, one round
     python benchmarks/bench_mc.py --device cuda    # our engine on a GPU
     python benchmarks/bench_mc.py --large          # fixed costs of a 52 M-voxel grid instead
 
@@ -28,7 +29,9 @@ the stratified track-length estimator (Woodcock flights, block majorant) with an
 windows on 2 cores, and the ``collision`` estimator (Woodcock flights, global majorant, a score
 at every tentative site; compiled kernels) on 2 cores for comparison. Each
 configuration is warmed up first (tables, kernel compilation, worker start), as in a cohort
-run where these costs are paid once.
+run where these costs are paid once. The speed of a shared VM drifts by tens of percent between
+minutes, so every configuration runs in several rounds, each between two ompMC runs whose
+geometric mean is that round's reference; the table gives medians and ranges (:func:`run`).
 """
 
 from __future__ import annotations
@@ -160,7 +163,22 @@ def ompmc_run(geo, body, n):
     return dict(wall_s=wall, hist_per_s=n / wall, sigma=sigma, eff=1.0 / (sigma**2 * wall))
 
 
-def run(quick: bool = False, device: str = "cpu") -> list[dict]:
+def _median_range(values, fmt: str) -> str:
+    """``median [min-max]`` of per-round values (the value alone for one round)."""
+    v = np.asarray(values, dtype=float)
+    if v.size == 1:
+        return format(v[0], fmt)
+    return f"{format(np.median(v), fmt)} [{format(v.min(), fmt)}-{format(v.max(), fmt)}]"
+
+
+def run(quick: bool = False, device: str = "cpu", rounds: int = 1) -> list[dict]:
+    """The table: per phantom, ompMC and each of our configurations, ``rounds`` times.
+
+    The VM's speed drifts between minutes, and it moves both engines' figures. In every round
+    ompMC runs just before and just after our configurations, and each efficiency ratio is
+    taken against the geometric mean of that round's two ompMC runs (the drift within a round
+    largely cancels); the table gives the median over the rounds, with their range.
+    """
     n = 200_000 if quick else 2_000_000
     rows = []
     try:
@@ -170,29 +188,43 @@ def run(quick: bool = False, device: str = "cpu") -> list[dict]:
     except ImportError:
         have_ompmc = False
     omp_threads = os.environ.get("OMP_NUM_THREADS", "default")
+    etl = "expected_track_length"
+    configs = ([(etl, 1, False), (etl, 2, False), (etl, 2, True), ("track_length", 2, False),
+                ("track_length", 2, True), ("collision", 2, False)]
+               if device == "cpu" else [(etl, 1, False), (etl, 1, True), ("track_length", 1, False),
+                                        ("collision", 1, False)])
     for make in (water_cylinder, demo_phantom, paper_phantom):
         geo, body, name = make()
-        ref = ompmc_run(geo, body, n) if have_ompmc else None
-        if ref:
-            rows.append(dict(benchmark=f"ompMC histories/s, {name}", value=round(ref["hist_per_s"]), unit="1/s",
-                             note=f"OMP_NUM_THREADS={omp_threads}; sigma {ref['sigma']:.3f}; t {ref['wall_s']:.1f} s"))
-        etl = "expected_track_length"
-        configs = ([(etl, 1, False), (etl, 2, False), (etl, 2, True), ("track_length", 2, False),
-                    ("track_length", 2, True), ("collision", 2, False)]
-                   if device == "cpu" else [(etl, 1, False), (etl, 1, True), ("track_length", 1, False),
-                                            ("collision", 1, False)])
-        for estimator, workers, window in configs:
-            r = ours(geo, body, n, workers, device, estimator=estimator, weight_window=window)
+        refs, ours_runs = [], {c: [] for c in configs}
+        for _ in range(rounds):
+            before = ompmc_run(geo, body, n) if have_ompmc else None
+            for c in configs:
+                estimator, workers, window = c
+                ours_runs[c].append(ours(geo, body, n, workers, device, estimator=estimator, weight_window=window))
+            if have_ompmc:
+                after = ompmc_run(geo, body, n)
+                refs.append({k: math.sqrt(before[k] * after[k]) for k in ("hist_per_s", "eff", "sigma")})
+        rounds_note = f"median [range] of {rounds} rounds; " if rounds > 1 else ""
+        if refs:
+            hps = [r["hist_per_s"] for r in refs]
+            rows.append(dict(benchmark=f"ompMC histories/s, {name}", value=round(float(np.median(hps))), unit="1/s",
+                             note=f"{rounds_note}{_median_range(hps, '.3g')}; OMP_NUM_THREADS={omp_threads}; "
+                                  f"sigma {refs[0]['sigma']:.3f}"))
+        for c, runs in ours_runs.items():
+            estimator, workers, window = c
             name_est = estimator + (" + weight window" if window else "")
             tag = f"{name_est}, cpu, {workers} core(s)" if device == "cpu" else f"{name_est}, {device}"
-            rows.append(dict(benchmark=f"ctdose histories/s, {name}, {tag}", value=round(r["hist_per_s"]), unit="1/s",
-                             goal=f">= {GOAL_HIST_PER_S:.0e} on 2 cores",
-                             note=f"sigma {r['sigma']:.3f}; t {r['wall_s']:.1f} s; {n} histories"))
-            if ref:
+            hps = [r["hist_per_s"] for r in runs]
+            rows.append(dict(benchmark=f"ctdose histories/s, {name}, {tag}", value=round(float(np.median(hps))),
+                             unit="1/s", goal=f">= {GOAL_HIST_PER_S:.0e} on 2 cores",
+                             note=f"{rounds_note}{_median_range(hps, '.3g')}; sigma {runs[0]['sigma']:.3f}; "
+                                  f"t {runs[0]['wall_s']:.1f} s; {n} histories"))
+            if refs:
+                ratios = [r["eff"] / ref["eff"] for r, ref in zip(runs, refs)]
                 rows.append(dict(benchmark=f"efficiency ratio ctdose/ompMC, {name}, {tag}",
-                                 value=round(r["eff"] / ref["eff"], 2), unit="x",
-                                 goal=f">= {GOAL_EFFICIENCY_RATIO:g}",
-                                 note=f"1/(sigma^2 t): ours {r['eff']:.3g}, ompMC {ref['eff']:.3g} 1/s"))
+                                 value=round(float(np.median(ratios)), 2), unit="x", goal=f">= {GOAL_EFFICIENCY_RATIO:g}",
+                                 note=f"{rounds_note}{_median_range(ratios, '.1f')}; 1/(sigma^2 t): ours "
+                                      f"{runs[0]['eff']:.3g}, ompMC {refs[0]['eff']:.3g} 1/s"))
     return rows
 
 
@@ -234,10 +266,12 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--large", action="store_true", help="only the fixed costs of a 52 M-voxel grid")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds of every configuration, each between two ompMC runs (median and range shown)")
     a = p.parse_args(argv)
     import pandas as pd
 
-    rows = large_grid(device=a.device) if a.large else run(a.quick, a.device)
+    rows = large_grid(device=a.device) if a.large else run(a.quick, a.device, 1 if a.quick else a.rounds)
     pd.set_option("display.width", 220)
     pd.set_option("display.max_colwidth", 90)
     print(pd.DataFrame(rows).to_string(index=False))
