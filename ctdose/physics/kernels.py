@@ -14,7 +14,9 @@ The per-photon arithmetic of one step lives in a few pure tensor functions:
 :func:`interact`
     the real interactions (photoelectric, incoherent, coherent) with a fixed number of
     rejection-sampling proposals per photon, all evaluated at once; the caller gives the few
-    photons none of whose proposals was accepted another pass.
+    photons none of whose proposals was accepted another pass;
+:func:`grid_entry`
+    where new source photons enter the voxel box (slab method).
 
 In eager PyTorch every elementwise operation is one pass over memory, and a step is some
 hundred of them; :func:`torch.compile` fuses each function into one loop (C++ on CPU, Triton
@@ -53,6 +55,7 @@ __all__ = [
     "score_points",
     "interact",
     "interaction_uniforms",
+    "grid_entry",
     "get_kernels",
     "compiled_kernels",
     "shape_settings",
@@ -539,6 +542,47 @@ def interact(idx, rnd, e, u, v, w, weight, x1, y1, z1, ie, fe, rr, offset, cutof
     )
 
 
+def grid_entry(x, y, z, u, v, w, box_f):
+    """Where rays from ``(x, y, z)`` along ``(u, v, w)`` enter the voxel box (slab method).
+
+    Parameters
+    ----------
+    x, y, z, u, v, w : Tensor (n,)
+        Start (mm) and unit direction of each ray.
+    box_f : Tensor (7,) float32
+        The box's corners ``lo_x, lo_y, lo_z, hi_x, hi_y, hi_z`` (mm) and the distance (mm)
+        by which an entering photon is put inside the box.
+
+    Returns
+    -------
+    hit : Tensor (n,) bool
+        The ray meets the box (a start inside the box counts).
+    t_in : Tensor (n,)
+        Distance (mm) from the start to the box's face along the ray (0 inside the box).
+    x1, y1, z1 : Tensor (n,)
+        The entry point moved ``box_f[6]`` mm further in (the start where ``hit`` is False).
+
+    A direction cosine below 1e-12 in magnitude counts as zero: the ray then meets that
+    axis's slab everywhere or nowhere.
+    """
+    t_in = torch.zeros_like(x)
+    t_out = torch.full_like(x, float("inf"))
+    for a, (p, d) in enumerate(((x, u), (y, v), (z, w))):
+        lo, hi = box_f[a], box_f[3 + a]
+        small = d.abs() < 1e-12
+        inv = 1.0 / torch.where(small, torch.ones_like(d), d)
+        t1 = (lo - p) * inv
+        t2 = (hi - p) * inv
+        inside_slab = (p >= lo) & (p <= hi)
+        tmin = torch.where(small, torch.where(inside_slab, 0.0, float("inf")), torch.minimum(t1, t2))
+        tmax = torch.where(small, torch.where(inside_slab, float("inf"), -1.0), torch.maximum(t1, t2))
+        t_in = torch.maximum(t_in, tmin)
+        t_out = torch.minimum(t_out, tmax)
+    hit = t_in < t_out
+    t = torch.where(hit, t_in + box_f[6], 0.0)
+    return hit, t_in, x + t * u, y + t * v, z + t * w
+
+
 def compile_enabled() -> bool:
     """False when the environment variable ``CTDOSE_MC_COMPILE`` is ``0``/``false``/``no``."""
     return os.environ.get("CTDOSE_MC_COMPILE", "1").strip().lower() not in ("0", "false", "no", "off")
@@ -584,12 +628,13 @@ class _Guarded:
 
 
 #: The kernels in the order :func:`get_kernels` returns them.
-EAGER_KERNELS = (advance, score_points, advance_block, interact, advance_collision, advance_block_collision)
+EAGER_KERNELS = (advance, score_points, advance_block, interact, advance_collision, advance_block_collision,
+                 grid_entry)
 
 
 def get_kernels(device: torch.device, compile: bool | None = None):
-    """``(advance, score_points, advance_block, interact, advance_collision, advance_block_collision)``
-    for ``device``.
+    """``(advance, score_points, advance_block, interact, advance_collision, advance_block_collision,
+    grid_entry)`` for ``device``.
 
     Compiled when asked and possible, else the eager functions.
 

@@ -450,8 +450,10 @@ class TransportTally:
     n_steps: int = 0
 
 
-def enter_grid(state: PhotonState, grid: TransportGrid, with_distance: bool = False):
-    """Move photons that start outside the box to their entry point (slab method).
+def enter_grid(state: PhotonState, grid: TransportGrid, with_distance: bool = False,
+               setup: "TrackLengthSetup | None" = None):
+    """Move photons that start outside the box to their entry point (slab method,
+    :func:`ctdose.physics.kernels.grid_entry`; compiled with ``setup``'s kernels).
 
     Returns
     -------
@@ -462,42 +464,23 @@ def enter_grid(state: PhotonState, grid: TransportGrid, with_distance: bool = Fa
     distance_mm : Tensor (float, len(inside)), only with ``with_distance``
         Path from each photon's start to its entry point (0 for photons born inside).
     """
-    lo = grid.lo_mm
-    hi = grid.hi_mm
-    pos = (state.x, state.y, state.z)
-    dirs = (state.u, state.v, state.w)
-    t_in = torch.zeros_like(state.x)
-    t_out = torch.full_like(state.x, float("inf"))
-    for a in range(3):
-        p, d = pos[a], dirs[a]
-        small = d.abs() < 1e-12
-        inv = 1.0 / torch.where(small, torch.ones_like(d), d)
-        t1 = (lo[a] - p) * inv
-        t2 = (hi[a] - p) * inv
-        tmin = torch.minimum(t1, t2)
-        tmax = torch.maximum(t1, t2)
-        inside_slab = (p >= lo[a]) & (p <= hi[a])
-        tmin = torch.where(small, torch.where(inside_slab, torch.zeros_like(p), torch.full_like(p, float("inf"))), tmin)
-        tmax = torch.where(small, torch.where(inside_slab, torch.full_like(p, float("inf")), torch.full_like(p, -1.0)), tmax)
-        t_in = torch.maximum(t_in, tmin)
-        t_out = torch.minimum(t_out, tmax)
-    hit = t_in < t_out
-    t = torch.where(hit, t_in + _ENTRY_EPS_MM, torch.zeros_like(t_in))
-    moved = PhotonState(
-        state.x + t * state.u,
-        state.y + t * state.v,
-        state.z + t * state.w,
-        state.u,
-        state.v,
-        state.w,
-        state.energy_kev,
-        state.weight,
-        state.offset,
-    )
+    from .kernels import MIN_COMPILED_PHOTONS, grid_entry
+
+    if setup is not None and len(state) >= MIN_COMPILED_PHOTONS:
+        entry, box_f = setup.kernels[6], setup.box_f
+    else:
+        entry, box_f = grid_entry, _box_tensor(grid)
+    hit, t_in, x1, y1, z1 = entry(state.x, state.y, state.z, state.u, state.v, state.w, box_f)
+    moved = PhotonState(x1, y1, z1, state.u, state.v, state.w, state.energy_kev, state.weight, state.offset)
     idx = hit.nonzero().squeeze(1)
     if with_distance:
         return moved.select(idx), ~hit, t_in.index_select(0, idx)
     return moved.select(idx), ~hit
+
+
+def _box_tensor(grid: TransportGrid) -> torch.Tensor:
+    """The box's corners (mm) and the entry offset, as :func:`ctdose.physics.kernels.grid_entry` takes them."""
+    return torch.tensor([*grid.lo_mm, *grid.hi_mm, _ENTRY_EPS_MM], dtype=torch.float32, device=grid.density.device)
 
 
 def attenuate_in_ambient(
@@ -754,6 +737,8 @@ class TrackLengthSetup:
     #: (:mod:`ctdose.physics.ray_kernels`)
     cell_f: torch.Tensor | None = None
     ray_kernels: tuple = ()
+    #: the box's corners (mm) and the entry offset (:func:`ctdose.physics.kernels.grid_entry`)
+    box_f: torch.Tensor | None = None
     #: local majorant (``advance_block``): block_ab (n_blocks * n_e, 2), block_f (10,), block_i (3,)
     block_ab: torch.Tensor | None = None
     block_f: torch.Tensor | None = None
@@ -800,6 +785,7 @@ class TrackLengthSetup:
             kernels=get_kernels(dev, compile),
             cell_f=torch.tensor([dx, dy, dz], **f32),
             ray_kernels=get_ray_kernels(dev, compile),
+            box_f=_box_tensor(grid),
             **_interaction_tensors(tab),
             **(_block_tensors(grid, block) if block is not None else {}),
         )
@@ -1373,9 +1359,9 @@ def run_transport(
                 )
                 tally.emitted_kev += float((fresh.energy_kev * fresh.weight).sum(dtype=torch.float64))
                 if ambient is None:
-                    entered, missed = enter_grid(fresh, grid)
+                    entered, missed = enter_grid(fresh, grid, setup=track_setup)
                 else:
-                    entered, missed, dist = enter_grid(fresh, grid, with_distance=True)
+                    entered, missed, dist = enter_grid(fresh, grid, with_distance=True, setup=track_setup)
                     attenuate_in_ambient(entered, dist, tab, ambient, tally)
                 if bool(missed.any()):
                     tally.escaped_kev += float(

@@ -402,6 +402,47 @@ def test_compiled_kernels_equal_the_eager_ones():
             torch.tensor(1.0), eager.grid_f, eager.grid_i, grid.voxel_table, eager.xs_ab, eager.sf_ratio,
             eager.coh_x2_inv, eager.coh_frac, eager.scatter_f, eager.scatter_i)
     _assert_same(eager.kernels[3](*args), fused.kernels[3](*args), "interact")
+    # the entry kernel: the same bits (no transcendental functions in it), from outside the
+    # box too, and with zero direction cosines
+    u[:50], w[50:100] = 0.0, 0.0
+    outside = (x - 100.0, y, z - 3.0 * w, u, v, w, eager.box_f)
+    for args in [(x, y, z, u, v, w, eager.box_f), outside]:
+        for a, b in zip(eager.kernels[6](*args), fused.kernels[6](*args)):
+            assert torch.equal(a, b), "grid_entry"
+
+
+def test_grid_entry_by_the_slab_method():
+    """Entry distances and points for rays whose answers are known by hand (box [0, 10] x [0, 20]
+    x [0, 30] mm), including axis-parallel rays (zero direction cosines) and starts inside."""
+    box_f = torch.tensor([0.0, 0.0, 0.0, 10.0, 20.0, 30.0, 1e-3])
+    s = 1.0 / math.sqrt(2.0)
+    rays = [  # start, direction, expected hit and distance to the face
+        ((-5.0, 10.0, 15.0), (1.0, 0.0, 0.0), True, 5.0),  # along +x onto the x = 0 face
+        ((5.0, 25.0, 15.0), (0.0, -1.0, 0.0), True, 5.0),  # along -y onto the y = 20 face
+        ((5.0, 10.0, -2.0), (0.0, s, s), True, 2.0 / s),  # diagonal in y-z onto z = 0 at y = 12
+        ((-5.0, 25.0, 15.0), (1.0, 0.0, 0.0), False, None),  # parallel to x, outside the y slab
+        ((-5.0, 10.0, 15.0), (-1.0, 0.0, 0.0), False, None),  # pointing away
+        ((-1.0, -1.0, 15.0), (s, -s, 0.0), False, None),  # passes the corner's outside
+        ((5.0, 10.0, 15.0), (0.0, 0.0, 1.0), True, 0.0),  # born inside
+    ]
+    x, y, z = (torch.tensor([r[0][i] for r in rays]) for i in range(3))
+    u, v, w = (torch.tensor([r[1][i] for r in rays]) for i in range(3))
+    hit, t_in, x1, y1, z1 = kernels.grid_entry(x, y, z, u, v, w, box_f)
+    assert hit.tolist() == [r[2] for r in rays]
+    for i, (start, d, h, t) in enumerate(rays):
+        if not h:
+            assert (x1[i], y1[i], z1[i]) == (x[i], y[i], z[i])  # a miss stays where it is
+            continue
+        assert t_in[i].item() == pytest.approx(t, abs=1e-5)
+        for p1, p0, di in zip((x1[i], y1[i], z1[i]), start, d):
+            assert p1.item() == pytest.approx(p0 + (t + 1e-3) * di, abs=1e-5)  # put 1e-3 mm inside
+    # the entered points are inside the box; the transport's helper drops the misses
+    grid = TransportGrid.from_arrays(np.zeros((30, 20, 10), np.uint8), np.ones((30, 20, 10), np.float32),
+                                     (1.0, 1.0, 1.0), (0.5, 0.5, 0.5), "cpu")
+    st = transport.PhotonState(x, y, z, u, v, w, torch.full((7,), 60.0), torch.ones(7))
+    entered, missed = transport.enter_grid(st, grid)
+    assert missed.tolist() == [not r[2] for r in rays]
+    assert len(entered) == 4 and bool(((entered.x > 0) & (entered.x < 10) & (entered.z > 0)).all())
 
 
 def test_block_faces_always_make_progress():
