@@ -952,12 +952,34 @@ _RAY_COMPACT_FRACTION = 0.6
 
 
 def _ray_kernels(setup: TrackLengthSetup, m: int) -> tuple:
-    """The ray kernels for ``m`` rays: compiled, or eager for a few (the tail of a run, the end
-    of a flight; as in the track-length step, no compilation for sizes 0 and 1)."""
+    """The ray kernels for ``m`` rays: compiled, or eager for a few (no compilation for sizes 0
+    and 1). Only the traversal start uses the eager kernel for few rays; the chunks go through
+    :func:`_ray_chunk`."""
     from .kernels import MIN_COMPILED_PHOTONS
     from .ray_kernels import EAGER_RAY_KERNELS
 
     return setup.ray_kernels if m >= MIN_COMPILED_PHOTONS else EAGER_RAY_KERNELS
+
+
+def _ray_chunk(setup: TrackLengthSetup, k: int, per_ray: list, fixed: tuple) -> tuple:
+    """Call chunk kernel ``k`` (1: ``ray_chunk``, 2: ``ray_chunk_split``) with the per-ray
+    arguments ``per_ray`` and then ``fixed``.
+
+    A few rays (the end of every flight: the longest rays need dozens of calls) are padded
+    with copies of the last ray to the compiled kernels' smallest size, instead of running the
+    eager kernel (some hundred tensor operations per call); the outputs are cut back to the
+    ``m`` rays (the copies' scores and collisions are dropped), so they are the compiled
+    kernel's for these rays.
+    """
+    from .kernels import MIN_COMPILED_PHOTONS
+
+    m = per_ray[0].numel()
+    kernel = setup.ray_kernels[k]
+    if m >= MIN_COMPILED_PHOTONS or not setup.compiled:
+        return kernel(*per_ray, *fixed)
+    pad = MIN_COMPILED_PHOTONS - m
+    out = kernel(*[torch.cat([a, a[-1:].expand(pad)]) for a in per_ray], *fixed)
+    return tuple(a[:m] if a.dim() == 1 else a[:, :m].contiguous() for a in out)
 
 
 def _ray_set(st: PhotonState, tab: TransportTables, setup: TrackLengthSetup):
@@ -1014,9 +1036,9 @@ def _step_expected_track_length(
     while True:
         m = state[0].numel()
         r_roulette = torch.rand(m, generator=gen, device=e.device, dtype=e.dtype)
-        flat, tx, ty, tz, rx, ry, rz, t, tau, att, tc, tau_r, ew, index, score = _ray_kernels(setup, m)[1](
-            *state[:16], const[0], *state[16:], *const[1:], r_roulette, grid.voxel_table, tab.total_tr_ab,
-            setup.grid_i, CROSSINGS_PER_CALL,
+        flat, tx, ty, tz, rx, ry, rz, t, tau, att, tc, tau_r, ew, index, score = _ray_chunk(
+            setup, 1, [*state[:16], const[0], *state[16:], *const[1:], r_roulette],
+            (grid.voxel_table, tab.total_tr_ab, setup.grid_i, CROSSINGS_PER_CALL),
         )
         tally.energy_kev.scatter_add_(0, index.view(-1), score.view(-1))
         state[:4] = flat, tx, ty, tz
@@ -1084,8 +1106,8 @@ def _step_expected_track_length_window(
     while True:
         m = state[0].numel()
         rnd = torch.rand((3, m), generator=gen, device=dev, dtype=e.dtype)
-        out = _ray_kernels(setup, m)[2](*state, *const, rnd[0], rnd[1], rnd[2], grid.voxel_table, tab.total_tr_ab,
-                                        target_vox, window_f, setup.grid_i, CROSSINGS_PER_CALL)
+        out = _ray_chunk(setup, 2, [*state, *const, rnd[0], rnd[1], rnd[2]],
+                         (grid.voxel_table, tab.total_tr_ab, target_vox, window_f, setup.grid_i, CROSSINGS_PER_CALL))
         flat, tx, ty, tz, rx, ry, rz, t, tau, att, lam, tau_r, wgt, index, score, n_coll, t_coll, w_coll = out
         tally.energy_kev.scatter_add_(0, index.view(-1), score.view(-1))
         hit = _indices(n_coll.view(-1) > 0)

@@ -354,3 +354,48 @@ def test_a_grid_too_large_for_32_bit_voxel_indices_is_refused(monkeypatch):
     monkeypatch.setattr(transport, "_MAX_TRAVERSAL_VOXELS", 100)
     with pytest.raises(InputError, match="2 x 5 x 10.*32-bit"):
         _setup(mi, rho, [get_medium("water")], (1.0, 1.0, 1.0), shape)
+
+
+def test_few_rays_run_the_compiled_chunks_padded():
+    """Fewer rays than the compiled kernels' smallest size (the end of every flight) run the
+    compiled chunks padded with copies of the last ray: the real rays get the eager kernel's
+    results (up to rounding), the copies' outputs are dropped."""
+    from ctdose.physics import kernels
+    from ctdose.physics.ray_kernels import ray_chunk_split
+    from ctdose.physics.transport import _ray_chunk
+
+    rng = np.random.default_rng(11)
+    mi, rho, media = _random_grid(rng)
+    origin = tuple(0.5 * s for s in SPACING)
+    prep = prepare_transport(mi, rho, media, SPACING, origin, 150.0, "cpu", "expected_track_length", "global",
+                             compile=True)
+    ts, tab, grid = prep.track_setup, prep.tables, prep.grid
+    if not ts.compiled or kernels._FAILED:
+        pytest.skip("torch.compile is not available here")
+    m = 5
+    hi = np.array([SHAPE[2] * SPACING[2], SHAPE[1] * SPACING[1], SHAPE[0] * SPACING[0]])
+    pos = torch.tensor(rng.uniform(0.1, 0.9, (m, 3)) * hi, dtype=torch.float32)
+    d = torch.tensor(rng.normal(size=(m, 3)), dtype=torch.float32)
+    d = d / d.norm(dim=1, keepdim=True)
+    x, y, z, u, v, w = (a.contiguous() for a in (*pos.T, *d.T))
+    state = list(ray_start(x, y, z, u, v, w, ts.grid_f, ts.grid_i, ts.cell_f))
+    e = torch.full((m,), 50.0)
+    ie, fe = tab.energy_index(e)
+    ie = ie.to(torch.int32)
+    ones, zeros, offset = torch.ones(m), torch.zeros(m), torch.zeros(m, dtype=torch.int64)
+    r = torch.tensor(rng.uniform(size=(3, m)), dtype=torch.float32)
+    # t, tau, att, the collision's optical depth 0.05 (inside the grid), t_c unknown, no roulette, w E
+    plain = [*state, zeros, zeros, ones, torch.full((m,), 0.05), -ones, torch.full((m,), 99.0), e, ie, fe, offset, r[0]]
+    fixed = (grid.voxel_table, tab.total_tr_ab, ts.grid_i, 8)
+    # a window everywhere at a tenth of the weight: the rays split
+    split = [*state, zeros, zeros, ones, -r[0], torch.full((m,), 99.0), ones, e, ie, fe, offset, r[0], r[1], r[2]]
+    sfixed = (grid.voxel_table, tab.total_tr_ab, torch.full((grid.n_vox,), 0.1), torch.tensor([0.8, 1.25, 8.0]),
+              ts.grid_i, 8)
+    for k, eager, args, fix in [(1, ray_chunk, plain, fixed), (2, ray_chunk_split, split, sfixed)]:
+        got, want = _ray_chunk(ts, k, args, fix), eager(*args, *fix)
+        assert len(got) == len(want)
+        for g, w_ in zip(got, want):
+            assert g.shape == w_.shape
+            np.testing.assert_allclose(g.double().numpy(), w_.double().numpy(), rtol=1e-5, atol=1e-6)
+        assert float(want[14].sum()) > 0  # the rays scored
+    assert float(want[15].sum()) > 0  # and collided
