@@ -66,7 +66,8 @@ __all__ = [
 ]
 
 #: Pools smaller than this run the eager kernels (the tail of a run; also avoids the
-#: compiler's specialisation on sizes 0 and 1); smaller interaction passes are padded to it.
+#: compiler's specialisation on sizes 0 and 1); smaller interaction passes and the last few
+#: rays of an expected-track-length flight are padded to it.
 MIN_COMPILED_PHOTONS = 64
 
 _log = logging.getLogger(__name__)
