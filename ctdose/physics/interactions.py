@@ -158,7 +158,7 @@ def _rand(n: int, like: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def kn_proposal(
-    k: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor
+    k: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One Butcher-Messel proposal from two uniform numbers (pure: no in-place operations).
 
@@ -167,7 +167,9 @@ def kn_proposal(
     k : Tensor
         Photon energy in units of the electron rest energy (E / m_e c^2).
     r1, r2 : Tensor
-        Uniform numbers in [0, 1): the branch and the energy ratio within it.
+        Uniform numbers in [0, 1): the branch and the energy ratio within it. ``r2=None``:
+        both from ``r1`` alone (given the branch, where ``r1`` falls inside the branch's share
+        of [0, 1) is itself uniform and independent of the branch: exact, one number fewer).
 
     Returns
     -------
@@ -180,8 +182,13 @@ def kn_proposal(
     eps0sq = eps0 * eps0
     one_minus_eps0sq = 1.0 - eps0sq  # 2 a2
     # branch 1 (1/eps part) with probability a1 / (a1 + a2)
-    branch1 = (r1 * (a1 + 0.5 * one_minus_eps0sq)) < a1
-    eps = torch.where(branch1, torch.exp(-a1 * r2), torch.sqrt(eps0sq + one_minus_eps0sq * r2))
+    t1 = r1 * (a1 + 0.5 * one_minus_eps0sq)
+    branch1 = t1 < a1
+    if r2 is None:  # r2 = t1 / a1 in branch 1, (t1 - a1) / a2 in branch 2
+        eps = torch.where(branch1, torch.exp(-t1),
+                          torch.sqrt(eps0sq + 2.0 * (t1 - a1).clamp(min=0.0)).clamp(max=1.0))
+    else:
+        eps = torch.where(branch1, torch.exp(-a1 * r2), torch.sqrt(eps0sq + one_minus_eps0sq * r2))
     t = (1.0 - eps) / (k * eps)  # 1 - cos theta
     sin2 = (t * (2.0 - t)).clamp(min=0.0)
     g = 1.0 - eps * sin2 / (1.0 + eps * eps)

@@ -8,6 +8,9 @@ The per-photon arithmetic of one step lives in a few pure tensor functions:
 :func:`advance_collision` (:func:`advance_block_collision`)
     free path, voxel lookup, the collision estimator's score at the tentative site and the
     real-collision test (the collision estimator's step);
+:func:`collide_interact`
+    the collision estimator's step and the real interactions at its sites in one pass over
+    the whole pool (no gathers of the interacting photons; see its docstring for when it pays);
 :func:`score_points`
     the stratified track-length estimator at those points, which lie photon after photon in
     one flat array (no empty slots for short segments);
@@ -51,6 +54,7 @@ __all__ = [
     "advance_block",
     "advance_collision",
     "advance_block_collision",
+    "collide_interact",
     "segment_points",
     "score_points",
     "interact",
@@ -105,11 +109,11 @@ def _voxel(x1, y1, z1, ie, grid_f, grid_i, voxel_table):
 
 def _collide(x1, y1, z1, ie, fe, maj, r_real, grid_f, grid_i, voxel_table, total_tr_ab):
     """The real-collision test at the new positions: ``(rr, real, inside)``, and the voxel's
-    index, table row and density (``flat, mi, rho``)."""
-    inside, flat, _, mi, rho = _voxel(x1, y1, z1, ie, grid_f, grid_i, voxel_table)
+    index, table row, density and medium (``flat, mi, rho, med``)."""
+    inside, flat, med, mi, rho = _voxel(x1, y1, z1, ie, grid_f, grid_i, voxel_table)
     mu = (total_tr_ab[mi, 0] + fe * total_tr_ab[mi, 1]) * rho
     rr = r_real * maj
-    return rr, (rr < mu) & inside, inside, flat, mi, rho
+    return rr, (rr < mu) & inside, inside, flat, mi, rho, med
 
 
 def advance(
@@ -267,7 +271,8 @@ def advance_collision(
         Energy (keV x weight) scored there; zero outside the grid.
     """
     ie, fe, maj, _, x1, y1, z1 = _global_flight(x, y, z, u, v, w, e, r_path, energy_f, maj_ab)
-    return _collision_site(x1, y1, z1, ie, fe, maj, r_real, ew, offset, grid_f, grid_i, voxel_table, total_tr_ab)
+    return _collision_site(x1, y1, z1, ie, fe, maj, r_real, ew, offset, grid_f, grid_i, voxel_table,
+                           total_tr_ab)[:10]
 
 
 def advance_block_collision(
@@ -283,17 +288,83 @@ def advance_block_collision(
                                                      block_ab, block_f, block_i)
     x1, y1, z1, ie, fe, rr, real, inside, index, score = _collision_site(
         x1, y1, z1, ie, fe, maj, r_real, ew, offset, grid_f, grid_i, voxel_table, total_tr_ab
-    )
+    )[:10]
     return x1, y1, z1, ie, fe, rr, real & coll, inside, index, torch.where(coll, score, torch.zeros_like(score))
 
 
 def _collision_site(x1, y1, z1, ie, fe, maj, r_real, ew, offset, grid_f, grid_i, voxel_table, total_tr_ab):
-    """Collision-estimator score and real-collision test at the tentative sites (x1, y1, z1)."""
-    rr, real, inside, flat, mi, rho = _collide(x1, y1, z1, ie, fe, maj, r_real, grid_f, grid_i, voxel_table,
-                                               total_tr_ab)
+    """Collision-estimator score and real-collision test at the tentative sites (x1, y1, z1):
+    ``x1, y1, z1, ie, fe, rr, real, inside, index, score`` (see :func:`advance_collision`),
+    then the site's medium, table row and density (``med, mi, rho``)."""
+    rr, real, inside, flat, mi, rho, med = _collide(x1, y1, z1, ie, fe, maj, r_real, grid_f, grid_i, voxel_table,
+                                                    total_tr_ab)
     mu_tr = (total_tr_ab[mi, 2] + fe * total_tr_ab[mi, 3]) * rho
     score = torch.where(inside, mu_tr * (ew / maj), torch.zeros_like(mu_tr))
-    return x1, y1, z1, ie, fe, rr, real, inside, flat + offset, score.to(torch.float64)
+    return x1, y1, z1, ie, fe, rr, real, inside, flat + offset, score.to(torch.float64), med, mi, rho
+
+
+def collide_interact(
+    x, y, z, u, v, w, e, ew, weight, offset, rnd, cutoff_kev, grid_f, grid_i, energy_f, maj_ab, voxel_table,
+    total_tr_ab, xs_ab, sf_ratio, coh_x2_inv, coh_frac, scatter_f, scatter_i,
+):
+    """:func:`advance_collision` and :func:`interact` in one pass over the whole pool.
+
+    Every photon flies to its tentative site (global majorant), scores there, and makes the
+    real-collision test; the photons with a real collision then interact at once, with the
+    samplers of :func:`interact` evaluated for every photon and kept where the collision is
+    real. Against :func:`advance_collision` followed by :func:`interact` on the indices of
+    the real collisions, this saves the gathers of the interacting photons' state, the scatter
+    of the results back into the pool and a second voxel lookup, and costs the samplers'
+    arithmetic (and random numbers) of the photons that do not interact: it pays where most
+    tentative sites are real (a water phantom: about 60 %), not where most are virtual (a
+    thorax under a bone majorant: about 12 %); :func:`ctdose.physics.transport._step_collision`
+    chooses.
+
+    Parameters
+    ----------
+    x, y, z, u, v, w, e, ew, offset, grid_f, grid_i, energy_f, maj_ab, voxel_table, total_tr_ab
+        As in :func:`advance_collision`.
+    weight : Tensor (n,)
+        Statistical weight of each photon (for the deposit at the energy cutoff).
+    rnd : Tensor (2 + R, n)
+        Uniform numbers in [0, 1): row 0 the free path (``1 - rnd[0]`` in (0, 1]), row 1 the
+        rejection test, rows 2.. those of the lean samplers (``R = interaction_uniforms(lean=True)``:
+        the branch and energy ratio of an incoherent proposal from one number, the azimuth
+        from the accepted proposal's acceptance number; both exact, see :func:`_incoherent`).
+    cutoff_kev, xs_ab, sf_ratio, coh_x2_inv, coh_frac, scatter_f, scatter_i
+        As in :func:`interact`.
+
+    Returns
+    -------
+    x1, y1, z1, ie, fe, rr : Tensor (n,)
+        The tentative site (mm), energy table index and fraction, rejection variate
+        (as :func:`advance_collision`; :func:`interact` takes them for the photons
+        ``pending``).
+    e1, u1, v1, w1 : Tensor (n,)
+        Energy and direction after the step (unchanged where no interaction was sampled).
+    real, inside : Tensor (n,) bool
+        Real collision; site inside the grid.
+    alive : Tensor (n,) bool
+        Inside the grid and neither absorbed nor below the cutoff.
+    pending : Tensor (n,) bool
+        A real collision none of whose proposals was accepted: it needs another pass of
+        :func:`interact` (fresh numbers: exact).
+    index : Tensor (n,) int64
+        Tally index of the site (``offset`` + voxel index, clamped into the grid).
+    score : Tensor (n,) float64
+        The collision estimator's score at the site plus the energy deposited there at the
+        cutoff (keV x weight).
+    """
+    ie, fe, maj, _, x1, y1, z1 = _global_flight(x, y, z, u, v, w, e, 1.0 - rnd[0], energy_f, maj_ab)
+    x1, y1, z1, ie, fe, rr, real, inside, index, score, med, mi, rho = _collision_site(
+        x1, y1, z1, ie, fe, maj, rnd[1], ew, offset, grid_f, grid_i, voxel_table, total_tr_ab
+    )
+    e1, u1, v1, w1, alive, deposit, done = _sample_interaction(
+        e, u, v, w, weight, fe, rr, med, mi, rho, rnd[2:], cutoff_kev, xs_ab, sf_ratio, coh_x2_inv, coh_frac,
+        scatter_f, scatter_i, real, lean=True,
+    )
+    return (x1, y1, z1, ie, fe, rr, e1, u1, v1, w1, real, inside, alive & inside, real & (~done), index,
+            score + deposit)
 
 
 def segment_points(s, r_strat, n_slots, h_mm):
@@ -392,49 +463,67 @@ INCOHERENT_PROPOSALS = 3
 COHERENT_PROPOSALS = 2
 #: Uniform numbers per incoherent proposal (branch, energy ratio, acceptance test).
 _UNIFORMS_PER_INCOHERENT = 3
+#: The same in the lean samplers of :func:`collide_interact` (branch and energy ratio from one
+#: number, see :func:`ctdose.physics.interactions.kn_proposal`).
+_UNIFORMS_PER_INCOHERENT_LEAN = 2
 #: Uniform numbers per coherent proposal (form factor inversion, Thomson acceptance test).
 _UNIFORMS_PER_COHERENT = 2
 
 
-def interaction_uniforms() -> int:
+def interaction_uniforms(lean: bool = False) -> int:
     """Rows of uniform numbers that :func:`interact` takes per photon.
 
     ``INCOHERENT_PROPOSALS`` incoherent proposals (3 numbers each); the ``COHERENT_PROPOSALS``
     coherent ones (2 numbers each) use the same rows (a photon makes one kind of interaction);
-    the last row is the azimuth.
+    the last row is the azimuth. ``lean``: the samplers of :func:`collide_interact`, 2 numbers
+    per incoherent proposal and no azimuth row (the accepted proposal's acceptance number
+    gives it).
     """
-    rows = max(_UNIFORMS_PER_INCOHERENT * INCOHERENT_PROPOSALS, _UNIFORMS_PER_COHERENT * COHERENT_PROPOSALS)
-    return rows + 1
+    per_incoherent = _UNIFORMS_PER_INCOHERENT_LEAN if lean else _UNIFORMS_PER_INCOHERENT
+    rows = max(per_incoherent * INCOHERENT_PROPOSALS, _UNIFORMS_PER_COHERENT * COHERENT_PROPOSALS)
+    return rows if lean else rows + 1
 
 
-def _incoherent(e, med, rnd, n_prop, sf_ratio, scatter_f, scatter_i):
+def _incoherent(e, med, rnd, n_prop, sf_ratio, scatter_f, scatter_i, lean=False):
     """Klein-Nishina x S(x)/S(inf) with ``n_prop`` proposals per photon (rows ``3p, 3p + 1, 3p + 2``
-    of ``rnd``: branch, energy ratio, acceptance): the first accepted E'/E, and whether any was."""
+    of ``rnd``: branch, energy ratio, acceptance): the first accepted E'/E, whether any was,
+    and (``lean``) a uniform number for the azimuth.
+
+    ``lean``: rows ``2p, 2p + 1`` (branch and energy ratio from one number, acceptance), and
+    the accepted proposal's acceptance number ``r < f`` gives ``r / f``, uniform in [0, 1)
+    and independent of the proposal (exact). Otherwise the third output is None.
+    """
+    per = _UNIFORMS_PER_INCOHERENT_LEAN if lean else _UNIFORMS_PER_INCOHERENT
     k = e * (1.0 / ELECTRON_REST_KEV)
     x_max = e * (1.0 / HC_KEV_ANGSTROM)
     base = med * scatter_i[0]
     eps_out = torch.ones_like(e)
+    az_out = torch.zeros_like(e) if lean else None
     done = torch.zeros_like(e, dtype=torch.bool)
     # unrolled (one fused loop over the photons); the first accepted proposal wins: going
     # backwards, each accepted one overwrites the later ones
     for p in reversed(range(n_prop)):
-        r = rnd[_UNIFORMS_PER_INCOHERENT * p:_UNIFORMS_PER_INCOHERENT * (p + 1)]
-        eps, g, one_minus_cos = kn_proposal(k, r[0], r[1])
+        r = rnd[per * p:per * (p + 1)]
+        eps, g, one_minus_cos = kn_proposal(k, r[0], None if lean else r[1])
         x = x_max * (0.5 * one_minus_cos).clamp(min=0.0, max=1.0).sqrt()
         px = (x * scatter_f[0]).clamp(min=0.0).minimum(scatter_f[1])
         jx = px.to(torch.int64)
         lo = sf_ratio[base + jx]
         sf = lo + (px - jx.to(px.dtype)) * (sf_ratio[base + jx + 1] - lo)
-        acc = r[2] < g * sf
+        f = g * sf
+        acc = r[per - 1] < f
         eps_out = torch.where(acc, eps, eps_out)
+        if lean:
+            az_out = torch.where(acc, (r[per - 1] / f).clamp(max=1.0), az_out)
         done = done | acc
-    return eps_out, done
+    return eps_out, done, az_out
 
 
-def _coherent(e, med, rnd, n_prop, coh_x2_inv, coh_frac, scatter_f, scatter_i):
+def _coherent(e, med, rnd, n_prop, coh_x2_inv, coh_frac, scatter_f, scatter_i, lean=False):
     """Form factor x Thomson with ``n_prop`` proposals per photon (rows ``2p, 2p + 1`` of ``rnd``:
-    x^2 by the inverse cumulative table, acceptance): the first accepted cos theta, and
-    whether any was."""
+    x^2 by the inverse cumulative table, acceptance): the first accepted cos theta, whether
+    any was, and (``lean``, else None) a uniform number for the azimuth from the accepted
+    proposal's acceptance number (as in :func:`_incoherent`)."""
     pe = (e * scatter_f[2]).clamp(min=0.0).minimum(scatter_f[3])
     je = pe.to(torch.int64)
     te = pe - je.to(pe.dtype)
@@ -443,6 +532,7 @@ def _coherent(e, med, rnd, n_prop, coh_x2_inv, coh_frac, scatter_f, scatter_i):
     xmax2 = (e * (1.0 / HC_KEV_ANGSTROM)) ** 2
     base = med * scatter_i[2]
     cos_out = torch.ones_like(e)
+    az_out = torch.zeros_like(e) if lean else None
     done = torch.zeros_like(e, dtype=torch.bool)
     for p in reversed(range(n_prop)):
         r = rnd[_UNIFORMS_PER_COHERENT * p:_UNIFORMS_PER_COHERENT * (p + 1)]
@@ -451,10 +541,13 @@ def _coherent(e, med, rnd, n_prop, coh_x2_inv, coh_frac, scatter_f, scatter_i):
         lo = coh_x2_inv[base + j]
         x2 = lo + (uu - j.to(uu.dtype)) * (coh_x2_inv[base + j + 1] - lo)
         c = (1.0 - 2.0 * x2 / xmax2).clamp(min=-1.0, max=1.0)
-        acc = r[1] * 2.0 < 1.0 + c * c
+        thomson = 1.0 + c * c
+        acc = r[1] * 2.0 < thomson
         cos_out = torch.where(acc, c, cos_out)
+        if lean:
+            az_out = torch.where(acc, (r[1] * 2.0 / thomson).clamp(max=1.0), az_out)
         done = done | acc
-    return cos_out, done
+    return cos_out, done, az_out
 
 
 def interact(idx, rnd, e, u, v, w, weight, x1, y1, z1, ie, fe, rr, offset, cutoff_kev, grid_f, grid_i, voxel_table,
@@ -509,28 +602,43 @@ def interact(idx, rnd, e, u, v, w, weight, x1, y1, z1, ie, fe, rr, offset, cutof
         The interaction was sampled.
     """
     e0 = e[idx]
-    f = fe[idx]
-    r = rr[idx]
     _, flat, m, row, d = _voxel(x1[idx], y1[idx], z1[idx], ie[idx], grid_f, grid_i, voxel_table)
+    e1, u1, v1, w1, alive, deposit, done = _sample_interaction(
+        e0, u[idx], v[idx], w[idx], weight[idx], fe[idx], rr[idx], m, row, d, rnd, cutoff_kev, xs_ab, sf_ratio,
+        coh_x2_inv, coh_frac, scatter_f, scatter_i,
+    )
+    return e1, u1, v1, w1, alive, deposit, flat + offset[idx], done
+
+
+def _sample_interaction(e0, u0, v0, w0, wt, f, r, m, row, d, rnd, cutoff_kev, xs_ab, sf_ratio, coh_x2_inv, coh_frac,
+                        scatter_f, scatter_i, real=None, lean=False):
+    """The interaction of each photon at its site (see :func:`interact`): ``e1, u1, v1, w1, alive,
+    deposit, done`` from its energy ``e0``, direction, weight ``wt``, table fraction ``f``,
+    rejection variate ``r``, medium ``m``, table row ``row`` and density ``d``. ``real``: a mask
+    of the photons that interact (the others come back unchanged, alive and not ``done``);
+    None: all of them. ``lean``: the samplers' lean variants (``interaction_uniforms(True)``
+    rows of ``rnd``; the azimuth from the accepted proposal)."""
     ph = (xs_ab[row, 0] + f * xs_ab[row, 1]) * d
     inc = (xs_ab[row, 2] + f * xs_ab[row, 3]) * d
     is_photo = r < ph
     is_inc = (~is_photo) & (r < ph + inc)
     is_coh = (~is_photo) & (~is_inc)
-    eps, done_inc = _incoherent(e0, m, rnd, INCOHERENT_PROPOSALS, sf_ratio, scatter_f, scatter_i)
-    cos_coh, done_coh = _coherent(e0, m, rnd, COHERENT_PROPOSALS, coh_x2_inv, coh_frac, scatter_f, scatter_i)
+    if real is not None:
+        is_photo, is_inc, is_coh = is_photo & real, is_inc & real, is_coh & real
+    eps, done_inc, az_inc = _incoherent(e0, m, rnd, INCOHERENT_PROPOSALS, sf_ratio, scatter_f, scatter_i, lean)
+    cos_coh, done_coh, az_coh = _coherent(e0, m, rnd, COHERENT_PROPOSALS, coh_x2_inv, coh_frac, scatter_f, scatter_i,
+                                          lean)
     k = e0 * (1.0 / ELECTRON_REST_KEV)
     cos_inc = (1.0 - (1.0 - eps) / (k * eps)).clamp(min=-1.0, max=1.0)
     cos_t = torch.where(is_inc, cos_inc, cos_coh)
-    phi = rnd[-1] * (2.0 * math.pi)
-    u0, v0, w0 = u[idx], v[idx], w[idx]
+    phi = (torch.where(is_inc, az_inc, az_coh) if lean else rnd[-1]) * (2.0 * math.pi)
     un, vn, wn = rotate_direction(u0, v0, w0, cos_t, phi)
     done = is_photo | (is_inc & done_inc) | (is_coh & done_coh)
     scattered = done & (~is_photo)
     e1 = torch.where(is_inc & done, e0 * eps, e0)
     below = scattered & (e1 < cutoff_kev)
     alive = ~((done & is_photo) | below)
-    deposit = torch.where(below, e1 * weight[idx], torch.zeros_like(e1))
+    deposit = torch.where(below, e1 * wt, torch.zeros_like(e1))
     return (
         e1,
         torch.where(scattered, un, u0),
@@ -538,7 +646,6 @@ def interact(idx, rnd, e, u, v, w, weight, x1, y1, z1, ie, fe, rr, offset, cutof
         torch.where(scattered, wn, w0),
         alive,
         deposit.to(torch.float64),
-        flat + offset[idx],
         done,
     )
 
@@ -630,12 +737,12 @@ class _Guarded:
 
 #: The kernels in the order :func:`get_kernels` returns them.
 EAGER_KERNELS = (advance, score_points, advance_block, interact, advance_collision, advance_block_collision,
-                 grid_entry)
+                 grid_entry, collide_interact)
 
 
 def get_kernels(device: torch.device, compile: bool | None = None):
     """``(advance, score_points, advance_block, interact, advance_collision, advance_block_collision,
-    grid_entry)`` for ``device``.
+    grid_entry, collide_interact)`` for ``device``.
 
     Compiled when asked and possible, else the eager functions.
 

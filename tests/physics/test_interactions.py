@@ -15,6 +15,7 @@ from ctdose.physics.interactions import (
     build_scatter_tables,
     incoherent_transfer_fraction,
     klein_nishina_pdf,
+    kn_proposal,
     rotate_direction,
     sample_coherent,
     sample_incoherent,
@@ -59,6 +60,28 @@ def test_klein_nishina_matches_analytic_distribution(energy_kev):
     # Compton relation E'/E = 1 / (1 + k (1 - cos))
     k = energy_kev / ELECTRON_REST_KEV
     np.testing.assert_allclose(eps.numpy(), 1.0 / (1.0 + k * (1.0 - cos.numpy())), rtol=2e-5)
+
+
+@pytest.mark.parametrize("energy_kev", [20.0, 60.0, 150.0])
+def test_one_number_klein_nishina_proposal_equals_the_two_number_one(energy_kev):
+    """kn_proposal(k, r1) takes the energy ratio's number from where r1 falls inside its branch:
+    r2 = r1 (a1 + a2) / a1 in branch 1, (r1 (a1 + a2) - a1) / a2 in branch 2 (computed here in
+    float64); the two-number proposal with that r2 is the same proposal, and both branches
+    occur in proportion a1 : a2."""
+    k64 = energy_kev / ELECTRON_REST_KEV
+    a1 = math.log1p(2.0 * k64)
+    a2 = 0.5 * (1.0 - 1.0 / (1.0 + 2.0 * k64) ** 2)
+    r1 = torch.rand(N, generator=_gen(31), dtype=torch.float64)
+    t = r1 * (a1 + a2)
+    branch1 = t < a1
+    r2 = torch.where(branch1, t / a1, (t - a1) / a2)
+    k = torch.full((N,), k64, dtype=torch.float64)
+    for one, two in zip(kn_proposal(k, r1), kn_proposal(k, r1, r2)):
+        np.testing.assert_allclose(one.numpy(), two.numpy(), rtol=1e-9, atol=1e-12)
+    p1 = a1 / (a1 + a2)
+    assert abs(float(branch1.double().mean()) - p1) < 5 * math.sqrt(p1 * (1 - p1) / N)
+    eps = kn_proposal(k, r1)[0].numpy()
+    assert eps.min() >= 1.0 / (1.0 + 2.0 * k64) - 1e-12 and eps.max() <= 1.0
 
 
 def test_klein_nishina_mean_energy_transfer_analytic():

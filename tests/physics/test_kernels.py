@@ -298,12 +298,10 @@ def _chi2_ok(samples: np.ndarray, pdf, bins: int = 40) -> tuple[bool, float, int
     return chi2 < dof + 5.0 * math.sqrt(2.0 * dof), chi2, dof
 
 
-@pytest.mark.parametrize("compiled", [False, True])
-def test_interaction_passes_sample_the_exact_distributions(compiled):
-    """Photons colliding in water: interaction types in proportion to the coefficients, the
-    incoherent angle from Klein-Nishina x S, the coherent one from F^2 x Thomson, the Compton
-    energy, cutoff deposits: the fixed-proposal passes of transport._interact_fixed (about 5 %
-    of the photons need a second pass) against the exact densities."""
+def _water_voxel_world(compiled: bool, energy_kev: float):
+    """One 100 mm water voxel centred on the origin, its tables and fused-step set-up, and the
+    interaction probabilities at ``energy_kev``: ``water, grid, tab, setup, (pe, mu, photo,
+    incoh)`` (``pe`` the fractional table index, ``mu`` the attenuation in 1/mm)."""
     water = get_medium("water")
     mi = np.zeros((1, 1, 1), np.uint8)
     grid = TransportGrid.from_arrays(mi, np.ones((1, 1, 1), np.float32), (100.0,) * 3, (0.0,) * 3, "cpu")
@@ -311,16 +309,55 @@ def test_interaction_passes_sample_the_exact_distributions(compiled):
     setup = TrackLengthSetup.build(grid, tab, None, compile=compiled)
     if compiled and (not setup.compiled or kernels._FAILED):
         pytest.skip("torch.compile is not available here")
-    n, energy, cutoff = 300_000, 30.0, 28.0
-    gen = torch.Generator().manual_seed(21)
-    pe = (energy - tab.e0_kev) / tab.de_kev
-    ie = torch.full((n,), int(pe), dtype=torch.int64)
-    fe = torch.full((n,), pe - int(pe), **F32)
+    pe = (energy_kev - tab.e0_kev) / tab.de_kev
     row = tab.total_tr_ab[int(pe)].double()
     mu = float(row[0] + (pe - int(pe)) * row[1])
     coef = setup.xs_ab[int(pe)].double()
     photo = float(coef[0] + (pe - int(pe)) * coef[1]) / mu
     incoh = float(coef[2] + (pe - int(pe)) * coef[3]) / mu
+    return water, grid, tab, setup, (pe, mu, photo, incoh)
+
+
+def _assert_exact_interactions(water, energy_kev: float, photo: float, incoh: float, e: np.ndarray,
+                               cos_theta: np.ndarray, alive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Photons of ``energy_kev`` after one interaction each (new energy, cos theta, alive): the
+    types in proportion to the coefficients (incoherent: a lower energy; photoelectric: dead at
+    its energy; coherent: the rest), cos theta from Klein-Nishina x S and from F^2 x Thomson,
+    and the Compton energy. Returns the incoherent and coherent masks."""
+    n = e.size
+    is_inc = e < energy_kev
+    is_photo = ~alive & ~is_inc
+    is_coh = ~is_inc & ~is_photo
+    for frac, p in ((is_photo.mean(), photo), (is_inc.mean(), incoh), (is_coh.mean(), 1.0 - photo - incoh)):
+        assert abs(frac - p) < 5.0 * math.sqrt(p * (1.0 - p) / n), (frac, p)
+
+    def incoherent_pdf(c):
+        x = energy_kev / HC_KEV_ANGSTROM * np.sqrt((1 - c) / 2)
+        return klein_nishina_pdf(energy_kev, c) * incoherent_sf(water, x)
+
+    def coherent_pdf(c):
+        return (1 + c * c) * form_factor_sq(water, energy_kev / HC_KEV_ANGSTROM * np.sqrt((1 - c) / 2))
+
+    ok, chi2, dof = _chi2_ok(cos_theta[is_inc], incoherent_pdf)
+    assert ok, ("incoherent", chi2, dof)
+    ok, chi2, dof = _chi2_ok(cos_theta[is_coh], coherent_pdf, bins=60)
+    assert ok, ("coherent", chi2, dof)
+    k = energy_kev / ELECTRON_REST_KEV
+    np.testing.assert_allclose(e[is_inc], energy_kev / (1.0 + k * (1.0 - cos_theta[is_inc])), rtol=1e-4)
+    return is_inc, is_coh
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_interaction_passes_sample_the_exact_distributions(compiled):
+    """Photons colliding in water: interaction types in proportion to the coefficients, the
+    incoherent angle from Klein-Nishina x S, the coherent one from F^2 x Thomson, the Compton
+    energy, cutoff deposits: the fixed-proposal passes of transport._interact_fixed (about 5 %
+    of the photons need a second pass) against the exact densities."""
+    n, energy, cutoff = 300_000, 30.0, 28.0
+    water, grid, tab, setup, (pe, mu, photo, incoh) = _water_voxel_world(compiled, energy)
+    gen = torch.Generator().manual_seed(21)
+    ie = torch.full((n,), int(pe), dtype=torch.int64)
+    fe = torch.full((n,), pe - int(pe), **F32)
     e = torch.full((n,), energy, **F32)
     u, v, w = torch.ones(n), torch.zeros(n), torch.zeros(n)  # along +x: cos theta is the new u
     zero = torch.zeros(n, **F32)
@@ -329,30 +366,77 @@ def test_interaction_passes_sample_the_exact_distributions(compiled):
     rr = torch.rand(n, generator=gen) * mu
     transport._interact_fixed(torch.arange(n), e, u, v, w, torch.ones(n), zero, zero, zero, ie, fe, rr,
                               torch.zeros(n, dtype=torch.int64), alive, tally, gen, cutoff, grid, setup, setup.kernels)
-    is_inc = (e < energy).numpy()
-    is_photo = (~alive).numpy() & ~is_inc
-    is_coh = ~is_inc & ~is_photo
-    for frac, p in ((is_photo.mean(), photo), (is_inc.mean(), incoh), (is_coh.mean(), 1.0 - photo - incoh)):
-        assert abs(frac - p) < 5.0 * math.sqrt(p * (1.0 - p) / n), (frac, p)
-    cos_inc, e_inc = u.numpy()[is_inc], e.numpy()[is_inc]
-
-    def incoherent_pdf(c):
-        return klein_nishina_pdf(energy, c) * incoherent_sf(water, energy / HC_KEV_ANGSTROM * np.sqrt((1 - c) / 2))
-
-    def coherent_pdf(c):
-        return (1 + c * c) * form_factor_sq(water, energy / HC_KEV_ANGSTROM * np.sqrt((1 - c) / 2))
-
-    ok, chi2, dof = _chi2_ok(cos_inc, incoherent_pdf)
-    assert ok, ("incoherent", chi2, dof)
-    ok, chi2, dof = _chi2_ok(u.numpy()[is_coh], coherent_pdf, bins=60)
-    assert ok, ("coherent", chi2, dof)
-    k = energy / ELECTRON_REST_KEV
-    np.testing.assert_allclose(e_inc, energy / (1.0 + k * (1.0 - cos_inc)), rtol=1e-4)
+    is_inc, _ = _assert_exact_interactions(water, energy, photo, incoh, e.numpy(), u.numpy(), alive.numpy())
     np.testing.assert_allclose(torch.sqrt(u * u + v * v + w * w).numpy(), 1.0, rtol=1e-5)
     # below the cutoff: the scattered photon deposits its energy and stops
     below = is_inc & (e.numpy() < cutoff)
     assert below.sum() > 1000 and not alive.numpy()[below].any() and alive.numpy()[is_inc & ~below].all()
     assert float(tally.energy_kev.sum()) == pytest.approx(float(e.double().numpy()[below].sum()), rel=1e-6)
+
+
+def _uniform_chi2_ok(samples: np.ndarray, lo: float, hi: float, bins: int = 36) -> tuple[bool, float, int]:
+    """Chi-square of a histogram against the uniform density on [lo, hi), within 5 sigma."""
+    counts, _ = np.histogram(samples, np.linspace(lo, hi, bins + 1))
+    expected = samples.size / bins
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    dof = bins - 1
+    return chi2 < dof + 5.0 * math.sqrt(2.0 * dof), chi2, dof
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_fused_collision_step_samples_the_exact_distributions(compiled):
+    """kernels.collide_interact (flight, score and interaction in one pass, lean samplers: the
+    incoherent branch and energy from one number, the azimuth from the acceptance number),
+    followed by the passes of transport._interact_fixed for its pending photons, as the
+    collision step runs them: photons from the centre of a 100 mm water voxel along +x, whose
+    sites inside are real collisions (water is its own majorant). Interaction types in
+    proportion to the coefficients, cos theta from Klein-Nishina x S and F^2 x Thomson, the
+    Compton energy, the azimuth uniform and independent of theta, unit directions; the score
+    of every site is E mu_tr / mu_maj and the cutoff deposits are added to it."""
+    n, energy, cutoff = 400_000, 30.0, 28.0
+    water, grid, tab, setup, (pe, mu, photo, incoh) = _water_voxel_world(compiled, energy)
+    gen = torch.Generator().manual_seed(22)
+    maj = float(setup.maj_ab[int(pe), 0] + (pe - int(pe)) * setup.maj_ab[int(pe), 1])
+    e = torch.full((n,), energy, **F32)
+    u, v, w = torch.ones(n), torch.zeros(n), torch.zeros(n)  # along +x: cos theta is the new u
+    zero = torch.zeros(n, **F32)
+    offset = torch.zeros(n, dtype=torch.int64)
+    rnd = torch.rand((2 + kernels.interaction_uniforms(lean=True), n), generator=gen)
+    out = setup.kernels[7](zero, zero, zero, u, v, w, e, e, torch.ones(n), offset, rnd, torch.tensor(cutoff),
+                           setup.grid_f, setup.grid_i, setup.energy_f, setup.maj_ab, grid.voxel_table,
+                           tab.total_tr_ab, setup.xs_ab, setup.sf_ratio, setup.coh_x2_inv, setup.coh_frac,
+                           setup.scatter_f, setup.scatter_i)
+    x1, y1, z1, ie, fe, rr, e1, u1, v1, w1, real, inside, alive, pending, index, score = out
+    # the free paths: the sites lie at -ln(1 - r) / mu_maj along +x
+    np.testing.assert_allclose(x1.numpy(), (-torch.log1p(-rnd[0].double()) / maj).numpy(), rtol=1e-4, atol=1e-4)
+    # inside, all but a few sites are real (the majorant's margin of 1e-5); escapes: exp(-50 mm mu)
+    assert not bool((real & ~inside).any()) and int((inside & ~real).sum()) < 30
+    assert 0.1 < 1.0 - float(inside.float().mean()) < 0.2
+    # the score of every site inside, plus the deposits of the photons below the cutoff
+    below = (inside & ~alive & (e1 < energy)).numpy()
+    mu_tr = _mu_tr_per_mm(tab, 0, energy, 1.0)
+    expected = int(inside.sum()) * energy * mu_tr / maj + float(e1.double().numpy()[below].sum())
+    assert float(score.sum()) == pytest.approx(expected, rel=1e-5)
+    assert float(score.numpy()[~inside.numpy()].sum()) == 0.0
+    # the pending photons (no proposal accepted) come back unchanged; then the usual passes
+    pend = pending.numpy()
+    assert 0.01 < pend.mean() < 0.1 and bool((e1[pending] == energy).all()) and bool((u1[pending] == 1.0).all())
+    tally = TransportTally(torch.zeros(grid.n_vox, dtype=torch.float64))
+    transport._interact_fixed(transport._indices(pending), e1, u1, v1, w1, torch.ones(n), x1, y1, z1, ie, fe, rr,
+                              offset, alive, tally, gen, cutoff, grid, setup, setup.kernels)
+    sel = real.numpy()
+    u_s = u1.numpy()[sel]
+    is_inc, is_coh = _assert_exact_interactions(water, energy, photo, incoh, e1.numpy()[sel], u_s, alive.numpy()[sel])
+    # the azimuth about +x: uniform, for forward and backward incoherent scattering alike
+    phi = np.arctan2(w1.numpy()[sel], v1.numpy()[sel])
+    for part, name in ((is_inc & (u_s > 0.3), "incoherent forward"), (is_inc & (u_s <= 0.3), "incoherent back"),
+                       (is_coh, "coherent")):
+        ok, chi2, dof = _uniform_chi2_ok(phi[part], -math.pi, math.pi, bins=24 if name == "coherent" else 36)
+        assert ok, (name, chi2, dof)
+    np.testing.assert_allclose(torch.sqrt(u1 * u1 + v1 * v1 + w1 * w1).numpy(), 1.0, rtol=1e-5)
+    # the cutoff deposits of the later passes go into the tally
+    late = pend & ~alive.numpy() & (e1.numpy() < energy)
+    assert float(tally.energy_kev.sum()) == pytest.approx(float(e1.double().numpy()[late].sum()), rel=1e-6)
 
 
 def _assert_same(a, b, name):
@@ -402,6 +486,11 @@ def test_compiled_kernels_equal_the_eager_ones():
             torch.tensor(1.0), eager.grid_f, eager.grid_i, grid.voxel_table, eager.xs_ab, eager.sf_ratio,
             eager.coh_x2_inv, eager.coh_frac, eager.scatter_f, eager.scatter_i)
     _assert_same(eager.kernels[3](*args), fused.kernels[3](*args), "interact")
+    rnd = torch.rand((2 + kernels.interaction_uniforms(lean=True), n), generator=torch.Generator().manual_seed(4))
+    args = (x, y, z, u, v, w, e, e * r[2], r[2], torch.arange(n) % 3 * grid.n_vox, rnd, torch.tensor(20.0),
+            eager.grid_f, eager.grid_i, eager.energy_f, eager.maj_ab, grid.voxel_table, tab.total_tr_ab, eager.xs_ab,
+            eager.sf_ratio, eager.coh_x2_inv, eager.coh_frac, eager.scatter_f, eager.scatter_i)
+    _assert_same(eager.kernels[7](*args), fused.kernels[7](*args), "collide_interact")
     # the entry kernel: the same bits (no transcendental functions in it), from outside the
     # box too, and with zero direction cosines
     u[:50], w[50:100] = 0.0, 0.0

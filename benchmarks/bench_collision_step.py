@@ -1,0 +1,140 @@
+"""The collision estimator's two step kernels side by side: where the fused one pays.
+
+Usage::
+
+    python benchmarks/bench_collision_step.py            # 1e6 histories, 3 rounds
+    python benchmarks/bench_collision_step.py --quick    # 2e5 histories, 1 round
+
+The collision estimator's step either calls the flight kernel and then the interaction kernel
+on the indices of the real collisions (``separate``), or does both in one pass over the whole
+pool (``fused``, :func:`ctdose.physics.kernels.collide_interact`), which evaluates the samplers
+for every photon. ``ctdose.physics.transport._FUSED_INTERACTION_MIN_REAL`` picks the fused step
+while the last step's fraction of real tentative sites is at least that value. This script
+forces each kernel in turn (the threshold at 0 or above 1) on one core in the 32 cm water
+cylinder of ``bench_mc.py`` with a majorant floor that sets the real fraction (water's own
+majorant: about 60 % real, the rest escapes and vacuum corners; a floor of k times water's mu
+at 60 keV: about 1/k of that) and in the demo thorax (global majorant from bone: about 12 %
+real). The runs alternate in every round, so the VM's drift falls on both alike; the table
+gives the medians of histories/s and the measured fraction of real sites per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import bench_mc  # noqa: E402
+
+from ctdose.materials import get_medium  # noqa: E402
+from ctdose.physics import transport  # noqa: E402
+from ctdose.physics.mc import simulate  # noqa: E402
+from ctdose.physics.sources import PointSource  # noqa: E402
+from ctdose.physics.tg195 import tg195_spectrum  # noqa: E402
+from ctdose.physics.xsection import mass_coefficients  # noqa: E402
+
+#: Thresholds that force each kernel: 0 always the fused one, 2 never (a fraction is <= 1).
+_FORCE = {"fused": 0.0, "separate": 2.0}
+_REFERENCE_ENERGY_KEV = 60.0
+
+
+def _source(geo) -> PointSource:
+    """The one-projection fan source of ``bench_mc`` for ``geo``."""
+    _, ssd, hx, hz = bench_mc._opening(geo)
+    z_mid = geo.origin_mm[0] + (geo.shape[0] - 1) / 2 * geo.spacing_mm[0]
+    x_mid = geo.origin_mm[2] + (geo.shape[2] - 1) / 2 * geo.spacing_mm[2]
+    return PointSource((x_mid, -bench_mc.SOURCE_TO_AXIS_MM, z_mid), (0, 1, 0), spectrum=tg195_spectrum(),
+                       collimation="fan", half_angles_rad=(math.atan(hx / ssd), math.atan(hz / ssd)),
+                       fan_axis=(1, 0, 0), sampling="plane")
+
+
+class _RealFraction:
+    """Counts the tentative sites and real collisions of every collision step (a wrapper of
+    the step function that reads the tally's ``real_fraction`` after each step)."""
+
+    def __init__(self):
+        self.sites = 0
+        self.real = 0.0
+        self._step = transport._FUSED_STEPS["collision"]
+
+    def __call__(self, st, grid, tab, tally, *args):
+        out = self._step(st, grid, tab, tally, *args)
+        self.sites += len(st)
+        self.real += tally.real_fraction * len(st)
+        return out
+
+    def fraction(self) -> float:
+        return self.real / max(self.sites, 1)
+
+
+def run(quick: bool = False, rounds: int = 3) -> list[dict]:
+    """Histories/s of both kernels (1 core) at several real fractions."""
+    import torch
+
+    n = 200_000 if quick else 1_000_000
+    rounds = 1 if quick else rounds
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    water_geo, water_body, _ = bench_mc.water_cylinder()
+    water = get_medium("water")
+    mu_water_per_mm = float(mass_coefficients(water, np.array([_REFERENCE_ENERGY_KEV]))["total"][0]
+                            * water.density_g_cm3 / transport.MM_PER_CM)
+    cases = [(f"water cylinder, floor {k:g} x mu_water", water_geo, water_body, k * mu_water_per_mm)
+             for k in (0, 1.5, 2.5, 4)]
+    demo_geo, demo_body, _ = bench_mc.demo_phantom()
+    cases.append(("demo thorax (bone majorant)", demo_geo, demo_body, 0.0))
+    rows = []
+    saved = transport._FUSED_INTERACTION_MIN_REAL
+    counter = _RealFraction()
+    transport._FUSED_STEPS["collision"] = counter
+    try:
+        for name, geo, body, floor in cases:
+            src = _source(geo)
+            kw = dict(estimator="collision", majorant_floor_per_mm=floor)
+            speed = {k: [] for k in _FORCE}
+            for kernel, threshold in _FORCE.items():  # warm-up: compilation
+                transport._FUSED_INTERACTION_MIN_REAL = threshold
+                simulate(geo, src, 40_000, **kw)
+            counter.sites, counter.real = 0, 0.0
+            sigma = {}
+            for r in range(rounds):
+                for kernel, threshold in _FORCE.items():
+                    transport._FUSED_INTERACTION_MIN_REAL = threshold
+                    t0 = time.perf_counter()
+                    res = simulate(geo, src, n, seed=r, **kw)
+                    speed[kernel].append(n / (time.perf_counter() - t0))
+                    sigma[kernel] = float(np.mean(np.minimum(res.rel_sigma[body], 1.0)))
+            fused, separate = np.median(speed["fused"]), np.median(speed["separate"])
+            rows.append(dict(benchmark=f"collision step, {name}: fused / separate kernels",
+                             value=round(fused / separate, 3), unit="x", note=f"real sites {counter.fraction():.2f}; fused {fused:.3g} /s, separate "
+                                            f"{separate:.3g} /s (median of {rounds}); sigma {sigma['fused']:.3f} / "
+                                            f"{sigma['separate']:.3f}; {n} histories, 1 core"))
+    finally:
+        transport._FUSED_STEPS["collision"] = counter._step
+        transport._FUSED_INTERACTION_MIN_REAL = saved
+        torch.set_num_threads(threads)
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--rounds", type=int, default=3)
+    a = p.parse_args(argv)
+    import pandas as pd
+
+    pd.set_option("display.width", 220)
+    pd.set_option("display.max_colwidth", 120)
+    print(pd.DataFrame(run(a.quick, a.rounds)).to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
