@@ -919,11 +919,12 @@ def _step_collision(
 #: The collision estimator's step interacts in the same pass over the pool as its flight
 #: (:func:`ctdose.physics.kernels.collide_interact`) while at least this fraction of the last
 #: step's tentative sites were real collisions. The fused pass evaluates the samplers for every
-#: photon; the separate interaction kernel gathers the interacting photons first. Whole runs on
-#: 1 core (``benchmarks/bench_collision_step.py``, water cylinder with majorant floors): the
-#: fused step is 1.09x as fast at 63 % real sites, 0.96x at 49 %, 0.87x at 32 %, 0.50x in the
-#: demo thorax (12 %); the cross-over lies near 55 %.
-_FUSED_INTERACTION_MIN_REAL = 0.55
+#: photon (with the lean samplers, 8 instead of up to 12 random numbers per photon); the
+#: separate interaction kernel gathers the interacting photons first. Whole runs on 1 core
+#: (``benchmarks/bench_collision_step.py``, water cylinder with majorant floors, medians of 2
+#: rounds): the fused step is 1.25x as fast at 63 % real sites, 1.18x at 49 %, 0.97x at 32 %,
+#: 0.85x at 20 % and 0.69x in the demo thorax (12 %); the cross-over lies near 35 %.
+_FUSED_INTERACTION_MIN_REAL = 0.4
 
 
 def _step_collision_interact(
