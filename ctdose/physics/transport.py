@@ -954,10 +954,8 @@ def _step_collision_interact(
         setup.coh_x2_inv, setup.coh_frac, setup.scatter_f, setup.scatter_i,
     )
     tally.energy_kev.scatter_add_(0, index, score)
-    out = ~inside
-    if bool(out.any()):
-        tally.escaped_kev += float(ew.masked_select(out).sum(dtype=torch.float64))
-    tally.real_fraction = int(real.sum()) / n
+    _tally_escape(tally, ew, inside)
+    tally.real_fraction = int(real.count_nonzero()) / n
     _interact_fixed(_indices(pending), e1, u1, v1, w1, st.weight, x1, y1, z1, ie, fe, rr, offset, alive, tally, gen,
                     cutoff_kev, grid, setup, kernels)
     tally.n_steps += 1
@@ -987,9 +985,7 @@ def _end_step(
     escape (``ew`` = energy x weight is tallied), the ``real`` collisions at ``(x1, y1, z1)``
     interact (:func:`_interact_fixed`; energy and direction change in place, ``st`` is
     consumed), and the photons still alive are returned."""
-    out = ~inside
-    if bool(out.any()):
-        tally.escaped_kev += float(ew.masked_select(out).sum(dtype=torch.float64))
+    _tally_escape(tally, ew, inside)
     alive = inside.clone()
     idx = _indices(real)
     tally.real_fraction = idx.numel() / max(len(st), 1)
@@ -997,6 +993,14 @@ def _end_step(
                     tally, gen, cutoff_kev, grid, setup, kernels)
     tally.n_steps += 1
     return _compact(PhotonState(x1, y1, z1, st.u, st.v, st.w, st.energy_kev, st.weight, st.offset), alive)
+
+
+def _tally_escape(tally: TransportTally, ew: torch.Tensor, inside: torch.Tensor) -> None:
+    """Add the energy x weight ``ew`` of the photons no longer ``inside`` the grid to the
+    escaped energy."""
+    out = ~inside
+    if bool(out.any()):
+        tally.escaped_kev += float(ew.masked_select(out).sum(dtype=torch.float64))
 
 
 def _compact(state: PhotonState, alive: torch.Tensor) -> PhotonState:
