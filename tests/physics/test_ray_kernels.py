@@ -217,7 +217,8 @@ def test_zero_optical_depth_collides_at_the_first_matter_not_in_vacuum():
     assert t_c[0] == pytest.approx(3.5, abs=1e-5)
 
 
-def _traverse_split(prep, pos, dirs, energy_kev, target_vox, window=(0.5, 2.0, 16.0), weight=1.0, seed=0):
+def _traverse_split(prep, pos, dirs, energy_kev, target_vox, window=(0.5, 2.0, 16.0), weight=1.0, seed=0,
+                    tau_r=math.inf):
     """Run ``ray_chunk_split`` eagerly to the end; returns the scores and the collisions
     (ray, distance, weight) and the expected escaping weight of each ray."""
     from ctdose.physics.ray_kernels import ray_chunk_split
@@ -230,7 +231,7 @@ def _traverse_split(prep, pos, dirs, energy_kev, target_vox, window=(0.5, 2.0, 1
     e = torch.full((n,), float(energy_kev))
     ie, fe = tab.energy_index(e)
     gen = torch.Generator().manual_seed(seed)
-    state += [torch.zeros(n), torch.zeros(n), torch.ones(n), -torch.rand(n, generator=gen), torch.full((n,), math.inf),
+    state += [torch.zeros(n), torch.zeros(n), torch.ones(n), -torch.rand(n, generator=gen), torch.full((n,), tau_r),
               torch.full((n,), float(weight))]
     scores = torch.zeros(grid.n_vox, dtype=torch.float64)
     rays, dist, wts = [], [], []
@@ -239,10 +240,10 @@ def _traverse_split(prep, pos, dirs, energy_kev, target_vox, window=(0.5, 2.0, 1
         out = ray_chunk_split(*state, e, ie, fe, torch.zeros(n, dtype=torch.int64), rr[0], rr[1], rr[2], grid.voxel_table,
                               tab.total_tr_ab, torch.as_tensor(target_vox, dtype=torch.float32),
                               torch.tensor(window, dtype=torch.float32), ts.grid_i, 8)
-        flat, tx, ty, tz, rx, ry, rz, t, tau, att, lam, tau_r, wgt, index, score, n_coll, t_coll, w_coll = out
+        flat, tx, ty, tz, rx, ry, rz, t, tau, att, lam, tau_r, wgt, index, score, t_coll, w_coll = out
         scores.index_add_(0, index.reshape(-1), score.reshape(-1))
-        hit = n_coll > 0
-        rays.append(torch.arange(n).expand_as(n_coll)[hit])
+        hit = w_coll > 0
+        rays.append(torch.arange(n).expand_as(w_coll)[hit])
         dist.append(t_coll[hit])
         wts.append(w_coll[hit])
         state[:4] = flat, tx, ty, tz
@@ -342,6 +343,47 @@ def test_split_flight_below_the_window_plays_roulette_and_stays_unbiased():
         assert s > 0 and abs(m - x) < 4 * s
 
 
+def test_split_flight_roulette_of_deep_rays_keeps_scores_collisions_and_escape():
+    """30 keV in the 200 mm water column (optical depth 7.5): under a window the whole ray plays
+    the deep roulette from ROULETTE_ATTENUATION_WINDOW on (scores, collisions and escape alike).
+    Before it, every score is exact; past it, the mean scores, the collided weight and the
+    escaping weight keep their exact expectations, and a quarter of the rays leave the column (one roulette), with weight 4."""
+    from ctdose.physics.ray_kernels import ROULETTE_DEPTH_WINDOW
+
+    n = 40_000
+    prep, pos, dirs = _water_column(n)
+    scores, rays, dist, wts, escaping = _traverse_split(prep, pos, dirs, 30.0, np.zeros(40),
+                                                        tau_r=ROULETTE_DEPTH_WINDOW)
+    exact = _traverse_split(prep, pos[:1], dirs[:1], 30.0, np.zeros(40))[0]
+    mu = float(_mu_tables(prep, 30.0)[0][0])
+    edges = np.arange(41) * 5.0
+    depth = mu * edges[:-1]  # optical depth at each voxel's entry
+    # the roulette acts at the first call (8 crossings) past its depth: exact scores before
+    shallow = depth < ROULETTE_DEPTH_WINDOW
+    np.testing.assert_allclose(scores[shallow] / n, exact[shallow], rtol=1e-5)
+    # past it, one roulette (weight 4) before the exit: relative variance of one ray <= 1/p - 1
+    deep = ~shallow
+    assert deep.sum() >= 10
+    ratio = scores[deep].sum() / n / exact[deep].sum()
+    sd = math.sqrt((1 / ROULETTE_SURVIVAL - 1) / n)
+    print(f"deep scores: mean / exact = {ratio:.4f} (sd {sd:.4f})")
+    assert abs(ratio - 1.0) < 4 * sd
+    vox = np.minimum((dist / 5.0).astype(int), 39)
+    coll = np.bincount(vox, weights=wts, minlength=40) / n
+    exact_coll = np.exp(-mu * edges[:-1]) - np.exp(-mu * edges[1:])
+    sd_coll = math.sqrt(np.bincount(vox, weights=wts**2, minlength=40)[~shallow].sum()) / n
+    print(f"deep collided weight {coll[~shallow].sum():.4g} vs exact {exact_coll[~shallow].sum():.4g} (sd {sd_coll:.2g})")
+    assert abs(coll[~shallow].sum() - exact_coll[~shallow].sum()) < 4 * sd_coll
+    # the survivors' collisions carry their raised weights (the roulette acts between calls)
+    assert set(np.unique(wts).tolist()) == {1.0, 1.0 / ROULETTE_SURVIVAL}
+    out = escaping > 0
+    assert out.mean() == pytest.approx(ROULETTE_SURVIVAL, abs=4 * math.sqrt(0.1875 / n))
+    assert escaping[out] == pytest.approx(math.exp(-mu * 200.0) / ROULETTE_SURVIVAL, rel=1e-4)
+    sd_out = float(escaping.std()) / math.sqrt(n)
+    print(f"escaping weight {escaping.mean():.4g} vs exact {math.exp(-mu * 200.0):.4g} (sd {sd_out:.2g})")
+    assert abs(float(escaping.mean()) - math.exp(-mu * 200.0)) < 4 * sd_out
+
+
 def test_a_grid_too_large_for_32_bit_voxel_indices_is_refused(monkeypatch):
     """The flights index voxels with 32-bit integers: a grid of 2^31 voxels or more gets a clear
     error when the kernels are set up (checked here with the limit lowered to 100 voxels)."""
@@ -398,4 +440,4 @@ def test_few_rays_run_the_compiled_chunks_padded():
             assert g.shape == w_.shape
             np.testing.assert_allclose(g.double().numpy(), w_.double().numpy(), rtol=1e-5, atol=1e-6)
         assert float(want[14].sum()) > 0  # the rays scored
-    assert float(want[15].sum()) > 0  # and collided
+    assert float(want[16].sum()) > 0  # and collided (the collisions' weights)
