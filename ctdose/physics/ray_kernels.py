@@ -64,9 +64,10 @@ CROSSINGS_PER_CALL = 8
 ROULETTE_ATTENUATION = 1e-3
 #: Survival probability of that roulette (survivors score with weight 1 / survival).
 ROULETTE_SURVIVAL = 0.25
-#: Under a weight window (:func:`ray_chunk_split`) the roulette starts at a higher transmission:
-#: there it paid (paper thorax, one projection, one core, side by side: efficiency +5 % at
-#: 1e-2, the same at 5e-2; the noise over the body 0.3 % higher, the time 5 % lower).
+#: Under a weight window (:func:`ray_chunk_split`) the roulette starts at a higher transmission,
+#: where it paid in the thoraxes (one projection, one core, side by side: paper thorax +5 %
+#: efficiency at 1e-2, the same at 5e-2, noise over the body 0.3 % higher, time 5 % lower; demo
+#: thorax +8 %) and cost the homogeneous 32 cm water cylinder 12 % (3 % at 3e-3).
 ROULETTE_ATTENUATION_WINDOW = 1e-2
 #: Optical depth of the first roulette (without and with a window) and the step between later ones.
 ROULETTE_DEPTH = -math.log(ROULETTE_ATTENUATION)
@@ -270,9 +271,9 @@ def ray_chunk_split(
     The updated state ``flat, tx, ty, tz, rx, ry, rz, t, tau, att, lam, tau_r, wgt``, then per
     crossing (n_cross, n): ``index`` (int64), ``score`` (float64), ``t_coll`` (distance of
     the scored collision, mm) and ``w_coll`` (its weight ``k W / m`` for ``k`` collisions in
-    the voxel; > 0 exactly where there is one, since a live ray's weight is > 0). A loser of either roulette is marked done by ``rx = -1`` and
-    ``att = 0``; the transmission ``att`` of a ray that left the grid stays that at its exit
-    (its expected escaping fraction)."""
+    the voxel; > 0 exactly where there is one, since a live ray's weight is > 0). A loser of
+    either roulette is marked done by ``rx = -1`` and ``att = 0``; the transmission ``att``
+    of a ray that left the grid stays that at its exit (its expected escaping fraction)."""
     live = (rx >= 0) & (ry >= 0) & (rz >= 0)
     deep = live & (tau > tau_r)
     win = r_roulette < ROULETTE_SURVIVAL
