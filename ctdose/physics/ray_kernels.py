@@ -261,8 +261,13 @@ def ray_chunk_split(
         A uniform number per ray for this call's choice among several collisions in a voxel.
     r_window : Tensor (n,)
         A uniform number per ray for this call's roulette below the window.
+    voxel_table :
+        As in :func:`ray_chunk`; it may have more columns than medium and density (only the
+        first two are read).
     target_vox : Tensor (n_vox,) float32
-        Target weight of each voxel's window block (0: no window).
+        Target weight of each voxel's window block (0: no window); may be a strided column of
+        ``voxel_table`` (:func:`ctdose.physics.weight_window.window_voxel_table`: one memory
+        access per crossing for all three).
     window_f : Tensor (3,) float32
         ``lower, upper, max_split`` (``max_split = 1``: roulette only, no splitting).
 

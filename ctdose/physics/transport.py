@@ -1161,7 +1161,7 @@ def _step_expected_track_length_window(
     """
     from .kernels import EAGER_KERNELS, MIN_COMPILED_PHOTONS
     from .ray_kernels import CROSSINGS_PER_CALL, ROULETTE_DEPTH_WINDOW
-    from .weight_window import voxel_targets
+    from .weight_window import window_voxel_table
 
     n = len(st)
     e = st.energy_kev
@@ -1172,7 +1172,9 @@ def _step_expected_track_length_window(
     state += [torch.zeros_like(e), torch.zeros_like(e), torch.ones_like(e), lam0,
                           torch.full_like(e, ROULETTE_DEPTH_WINDOW), st.weight.clone()]
     const = [e, ie.to(torch.int32), fe, offset]
-    target_vox = voxel_targets(window, setup.cell_f)
+    # medium, density and target weight of a voxel in one row (target_vox: its third column)
+    vox_table = window_voxel_table(window, grid.voxel_table, setup.cell_f)
+    target_vox = vox_table[:, 2]
     window_f = torch.tensor([window.lower, window.upper, float(window.max_split) if allow_split else 1.0],
                             dtype=torch.float32, device=dev)
     found = []  # (photon, distance, weight) of the collisions, call by call
@@ -1181,7 +1183,7 @@ def _step_expected_track_length_window(
         m = state[0].numel()
         rnd = torch.rand((3, m), generator=gen, device=dev, dtype=e.dtype)
         out = _ray_chunk(setup, 2, [*state, *const, rnd[0], rnd[1], rnd[2]],
-                         (grid.voxel_table, tab.total_tr_ab, target_vox, window_f, setup.grid_i, CROSSINGS_PER_CALL))
+                         (vox_table, tab.total_tr_ab, target_vox, window_f, setup.grid_i, CROSSINGS_PER_CALL))
         flat, tx, ty, tz, rx, ry, rz, t, tau, att, lam, tau_r, wgt, index, score, t_coll, w_coll = out
         tally.energy_kev.scatter_add_(0, index.view(-1), score.view(-1))
         hit = _indices(w_coll.view(-1) > 0)

@@ -398,6 +398,44 @@ def test_a_grid_too_large_for_32_bit_voxel_indices_is_refused(monkeypatch):
         _setup(mi, rho, [get_medium("water")], (1.0, 1.0, 1.0), shape)
 
 
+def test_split_chunk_reads_the_target_from_a_column_of_a_wider_voxel_table():
+    """The window runs pass [medium, density, target, 0] rows as the voxel table and its third
+    column as the targets: the compiled and the eager kernel give what the two-column table
+    with a separate target array gives."""
+    from ctdose.physics import kernels
+    from ctdose.physics.ray_kernels import ray_chunk_split
+
+    rng = np.random.default_rng(12)
+    mi, rho, media = _random_grid(rng)
+    prep = prepare_transport(mi, rho, media, SPACING, tuple(0.5 * s for s in SPACING), 150.0, "cpu",
+                             "expected_track_length", "global", compile=True)
+    ts, tab, grid = prep.track_setup, prep.tables, prep.grid
+    m = 200
+    hi = np.array([SHAPE[2] * SPACING[2], SHAPE[1] * SPACING[1], SHAPE[0] * SPACING[0]])
+    pos = torch.tensor(rng.uniform(0.1, 0.9, (m, 3)) * hi, dtype=torch.float32)
+    d = torch.tensor(rng.normal(size=(m, 3)), dtype=torch.float32)
+    d = d / d.norm(dim=1, keepdim=True)
+    state = list(ray_start(*(a.contiguous() for a in (*pos.T, *d.T)), ts.grid_f, ts.grid_i, ts.cell_f))
+    e = torch.full((m,), 50.0)
+    ie, fe = tab.energy_index(e)
+    ones, zeros = torch.ones(m), torch.zeros(m)
+    r = torch.tensor(rng.uniform(size=(3, m)), dtype=torch.float32)
+    args = [*state, zeros, zeros, ones, -r[0], torch.full((m,), 99.0), ones, e, ie.to(torch.int32), fe,
+            torch.zeros(m, dtype=torch.int64), r[0], r[1], r[2]]
+    target = torch.tensor(rng.choice([0.0, 0.1, 2.0], grid.n_vox), dtype=torch.float32)  # split, roulette, none
+    window_f = torch.tensor([0.8, 1.25, 8.0])
+    wide = torch.stack([grid.voxel_table[:, 0], grid.voxel_table[:, 1], target, torch.zeros_like(target)], 1)
+    want = ray_chunk_split(*args, grid.voxel_table, tab.total_tr_ab, target, window_f, ts.grid_i, 8)
+    runs = [("eager", ray_chunk_split)]
+    if ts.compiled and not kernels._FAILED:
+        runs.append(("compiled", ts.ray_kernels[2]))
+    for name, kernel in runs:
+        got = kernel(*args, wide, tab.total_tr_ab, wide[:, 2], window_f, ts.grid_i, 8)
+        for g, w_ in zip(got, want):
+            np.testing.assert_allclose(g.double().numpy(), w_.double().numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
+    assert float(want[16].sum()) > 0 and float(want[14].sum()) > 0  # collisions and scores
+
+
 def test_few_rays_run_the_compiled_chunks_padded():
     """Fewer rays than the compiled kernels' smallest size (the end of every flight) run the
     compiled chunks padded with copies of the last ray: the real rays get the eager kernel's

@@ -13,7 +13,14 @@ from ctdose.materials import get_medium
 from ctdose.physics.mc import VoxelGeometry, simulate
 from ctdose.physics.sources import PointSource
 from ctdose.physics.transport import PhotonState
-from ctdose.physics.weight_window import MAX_SPLIT, WeightWindow, apply_weight_window, window_targets
+from ctdose.physics.weight_window import (
+    MAX_SPLIT,
+    WeightWindow,
+    apply_weight_window,
+    voxel_targets,
+    window_targets,
+    window_voxel_table,
+)
 
 
 def _window(targets: list[float]) -> WeightWindow:
@@ -85,6 +92,34 @@ def test_targets_follow_the_fluence_not_the_dose():
     energy[..., 4:6] = base[..., 4:6] / 0.25 * 0.001  # 0.1 %: below a quarter of 1/64
     t = window_targets(energy, mi, rho, tr, block_vox=2, n_blocks=(1, 1, 4), min_weight=1 / 64)
     assert t[2] == 0.0 and t[0] == pytest.approx(1.0)
+
+
+def test_window_voxel_table_holds_medium_density_and_target_in_one_row():
+    """[medium, density, target, 0] per voxel: the grid's voxel table and the block targets of
+    each voxel's centre, the targets then held once (target_vox a view of column 2), cached."""
+    from ctdose.physics.transport import prepare_transport
+
+    rng = np.random.default_rng(5)
+    shape, spacing = (6, 10, 14), (2.0, 3.0, 2.5)
+    media = [get_medium("water"), get_medium("lung"), get_medium("spine_bone")]
+    mi = rng.integers(0, 3, shape).astype(np.uint8)
+    rho = (np.array([m.density_g_cm3 for m in media], np.float32)[mi] * rng.uniform(0.8, 1.2, shape)).astype(np.float32)
+    prep = prepare_transport(mi, rho, media, spacing, (0.0, 0.0, 0.0), 150.0, "cpu", "expected_track_length", "block",
+                             block_vox=4, compile=False)
+    ts, nb = prep.track_setup, prep.block.n_blocks
+    target = torch.tensor(rng.uniform(0.0, 1.0, int(np.prod(nb))), dtype=torch.float32)
+    win = WeightWindow(target, ts.block_f, ts.grid_f, ts.block_i)
+    table = window_voxel_table(win, prep.grid.voxel_table, ts.cell_f)
+    assert table.shape == (mi.size, 4) and table.dtype == torch.float32 and table.is_contiguous()
+    np.testing.assert_array_equal(table[:, 0].numpy(), mi.reshape(-1))
+    np.testing.assert_array_equal(table[:, 1].numpy(), rho.reshape(-1))
+    assert np.all(table[:, 3].numpy() == 0)
+    # an independent look-up: voxel (k, j, i) lies in block (k // 4, j // 4, i // 4)
+    k, j, i = np.indices(shape)
+    want = target.numpy().reshape(nb)[k // 4, j // 4, i // 4]
+    np.testing.assert_array_equal(table[:, 2].numpy(), want.reshape(-1))
+    assert voxel_targets(win, ts.cell_f).data_ptr() == table[:, 2].data_ptr()  # held once
+    assert window_voxel_table(win, prep.grid.voxel_table, ts.cell_f) is table
 
 
 def _cylinder(radius_mm: float = 100.0, sp: float = 5.0, nz: int = 6):
