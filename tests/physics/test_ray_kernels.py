@@ -21,10 +21,10 @@ SPACING = (1.5, 3.0, 2.0)  # dz, dy, dx (mm)
 ENERGY_KEV = 40.0
 
 
-def _setup(media_index, density, media, spacing=SPACING, shape=SHAPE):
+def _setup(media_index, density, media, spacing=SPACING, shape=SHAPE, compile=False):
     origin = tuple(0.5 * s for s in spacing)  # voxel centres: the box corner is at 0
     return prepare_transport(media_index, density, media, spacing, origin, 150.0, "cpu", "expected_track_length",
-                             "global", compile=False)
+                             "global", compile=compile)
 
 
 def _random_grid(rng):
@@ -398,19 +398,14 @@ def test_a_grid_too_large_for_32_bit_voxel_indices_is_refused(monkeypatch):
         _setup(mi, rho, [get_medium("water")], (1.0, 1.0, 1.0), shape)
 
 
-def test_split_chunk_reads_the_target_from_a_column_of_a_wider_voxel_table():
-    """The window runs pass [medium, density, target, 0] rows as the voxel table and its third
-    column as the targets: the compiled and the eager kernel give what the two-column table
-    with a separate target array gives."""
-    from ctdose.physics import kernels
-    from ctdose.physics.ray_kernels import ray_chunk_split
-
-    rng = np.random.default_rng(12)
+def _started_rays(seed, m):
+    """A random three-media grid (compiled kernels asked for) and ``m`` rays at 50 keV from
+    random points inside it in random directions, started: ``(prep, traversal state, [e, ie,
+    fe, offset], three rows of uniform numbers, the generator)``."""
+    rng = np.random.default_rng(seed)
     mi, rho, media = _random_grid(rng)
-    prep = prepare_transport(mi, rho, media, SPACING, tuple(0.5 * s for s in SPACING), 150.0, "cpu",
-                             "expected_track_length", "global", compile=True)
-    ts, tab, grid = prep.track_setup, prep.tables, prep.grid
-    m = 200
+    prep = _setup(mi, rho, media, compile=True)
+    ts, tab = prep.track_setup, prep.tables
     hi = np.array([SHAPE[2] * SPACING[2], SHAPE[1] * SPACING[1], SHAPE[0] * SPACING[0]])
     pos = torch.tensor(rng.uniform(0.1, 0.9, (m, 3)) * hi, dtype=torch.float32)
     d = torch.tensor(rng.normal(size=(m, 3)), dtype=torch.float32)
@@ -418,10 +413,29 @@ def test_split_chunk_reads_the_target_from_a_column_of_a_wider_voxel_table():
     state = list(ray_start(*(a.contiguous() for a in (*pos.T, *d.T)), ts.grid_f, ts.grid_i, ts.cell_f))
     e = torch.full((m,), 50.0)
     ie, fe = tab.energy_index(e)
-    ones, zeros = torch.ones(m), torch.zeros(m)
+    const = [e, ie.to(torch.int32), fe, torch.zeros(m, dtype=torch.int64)]
     r = torch.tensor(rng.uniform(size=(3, m)), dtype=torch.float32)
-    args = [*state, zeros, zeros, ones, -r[0], torch.full((m,), 99.0), ones, e, ie.to(torch.int32), fe,
-            torch.zeros(m, dtype=torch.int64), r[0], r[1], r[2]]
+    return prep, state, const, r, rng
+
+
+def _split_args(state, const, r):
+    """Per-ray arguments of ``ray_chunk_split`` at the start of a flight: t, tau 0, att 1,
+    lam = -U, no roulette, weight 1."""
+    m = r.shape[1]
+    ones, zeros = torch.ones(m), torch.zeros(m)
+    return [*state, zeros, zeros, ones, -r[0], torch.full((m,), 99.0), ones, *const, r[0], r[1], r[2]]
+
+
+def test_split_chunk_reads_the_target_from_a_column_of_a_wider_voxel_table():
+    """The window runs pass [medium, density, target, 0] rows as the voxel table and its third
+    column as the targets: the compiled and the eager kernel give what the two-column table
+    with a separate target array gives."""
+    from ctdose.physics import kernels
+    from ctdose.physics.ray_kernels import ray_chunk_split
+
+    prep, state, const, r, rng = _started_rays(12, 200)
+    ts, tab, grid = prep.track_setup, prep.tables, prep.grid
+    args = _split_args(state, const, r)
     target = torch.tensor(rng.choice([0.0, 0.1, 2.0], grid.n_vox), dtype=torch.float32)  # split, roulette, none
     window_f = torch.tensor([0.8, 1.25, 8.0])
     wide = torch.stack([grid.voxel_table[:, 0], grid.voxel_table[:, 1], target, torch.zeros_like(target)], 1)
@@ -444,31 +458,17 @@ def test_few_rays_run_the_compiled_chunks_padded():
     from ctdose.physics.ray_kernels import ray_chunk_split
     from ctdose.physics.transport import _ray_chunk
 
-    rng = np.random.default_rng(11)
-    mi, rho, media = _random_grid(rng)
-    origin = tuple(0.5 * s for s in SPACING)
-    prep = prepare_transport(mi, rho, media, SPACING, origin, 150.0, "cpu", "expected_track_length", "global",
-                             compile=True)
+    m = 5
+    prep, state, const, r, _ = _started_rays(11, m)
     ts, tab, grid = prep.track_setup, prep.tables, prep.grid
     if not ts.compiled or kernels._FAILED:
         pytest.skip("torch.compile is not available here")
-    m = 5
-    hi = np.array([SHAPE[2] * SPACING[2], SHAPE[1] * SPACING[1], SHAPE[0] * SPACING[0]])
-    pos = torch.tensor(rng.uniform(0.1, 0.9, (m, 3)) * hi, dtype=torch.float32)
-    d = torch.tensor(rng.normal(size=(m, 3)), dtype=torch.float32)
-    d = d / d.norm(dim=1, keepdim=True)
-    x, y, z, u, v, w = (a.contiguous() for a in (*pos.T, *d.T))
-    state = list(ray_start(x, y, z, u, v, w, ts.grid_f, ts.grid_i, ts.cell_f))
-    e = torch.full((m,), 50.0)
-    ie, fe = tab.energy_index(e)
-    ie = ie.to(torch.int32)
-    ones, zeros, offset = torch.ones(m), torch.zeros(m), torch.zeros(m, dtype=torch.int64)
-    r = torch.tensor(rng.uniform(size=(3, m)), dtype=torch.float32)
+    ones, zeros = torch.ones(m), torch.zeros(m)
     # t, tau, att, the collision's optical depth 0.05 (inside the grid), t_c unknown, no roulette, w E
-    plain = [*state, zeros, zeros, ones, torch.full((m,), 0.05), -ones, torch.full((m,), 99.0), e, ie, fe, offset, r[0]]
+    plain = [*state, zeros, zeros, ones, torch.full((m,), 0.05), -ones, torch.full((m,), 99.0), *const, r[0]]
     fixed = (grid.voxel_table, tab.total_tr_ab, ts.grid_i, 8)
     # a window everywhere at a tenth of the weight: the rays split
-    split = [*state, zeros, zeros, ones, -r[0], torch.full((m,), 99.0), ones, e, ie, fe, offset, r[0], r[1], r[2]]
+    split = _split_args(state, const, r)
     sfixed = (grid.voxel_table, tab.total_tr_ab, torch.full((grid.n_vox,), 0.1), torch.tensor([0.8, 1.25, 8.0]),
               ts.grid_i, 8)
     for k, eager, args, fix in [(1, ray_chunk, plain, fixed), (2, ray_chunk_split, split, sfixed)]:
