@@ -1,21 +1,27 @@
-"""The collision estimator's two step kernels side by side: where the fused one pays.
+"""The collision estimator's three steps side by side: where the fused one pays, and the
+several flights per call.
 
 Usage::
 
     python benchmarks/bench_collision_step.py            # 1e6 histories, 3 rounds
     python benchmarks/bench_collision_step.py --quick    # 2e5 histories, 1 round
 
-The collision estimator's step either calls the flight kernel and then the interaction kernel
-on the indices of the real collisions (``separate``), or does both in one pass over the whole
-pool (``fused``, :func:`ctdose.physics.kernels.collide_interact`), which evaluates the samplers
-for every photon. ``ctdose.physics.transport._FUSED_INTERACTION_MIN_REAL`` picks the fused step
-while the last step's fraction of real tentative sites is at least that value. This script
-forces each kernel in turn (the threshold at 0 or above 1) on one core in the 32 cm water
+The collision estimator's step either calls a flight kernel and then the interaction kernel
+on the indices of the real collisions, or does both in one pass over the whole pool
+(``fused``, :func:`ctdose.physics.kernels.collide_interact`), which evaluates the samplers for
+every photon. The flight kernel flies each photon once (``one site``,
+:func:`~ctdose.physics.kernels.advance_collision`) or up to ``COLLISION_SITES_PER_CALL`` times
+until a real collision or the exit (``sites``, :func:`~ctdose.physics.kernels.advance_collision_sites`).
+``ctdose.physics.transport._FUSED_INTERACTION_MIN_REAL`` picks the fused step while the last
+step's fraction of real tentative sites is at least that value, and
+``_SITES_PER_CALL_MAX_REAL`` the several flights while it is below that value. This script
+forces each step in turn (the thresholds at 0 or above 1) on one core in the 32 cm water
 cylinder of ``bench_mc.py`` with a majorant floor that sets the real fraction (water's own
 majorant: about 60 % real, the rest escapes and vacuum corners; a floor of k times water's mu
 at 60 keV: about 1/k of that) and in the demo thorax (global majorant from bone: about 12 %
-real). The runs alternate in every round, so the VM's drift falls on both alike; the table
-gives the medians of histories/s and the measured fraction of real sites per step.
+real). The runs alternate in every round, so the VM's drift falls on all alike; the table
+gives the ratios of the medians of histories/s to the one-site step's, and the measured
+fraction of real sites (in the one-site runs).
 """
 
 from __future__ import annotations
@@ -40,8 +46,9 @@ from ctdose.physics.sources import PointSource  # noqa: E402
 from ctdose.physics.tg195 import tg195_spectrum  # noqa: E402
 from ctdose.physics.xsection import mass_coefficients  # noqa: E402
 
-#: Thresholds that force each kernel: 0 always the fused one, 2 never (a fraction is <= 1).
-_FORCE = {"fused": 0.0, "separate": 2.0}
+#: ``(_FUSED_INTERACTION_MIN_REAL, _SITES_PER_CALL_MAX_REAL)`` that force each step (a fraction
+#: is <= 1): the fused step always; never, and the several flights always; neither.
+_FORCE = {"fused": (0.0, 0.0), "sites": (2.0, 2.0), "one site": (2.0, 0.0)}
 _REFERENCE_ENERGY_KEV = 60.0
 
 
@@ -57,15 +64,19 @@ def _source(geo) -> PointSource:
 
 class _RealFraction:
     """Counts the tentative sites and real collisions of every collision step (a wrapper of
-    the step function that reads the tally's ``real_fraction`` after each step)."""
+    the step function that reads the tally's ``real_fraction`` after each step of one flight
+    per photon) while ``on``."""
 
     def __init__(self):
         self.sites = 0
         self.real = 0.0
+        self.on = False
         self._step = transport._FUSED_STEPS["collision"]
 
     def __call__(self, st, grid, tab, tally, *args):
         out = self._step(st, grid, tab, tally, *args)
+        if not self.on:
+            return out
         self.sites += len(st)
         self.real += tally.real_fraction * len(st)
         return out
@@ -75,7 +86,7 @@ class _RealFraction:
 
 
 def run(quick: bool = False, rounds: int = 3) -> list[dict]:
-    """Histories/s of both kernels (1 core) at several real fractions."""
+    """Histories/s of the three steps (1 core) at several real fractions."""
     import torch
 
     n = 200_000 if quick else 1_000_000
@@ -91,7 +102,7 @@ def run(quick: bool = False, rounds: int = 3) -> list[dict]:
     demo_geo, demo_body, _ = bench_mc.demo_phantom()
     cases.append(("demo thorax (bone majorant)", demo_geo, demo_body, 0.0))
     rows = []
-    saved = transport._FUSED_INTERACTION_MIN_REAL
+    saved = transport._FUSED_INTERACTION_MIN_REAL, transport._SITES_PER_CALL_MAX_REAL
     counter = _RealFraction()
     transport._FUSED_STEPS["collision"] = counter
     try:
@@ -99,26 +110,29 @@ def run(quick: bool = False, rounds: int = 3) -> list[dict]:
             src = _source(geo)
             kw = dict(estimator="collision", majorant_floor_per_mm=floor)
             speed = {k: [] for k in _FORCE}
-            for kernel, threshold in _FORCE.items():  # warm-up: compilation
-                transport._FUSED_INTERACTION_MIN_REAL = threshold
+            for kernel, thresholds in _FORCE.items():  # warm-up: compilation
+                transport._FUSED_INTERACTION_MIN_REAL, transport._SITES_PER_CALL_MAX_REAL = thresholds
                 simulate(geo, src, 40_000, **kw)
             counter.sites, counter.real = 0, 0.0
             sigma = {}
             for r in range(rounds):
-                for kernel, threshold in _FORCE.items():
-                    transport._FUSED_INTERACTION_MIN_REAL = threshold
+                for kernel, thresholds in _FORCE.items():
+                    transport._FUSED_INTERACTION_MIN_REAL, transport._SITES_PER_CALL_MAX_REAL = thresholds
+                    counter.on = kernel == "one site"
                     t0 = time.perf_counter()
                     res = simulate(geo, src, n, seed=r, **kw)
                     speed[kernel].append(n / (time.perf_counter() - t0))
                     sigma[kernel] = float(np.mean(np.minimum(res.rel_sigma[body], 1.0)))
-            fused, separate = np.median(speed["fused"]), np.median(speed["separate"])
-            rows.append(dict(benchmark=f"collision step, {name}: fused / separate kernels",
-                             value=round(fused / separate, 3), unit="x", note=f"real sites {counter.fraction():.2f}; fused {fused:.3g} /s, separate "
-                                            f"{separate:.3g} /s (median of {rounds}); sigma {sigma['fused']:.3f} / "
-                                            f"{sigma['separate']:.3f}; {n} histories, 1 core"))
+            med = {k: float(np.median(v)) for k, v in speed.items()}
+            for kernel in ("fused", "sites"):
+                rows.append(dict(benchmark=f"collision step, {name}: {kernel} / one site",
+                                 value=round(med[kernel] / med["one site"], 3), unit="x",
+                                 note=f"real sites {counter.fraction():.2f}; {kernel} {med[kernel]:.3g} /s, one site "
+                                      f"{med['one site']:.3g} /s (median of {rounds}); sigma {sigma[kernel]:.3f} / "
+                                      f"{sigma['one site']:.3f}; {n} histories, 1 core"))
     finally:
         transport._FUSED_STEPS["collision"] = counter._step
-        transport._FUSED_INTERACTION_MIN_REAL = saved
+        transport._FUSED_INTERACTION_MIN_REAL, transport._SITES_PER_CALL_MAX_REAL = saved
         torch.set_num_threads(threads)
     return rows
 

@@ -19,6 +19,7 @@ from ctdose.physics.kernels import (
     advance_block,
     advance_block_collision,
     advance_collision,
+    advance_collision_sites,
     get_kernels,
     score_points,
     segment_points,
@@ -190,9 +191,12 @@ def test_collision_site_scores_mu_tr_over_the_majorant_where_the_flight_ends():
     assert inside.tolist() == [True, True, True, False]
 
 
-def test_collision_estimator_sum_along_a_path_is_the_exact_compound_poisson_mean():
+@pytest.mark.parametrize("sites_per_call", [1, kernels.COLLISION_SITES_PER_CALL])
+def test_collision_estimator_sum_along_a_path_is_the_exact_compound_poisson_mean(sites_per_call):
     """Sites of rate mu_maj along L mm of one medium, each scoring E mu_tr / mu_maj: the sum has
-    mean E mu_tr L and variance L (E mu_tr)^2 / mu_maj (all sites counted, real or not)."""
+    mean E mu_tr L and variance L (E mu_tr)^2 / mu_maj (all sites counted, real or not); with
+    one flight per call (:func:`advance_collision`) and with several
+    (:func:`advance_collision_sites`; a real collision ends a photon's call, not its path here)."""
     grid, tab, *_ = _slab_world()
     setup = TrackLengthSetup.build(grid, tab, None, compile=False)
     energy, x0, n = 45.0, 12.0, 20_000
@@ -201,9 +205,15 @@ def test_collision_estimator_sum_along_a_path_is_the_exact_compound_poisson_mean
     total = torch.zeros(n, dtype=torch.float64)
     alive = torch.ones(n, dtype=torch.bool)
     for _ in range(500):
-        r = torch.rand((2, n), generator=gen)
-        out = advance_collision(x, *state[1:], ew, 1.0 - r[0], r[1], offset, setup.grid_f, setup.grid_i,
-                                setup.energy_f, setup.maj_ab, grid.voxel_table, tab.total_tr_ab)
+        if sites_per_call == 1:
+            r = torch.rand((2, n), generator=gen)
+            out = advance_collision(x, *state[1:], ew, 1.0 - r[0], r[1], offset, setup.grid_f, setup.grid_i,
+                                    setup.energy_f, setup.maj_ab, grid.voxel_table, tab.total_tr_ab)
+        else:
+            r = torch.rand((2 * sites_per_call, n), generator=gen)
+            out = advance_collision_sites(x, *state[1:], ew, r, offset, setup.grid_f, setup.grid_i, setup.energy_f,
+                                          setup.maj_ab, grid.voxel_table, tab.total_tr_ab)
+            out = out[:9] + (out[9].sum(1),)
         x, inside, score = out[0], out[7], out[9]
         alive &= inside
         total += torch.where(alive, score, torch.zeros_like(score))
@@ -222,6 +232,51 @@ def test_collision_estimator_sum_along_a_path_is_the_exact_compound_poisson_mean
     var_exact = length * (energy * mu_tr) ** 2 / maj
     # the sample variance of a compound Poisson sum: relative standard error about sqrt(2 / n)
     assert abs(float(total.var()) / var_exact - 1.0) < 0.06
+
+
+def test_collision_sites_per_call_are_one_site_flights_in_sequence():
+    """:func:`advance_collision_sites` equals ``K`` calls of :func:`advance_collision` with the same
+    numbers, each for the photons whose earlier flights ended at a virtual site inside the grid
+    (bit for bit: the same arithmetic); the slots after a photon's last flight score nothing
+    and hold its last site's index. Random photons in a bone cube in water in air, so that
+    photons stop after every number of flights, by a real collision or at the grid's exit."""
+    mi, rho, grid, tab = _bone_cube()
+    st = TrackLengthSetup.build(grid, tab, None, compile=False)
+    n, k_sites = 6000, kernels.COLLISION_SITES_PER_CALL
+    (x, y, z), (u, v, w), e, _ = _random_pool(grid, n, 5)
+    rnd = torch.rand((2 * k_sites, n), generator=torch.Generator().manual_seed(6))
+    ew = e * 0.5
+    offset = torch.arange(n) % 3 * grid.n_vox
+    tables = (st.grid_f, st.grid_i, st.energy_f, st.maj_ab, grid.voxel_table, tab.total_tr_ab)
+    x1, y1, z1, ie, fe, rr, real, inside, index, score, n_sites = advance_collision_sites(
+        x, y, z, u, v, w, e, ew, rnd, offset, *tables)
+    assert index.shape == score.shape == (n, k_sites)
+    going = torch.ones(n, dtype=torch.bool)
+    ref = [x.clone(), y.clone(), z.clone(), None, None, torch.zeros(n), torch.zeros(n, dtype=torch.bool),
+           torch.ones(n, dtype=torch.bool)]
+    flights = torch.zeros(n, dtype=torch.int32)
+    last_index = None
+    for k in range(k_sites):
+        out = advance_collision(ref[0], ref[1], ref[2], u, v, w, e, ew, 1.0 - rnd[2 * k], rnd[2 * k + 1], offset,
+                                *tables)
+        for i in (0, 1, 2, 5, 6, 7):
+            ref[i] = torch.where(going, out[i], ref[i])
+        ref[3], ref[4] = out[3], out[4]
+        last_index = out[8] if last_index is None else torch.where(going, out[8], last_index)
+        np.testing.assert_array_equal(index[:, k].numpy(), last_index.numpy())
+        np.testing.assert_array_equal(score[:, k].numpy(), torch.where(going, out[9], 0.0).numpy())
+        flights += going.to(torch.int32)
+        going = going & out[7] & ~out[6]
+    for name, got, want in zip(("x1", "y1", "z1", "ie", "fe", "rr", "real", "inside"),
+                               (x1, y1, z1, ie, fe, rr, real, inside), ref):
+        np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=name)
+    np.testing.assert_array_equal(n_sites.numpy(), flights.numpy())
+    # every number of flights occurs; the photons that flew all K are still on their way
+    counts = np.bincount(n_sites.numpy(), minlength=k_sites + 1)
+    assert counts[0] == 0 and (counts[1:] > 100).all(), counts
+    whole = n_sites == k_sites
+    assert int((whole & inside & ~real).sum()) > 100
+    assert int(real.sum()) > 500 and int((~inside).sum()) > 500
 
 
 def test_a_block_face_is_no_collision_site():
@@ -491,6 +546,10 @@ def test_compiled_kernels_equal_the_eager_ones():
             eager.grid_f, eager.grid_i, eager.energy_f, eager.maj_ab, grid.voxel_table, tab.total_tr_ab, eager.xs_ab,
             eager.sf_ratio, eager.coh_x2_inv, eager.coh_frac, eager.scatter_f, eager.scatter_i)
     _assert_same(eager.kernels[7](*args), fused.kernels[7](*args), "collide_interact")
+    rnd = torch.rand((2 * kernels.COLLISION_SITES_PER_CALL, n), generator=torch.Generator().manual_seed(5))
+    args = (x, y, z, u, v, w, e, e * r[2], rnd, torch.arange(n) % 3 * grid.n_vox, eager.grid_f, eager.grid_i,
+            eager.energy_f, eager.maj_ab, grid.voxel_table, tab.total_tr_ab)
+    _assert_same(eager.kernels[8](*args), fused.kernels[8](*args), "advance_collision_sites")
     # the entry kernel: the same bits (no transcendental functions in it), from outside the
     # box too, and with zero direction cosines
     u[:50], w[50:100] = 0.0, 0.0

@@ -240,39 +240,51 @@ def test_block_majorant_is_unbiased(estimator):
     assert blk.deposited_energy_ev + blk.escaped_energy_ev == pytest.approx(blk.emitted_energy_ev, rel=0.02)
 
 
-def test_fused_collision_step_agrees_with_the_separate_kernels(monkeypatch):
-    """The collision estimator's two steps (flight and interaction in one kernel over the pool,
-    or the interaction kernel on the gathered real collisions), each forced through the
-    threshold on the last step's real fraction: the same energy per region within the noise,
-    and energy balance. The bone in this phantom keeps most sites virtual, so the default
-    threshold runs the separate kernels here (checked too)."""
-    from ctdose.physics import transport
+def test_collision_steps_agree_fused_several_sites_and_one_site_per_call(monkeypatch):
+    """The collision estimator's three steps, each forced through the thresholds on the last
+    step's real fraction: flight and interaction in one kernel over the pool; up to
+    ``COLLISION_SITES_PER_CALL`` flights per call, then the interaction kernel on the gathered
+    real collisions; one flight per call, then the same. The same energy per region within
+    the noise, and energy balance. The bone in this phantom keeps most sites virtual, so the
+    default thresholds run the several-sites step after the first one (checked too)."""
+    from ctdose.physics import kernels, transport
 
     mi, geo = _bone_in_water_in_air(16, slice(3, 13), slice(6, 9), -60.0)
     src = PointSource((0, -400.0, 0), (0, 1, 0), energy_kev=60.0, collimation="fan", half_angles_rad=(0.2, 0.2))
-    calls = []
+    calls = {"fused": [], "sites": []}
     fused_step = transport._step_collision_interact
+    sites_kernel = kernels.advance_collision_sites
 
     def spy(st, *args):
-        calls.append(len(st))
+        calls["fused"].append(len(st))
         return fused_step(st, *args)
 
+    def sites_spy(*args):
+        calls["sites"].append(len(args[0]))
+        return sites_kernel(*args)
+
     monkeypatch.setattr(transport, "_step_collision_interact", spy)
-    default = simulate(geo, src, 20_000, seed=3, estimator="collision")
-    assert len(calls) <= 2  # the first step (real fraction unknown, 1) and not later ones
-    monkeypatch.setattr(transport, "_FUSED_INTERACTION_MIN_REAL", 0.0)
-    calls.clear()
-    fused = simulate(geo, src, 120_000, seed=1, keep_batches=True, estimator="collision")
-    assert len(calls) > 10
-    monkeypatch.setattr(transport, "_FUSED_INTERACTION_MIN_REAL", 2.0)
-    calls.clear()
-    separate = simulate(geo, src, 120_000, seed=2, keep_batches=True, estimator="collision")
-    assert not calls
-    for region in (mi == 1, mi == 2, mi == 0):
-        a, sa = fused.sum_with_sigma(region.astype(float))
-        b, sb = separate.sum_with_sigma(region.astype(float))
-        assert abs(a - b) < 4 * math.hypot(sa, sb), (a, sa, b, sb)
-    for res in (fused, default):
+    monkeypatch.setattr(kernels, "EAGER_KERNELS", kernels.EAGER_KERNELS[:8] + (sites_spy,))
+    default = simulate(geo, src, 20_000, seed=3, estimator="collision", compile=False)
+    assert len(calls["fused"]) <= 2  # the first step (real fraction unknown, 1) and not later ones
+    assert len(calls["sites"]) > 10
+    runs = {}
+    for name, min_real, sites_max in [("fused", 0.0, 0.0), ("sites", 2.0, 2.0), ("one site", 2.0, 0.0)]:
+        monkeypatch.setattr(transport, "_FUSED_INTERACTION_MIN_REAL", min_real)
+        monkeypatch.setattr(transport, "_SITES_PER_CALL_MAX_REAL", sites_max)
+        for c in calls.values():
+            c.clear()
+        runs[name] = simulate(geo, src, 120_000, seed=len(runs) + 1, keep_batches=True, estimator="collision",
+                              compile=False)
+        assert (len(calls["fused"]) > 10) == (name == "fused"), name
+        assert (len(calls["sites"]) > 10) == (name == "sites"), name
+    for name in ("fused", "sites"):
+        for region in (mi == 1, mi == 2, mi == 0):
+            a, sa = runs[name].sum_with_sigma(region.astype(float))
+            b, sb = runs["one site"].sum_with_sigma(region.astype(float))
+            print(f"{name}: {a:.1f} +- {sa:.1f}, one site: {b:.1f} +- {sb:.1f} eV per photon")
+            assert abs(a - b) < 4 * math.hypot(sa, sb), (name, a, sa, b, sb)
+    for res in (*runs.values(), default):
         assert res.deposited_energy_ev + res.escaped_energy_ev == pytest.approx(res.emitted_energy_ev, rel=0.02)
 
 
