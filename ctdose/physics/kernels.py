@@ -342,24 +342,29 @@ def advance_collision_sites(
     n_sites : Tensor (n,) int32
         Flights flown (1 to K): the sites at which ``real`` was tested.
     """
-    ie, fe, maj, _, x0, y0, z0 = _global_flight(x, y, z, u, v, w, e, 1.0 - rnd[0], energy_f, maj_ab)
-    x1, y1, z1, ie, fe, rr, real, inside, index, score = _collision_site(
-        x0, y0, z0, ie, fe, maj, rnd[1], ew, offset, grid_f, grid_i, voxel_table, total_tr_ab)[:10]
-    going = inside & ~real
-    n_sites = torch.ones_like(ie, dtype=torch.int32)
-    indices, scores = [index], [score]
-    for k in range(1, COLLISION_SITES_PER_CALL):
+    ie, fe = _energy_index(e, energy_f)
+    maj = maj_ab[ie, 0] + fe * maj_ab[ie, 1]
+    going = torch.ones_like(ie, dtype=torch.bool)
+    real, inside = torch.zeros_like(going), torch.ones_like(going)
+    rr = torch.zeros_like(x)
+    n_sites = torch.zeros_like(ie, dtype=torch.int32)
+    x1, y1, z1 = x, y, z
+    indices, scores = [], []
+    for k in range(COLLISION_SITES_PER_CALL):
+        # a photon that has stopped keeps its site: its later slots look up that voxel again
         s = -torch.log(1.0 - rnd[2 * k]) / maj
-        xk, yk, zk, _, _, rk, real_k, inside_k, index_k, score_k = _collision_site(
-            x1 + s * u, y1 + s * v, z1 + s * w, ie, fe, maj, rnd[2 * k + 1], ew, offset, grid_f, grid_i,
-            voxel_table, total_tr_ab)[:10]
-        x1, y1, z1 = torch.where(going, xk, x1), torch.where(going, yk, y1), torch.where(going, zk, z1)
-        rr = torch.where(going, rk, rr)
+        x1 = torch.where(going, x1 + s * u, x1)
+        y1 = torch.where(going, y1 + s * v, y1)
+        z1 = torch.where(going, z1 + s * w, z1)
+        inside_k, flat, _, mi, rho = _voxel(x1, y1, z1, ie, grid_f, grid_i, voxel_table)
+        rr_k = rnd[2 * k + 1] * maj
+        real_k = (rr_k < (total_tr_ab[mi, 0] + fe * total_tr_ab[mi, 1]) * rho) & inside_k
+        mu_tr = (total_tr_ab[mi, 2] + fe * total_tr_ab[mi, 3]) * rho
+        scores.append(torch.where(going & inside_k, mu_tr * (ew / maj), torch.zeros_like(mu_tr)).to(torch.float64))
+        indices.append(flat + offset)
+        rr = torch.where(going, rr_k, rr)
         real = torch.where(going, real_k, real)
         inside = torch.where(going, inside_k, inside)
-        index = torch.where(going, index_k, index)
-        indices.append(index)
-        scores.append(torch.where(going, score_k, torch.zeros_like(score_k)))
         n_sites = n_sites + going.to(torch.int32)
         going = going & inside_k & ~real_k
     return x1, y1, z1, ie, fe, rr, real, inside, torch.stack(indices, 1), torch.stack(scores, 1), n_sites
