@@ -946,10 +946,11 @@ _FUSED_INTERACTION_MIN_REAL = 0.4
 #: it, and always with the block majorant (where several flights per call were slower in the
 #: demo thorax: 3.5e5 histories/s with 4 and 4.6e5 with 2, against 5.0e5 with one, 1 core).
 #: ``benchmarks/bench_collision_step.py`` (1 core, medians of 3 runs of 1e6 histories), several
-#: flights against one per call: 1.23x in the demo thorax (12 % real sites), 1.01x at 20 %,
-#: 0.85x at 32 %, 0.78x at 49 % (water cylinder with majorant floors): the other slots' work is
-#: wasted where a call's first flights end at real collisions.
-_SITES_PER_CALL_MAX_REAL = 0.2
+#: flights against one per call: 1.35x in the demo thorax (12 % real sites), 1.17x at 20 %,
+#: 1.03x at 32 %, 0.92x at 49 %, 0.81x at 63 % (water cylinder with majorant floors): the
+#: other slots' work is wasted where a call's first flights end at real collisions. (The fused
+#: step, against one flight per call: 0.66x, 0.83x, 0.93x, 1.15x, 1.20x.)
+_SITES_PER_CALL_MAX_REAL = 0.35
 
 
 def _step_collision_interact(
