@@ -51,7 +51,9 @@ Estimators
     thin voxels unless a majorant floor adds sites). Fused kernels as the track-length
     estimator's (:func:`ctdose.physics.kernels.advance_collision`), one site per step; where
     most sites are real (water-like phantoms) the interactions are sampled in the same kernel
-    pass over the pool (:func:`ctdose.physics.kernels.collide_interact`).
+    pass over the pool (:func:`ctdose.physics.kernels.collide_interact`), and where most are
+    virtual (a thorax under a bone majorant) a photon flies through up to four sites per call
+    (:func:`ctdose.physics.kernels.advance_collision_sites`).
 ``"analogue"``
     Energy is deposited at real interactions: the whole photon energy at photoabsorption,
     E - E' at incoherent scattering, the remaining energy at the cutoff. Eager PyTorch.
@@ -451,7 +453,8 @@ class TransportTally:
     emitted_kev: float = 0.0
     n_steps: int = 0
     #: the fraction of the last Woodcock step's tentative sites that were real collisions (it
-    #: picks the collision estimator's kernels, see ``_FUSED_INTERACTION_MIN_REAL``)
+    #: picks the collision estimator's kernels, see ``_FUSED_INTERACTION_MIN_REAL`` and
+    #: ``_SITES_PER_CALL_MAX_REAL``)
     real_fraction: float = 1.0
 
 
