@@ -356,9 +356,8 @@ def advance_collision_sites(
         x1 = torch.where(going, x1 + s * u, x1)
         y1 = torch.where(going, y1 + s * v, y1)
         z1 = torch.where(going, z1 + s * w, z1)
-        inside_k, flat, _, mi, rho = _voxel(x1, y1, z1, ie, grid_f, grid_i, voxel_table)
-        rr_k = rnd[2 * k + 1] * maj
-        real_k = (rr_k < (total_tr_ab[mi, 0] + fe * total_tr_ab[mi, 1]) * rho) & inside_k
+        rr_k, real_k, inside_k, flat, mi, rho, _ = _collide(x1, y1, z1, ie, fe, maj, rnd[2 * k + 1], grid_f, grid_i,
+                                                            voxel_table, total_tr_ab)
         mu_tr = (total_tr_ab[mi, 2] + fe * total_tr_ab[mi, 3]) * rho
         scores.append(torch.where(going & inside_k, mu_tr * (ew / maj), torch.zeros_like(mu_tr)).to(torch.float64))
         indices.append(flat + offset)

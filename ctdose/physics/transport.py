@@ -913,24 +913,23 @@ def _step_collision(
     offset = st.offset if st.offset is not None else torch.zeros(n, dtype=torch.int64, device=e.device)
     if setup.block_ab is None and tally.real_fraction >= _FUSED_INTERACTION_MIN_REAL:
         return _step_collision_interact(st, ew, offset, grid, tab, tally, gen, cutoff_kev, setup, kernels)
+    n_sites = None
     if setup.block_ab is None and tally.real_fraction < _SITES_PER_CALL_MAX_REAL:
         rnd = torch.rand((2 * COLLISION_SITES_PER_CALL, n), generator=gen, device=e.device, dtype=e.dtype)
-        x1, y1, z1, ie, fe, rr, real, inside, index, score, n_sites = kernels[8](
-            st.x, st.y, st.z, st.u, st.v, st.w, e, ew, rnd, offset, setup.grid_f, setup.grid_i, setup.energy_f,
-            setup.maj_ab, grid.voxel_table, tab.total_tr_ab)
-        tally.energy_kev.scatter_add_(0, index.view(-1), score.view(-1))
-        n_real = int(real.count_nonzero())
-        out = _end_step(st, ew, inside, real, x1, y1, z1, ie, fe, rr, offset, tally, gen, cutoff_kev, grid, setup,
-                        kernels)
-        tally.real_fraction = n_real / max(int(n_sites.sum()), 1)  # per site, as the one-site steps count it
-        return out
-    rnd = torch.rand((2, n), generator=gen, device=e.device, dtype=e.dtype)
-    r_path = torch.sub(1.0, rnd[0])  # in (0, 1]: finite free paths
-    common = (st.x, st.y, st.z, st.u, st.v, st.w, e, ew, r_path, rnd[1], offset, setup.grid_f, setup.grid_i,
-              setup.energy_f)
-    x1, y1, z1, ie, fe, rr, real, inside, index, score = _fly(kernels, 4, 5, common, grid, tab, setup)
-    tally.energy_kev.scatter_add_(0, index, score)
-    return _end_step(st, ew, inside, real, x1, y1, z1, ie, fe, rr, offset, tally, gen, cutoff_kev, grid, setup, kernels)
+        *flight, n_sites = kernels[8](st.x, st.y, st.z, st.u, st.v, st.w, e, ew, rnd, offset, setup.grid_f,
+                                      setup.grid_i, setup.energy_f, setup.maj_ab, grid.voxel_table, tab.total_tr_ab)
+    else:
+        rnd = torch.rand((2, n), generator=gen, device=e.device, dtype=e.dtype)
+        r_path = torch.sub(1.0, rnd[0])  # in (0, 1]: finite free paths
+        common = (st.x, st.y, st.z, st.u, st.v, st.w, e, ew, r_path, rnd[1], offset, setup.grid_f, setup.grid_i,
+                  setup.energy_f)
+        flight = _fly(kernels, 4, 5, common, grid, tab, setup)
+    x1, y1, z1, ie, fe, rr, real, inside, index, score = flight
+    tally.energy_kev.scatter_add_(0, index.view(-1), score.view(-1))
+    out = _end_step(st, ew, inside, real, x1, y1, z1, ie, fe, rr, offset, tally, gen, cutoff_kev, grid, setup, kernels)
+    if n_sites is not None:  # _end_step counted real collisions per photon; the thresholds count per site
+        tally.real_fraction *= n / max(int(n_sites.sum()), 1)
+    return out
 
 
 #: The collision estimator's step interacts in the same pass over the pool as its flight
