@@ -43,6 +43,7 @@ from .errors import InputError
 __all__ = [
     "DENSITY_SETS",
     "Medium",
+    "check_composition",
     "custom_medium",
     "electron_density_map",
     "filter_medium",
@@ -133,6 +134,36 @@ def custom_medium(name: str, density_g_cm3: float, mass_fractions: Mapping[int, 
         raise InputError(f"medium {name!r}: density {density_g_cm3!r} is not a number") from None
     if not math.isfinite(density) or density <= 0.0:
         raise InputError(f"medium {name!r}: density must be finite and > 0 g/cm3, got {density}")
+    fractions = check_composition(name, mass_fractions)
+    return Medium(name=name, density_g_cm3=density, mass_fractions=fractions)
+
+
+def check_composition(name: str, mass_fractions: Mapping[int, float]) -> dict[int, float]:
+    """Check an elemental composition and return it renormalised to sum exactly 1.
+
+    The composition checks of :func:`custom_medium`, for a :class:`Medium` built directly
+    (``ctdose.physics.mc.VoxelGeometry.validate`` applies them to every medium).
+
+    Parameters
+    ----------
+    name : str
+        Medium name (for the messages).
+    mass_fractions : Mapping[int, float]
+        Z -> mass fraction (w >= 0), summing to 1 within 1 %.
+
+    Returns
+    -------
+    dict[int, float]
+        Z -> mass fraction, sorted by Z, without the elements of w = 0, summing to 1.
+
+    Raises
+    ------
+    InputError
+        Empty composition, Z outside 1..98, negative or non-finite fractions, or fractions
+        not summing to 1 within 1 %.
+    """
+    if mass_fractions is not None and not hasattr(mass_fractions, "items"):
+        raise InputError(f"medium {name!r}: the composition must map Z to a mass fraction, got {mass_fractions!r}")
     if mass_fractions is None or len(mass_fractions) == 0:
         raise InputError(f"medium {name!r}: no elemental composition given")
     clean: dict[int, float] = {}
@@ -152,8 +183,7 @@ def custom_medium(name: str, density_g_cm3: float, mass_fractions: Mapping[int, 
         raise InputError(f"medium {name!r}: all mass fractions are zero")
     if abs(total - 1.0) > 0.01:
         raise InputError(f"medium {name!r}: mass fractions sum to {total:.4f}, expected 1")
-    fractions = {z: w / total for z, w in sorted(clean.items())}
-    return Medium(name=name, density_g_cm3=density, mass_fractions=fractions)
+    return {z: w / total for z, w in sorted(clean.items())}
 
 
 @lru_cache(maxsize=None)

@@ -7,6 +7,7 @@ import pytest
 
 from ctdose.errors import InputError
 from ctdose.materials import (
+    check_composition,
     custom_medium,
     electron_density_map,
     filter_medium,
@@ -129,3 +130,23 @@ def test_filter_medium():
     assert al.mass_fractions == {13: 1.0} and al.density_g_cm3 == pytest.approx(2.699)
     with pytest.raises(InputError):
         filter_medium("kryptonite")
+
+
+@pytest.mark.parametrize(
+    "fractions, match",
+    [
+        ({1: 0.2, 8: 0.3}, r"medium 'x': mass fractions sum to 0\.5000, expected 1"),
+        ({1: float("nan")}, r"medium 'x': mass fraction of Z=1 is nan"),
+        ({0: 1.0}, r"medium 'x': atomic number 0 outside 1\.\.98"),
+        ({}, r"medium 'x': no elemental composition"),
+        ([(1, 1.0)], r"medium 'x': the composition must map Z to a mass fraction"),
+    ],
+)
+def test_check_composition_refuses_what_custom_medium_refuses(fractions, match):
+    with pytest.raises(InputError, match=match):
+        check_composition("x", fractions)
+
+
+def test_check_composition_renormalises():
+    assert check_composition("x", {8: 0.885, 1: 0.112, 6: 0.0}) == pytest.approx({1: 0.112 / 0.997, 8: 0.885 / 0.997})
+    assert list(check_composition("x", {8: 0.5, 1: 0.5})) == [1, 8]

@@ -21,10 +21,13 @@ ompMC's readers (``char - '0'``); at most :data:`MAX_MEDIA` media.
 Orientation: the file's x, y, z axes are ctdose's patient axes (+x patient left, +y posterior,
 +z superior; right-handed like DOSXYZnrc's). Array ``vol[k, j, i]`` (ctdose ``[z, y, x]``) is
 voxel (i, j, k) of the file; boundaries are ``(origin_mm + (index - 1/2) * spacing_mm) / 10``.
+ctdose's voxel grids have one spacing per axis: :func:`read_egsphant` refuses a file whose
+boundaries are not uniformly spaced.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +44,9 @@ _ZERO = ord("0")
 MAX_MEDIA = ord("~") - _ZERO
 VALUES_PER_LINE = 10
 _MM_PER_CM = 10.0
+#: Largest distance of a voxel boundary from the uniform grid through the first and last
+#: boundary, in voxels, still read as uniform (rounding of the boundaries in the file).
+_UNIFORM_TOLERANCE_VOXELS = 0.01
 
 
 class BoundsGrid:
@@ -98,6 +104,31 @@ def _bounds_cm(n: int, spacing_mm: float, origin_mm: float) -> np.ndarray:
     return (origin_mm + (np.arange(n + 1) - 0.5) * spacing_mm) / _MM_PER_CM
 
 
+def _grid_for_writing(path: Path, spacing_mm: Sequence[float], origin_mm: Sequence[float]) -> tuple[list, list]:
+    """``spacing_mm`` and ``origin_mm`` as 3 floats each, or InputError naming ``path`` (before writing)."""
+    try:
+        sp = [float(v) for v in spacing_mm]
+        og = [float(v) for v in origin_mm]
+    except (TypeError, ValueError):
+        sp = og = []
+    if (len(sp) != 3 or len(og) != 3 or not all(math.isfinite(v) and v > 0 for v in sp)
+            or not all(math.isfinite(v) for v in og)):
+        raise InputError(
+            f"{path}: bad spacing_mm {spacing_mm!r} / origin_mm {origin_mm!r} (spacing: 3 finite numbers > 0, "
+            "origin: 3 finite numbers)"
+        )
+    return sp, og
+
+
+def _bounds_problem(b: np.ndarray) -> str | None:
+    """What is wrong with one axis' voxel boundaries (cm) ("contain NaN ...", "are not increasing"), or None."""
+    if not np.all(np.isfinite(b)):
+        return "contain NaN or infinite values"
+    if np.any(np.diff(b) <= 0):
+        return "are not increasing"
+    return None
+
+
 def _format_block(values: np.ndarray, fmt: str) -> str:
     lines = []
     for s in range(0, values.size, VALUES_PER_LINE):
@@ -134,6 +165,13 @@ def write_egsphant(
     Returns
     -------
     Path
+
+    Raises
+    ------
+    InputError
+        Arrays of different or empty shapes, bad media names or indices, densities that are
+        not finite and > 0, a spacing that is not 3 finite numbers > 0 or an origin that is
+        not 3 finite numbers; nothing is written then.
     """
     path = Path(path)
     idx = np.asarray(media_index)
@@ -149,10 +187,7 @@ def write_egsphant(
         raise InputError(f"{path}: media_index values must be 0..{len(names) - 1}")
     if not np.all(np.isfinite(rho)) or np.any(rho <= 0):
         raise InputError(f"{path}: densities must be finite and > 0 g/cm3")
-    sp = [float(v) for v in spacing_mm]
-    og = [float(v) for v in origin_mm]
-    if len(sp) != 3 or len(og) != 3 or min(sp) <= 0:
-        raise InputError(f"{path}: bad spacing_mm {spacing_mm} / origin_mm {origin_mm}")
+    sp, og = _grid_for_writing(path, spacing_mm, origin_mm)
     est = np.broadcast_to(np.asarray(estepe, dtype=np.float64), (len(names),))
     nz, ny, nx = idx.shape
 
@@ -183,8 +218,9 @@ def read_egsphant(path: str | Path) -> EgsPhantom:
     Raises
     ------
     InputError
-        Missing file, truncated or malformed content (the message names the file and what
-        is wrong).
+        Missing file, truncated or malformed content, NaN or negative densities, NaN or
+        non-increasing voxel boundaries, or non-uniformly spaced boundaries (ctdose's voxel
+        grids are uniform); the message names the file and what is wrong.
     """
     path = Path(path)
     if not path.is_file():
@@ -211,11 +247,19 @@ def read_egsphant(path: str | Path) -> EgsPhantom:
     media = [next_line("media names").strip() for _ in range(nmed)]
     if any(not m for m in media):
         raise _fail(path, "empty medium name")
+    for i, m in enumerate(media):
+        if any(c.isspace() for c in m):  # most likely the ESTEPE line: fewer names than nmed
+            raise _fail(path, f"expected {nmed} medium names, but line {i + 2} is {m!r}, not a medium name")
+    estepe_line = next_line("ESTEPE line")
     try:
-        estepe = np.array([float(v) for v in next_line("ESTEPE line").split()])
-        nx, ny, nz = (int(v) for v in next_line("voxel numbers").split()[:3])
+        estepe = np.array([float(v) for v in estepe_line.split()])
     except ValueError:
-        raise _fail(path, "bad ESTEPE or voxel-number line") from None
+        raise _fail(path, f"bad ESTEPE line {estepe_line.strip()!r} (line {pos}; expected {nmed} numbers)") from None
+    voxel_line = next_line("voxel numbers")
+    try:
+        nx, ny, nz = (int(v) for v in voxel_line.split()[:3])
+    except ValueError:
+        raise _fail(path, f"bad voxel-number line {voxel_line.strip()!r} (line {pos}; expected nx ny nz)") from None
     if min(nx, ny, nz) < 1:
         raise _fail(path, f"voxel numbers {nx} {ny} {nz}")
 
@@ -233,8 +277,21 @@ def read_egsphant(path: str | Path) -> EgsPhantom:
     yb = np.array(vals[nx + 1 : nx + ny + 2])
     zb = np.array(vals[nx + ny + 2 :])
     for name, b in (("x", xb), ("y", yb), ("z", zb)):
-        if np.any(np.diff(b) <= 0):
-            raise _fail(path, f"{name} boundaries are not increasing")
+        problem = _bounds_problem(b)
+        if problem == "are not increasing":
+            raise _fail(path, f"{name} boundaries are not increasing (do the voxel numbers {nx} {ny} {nz} match "
+                              "the boundary lines?)")
+        if problem:
+            raise _fail(path, f"{name} boundaries {problem}")
+        d = (b[-1] - b[0]) / (b.size - 1)
+        if np.max(np.abs(b - (b[0] + d * np.arange(b.size)))) > _UNIFORM_TOLERANCE_VOXELS * d:
+            w = np.diff(b)
+            raise InputError(
+                f"{path}: non-uniform {name} voxel boundaries (voxel widths {w.min():g} to {w.max():g} cm) are not "
+                "supported: ctdose needs a uniform voxel grid"
+            )
+    if len(lines) - pos < ny * nz:  # before allocating nx*ny*nz voxels
+        raise _fail(path, f"expected {ny * nz} media rows for {nx}x{ny}x{nz} voxels, found {len(lines) - pos} lines")
 
     idx = np.empty((nz, ny, nx), dtype=np.uint8)
     for k in range(nz):
@@ -242,7 +299,7 @@ def read_egsphant(path: str | Path) -> EgsPhantom:
             row = next_line("media array")
             if k > 0 and j == 0 and row.strip() == "":
                 row = next_line("media array")
-            if len(row.rstrip()) < nx:
+            if len(row.rstrip()) != nx:
                 raise _fail(path, f"media row (j={j}, k={k}) has {len(row.rstrip())} characters, expected {nx}")
             codes = np.frombuffer(row[:nx].encode("ascii"), dtype=np.uint8).astype(np.int64) - _ZERO
             if codes.min() < 1 or codes.max() > nmed:
@@ -258,11 +315,18 @@ def read_egsphant(path: str | Path) -> EgsPhantom:
         raise _fail(path, "non-numeric density") from None
     if len(rest) > nx * ny * nz:
         raise _fail(path, f"{len(rest) - nx * ny * nz} values after the density array")
+    rho = rho.reshape(nz, ny, nx).astype(np.float32)
+    if not np.all(np.isfinite(rho)):
+        k, j, i = np.argwhere(~np.isfinite(rho))[0]
+        raise _fail(path, f"density {rho[k, j, i]} at voxel (i={i}, j={j}, k={k}); densities must be finite")
+    if rho.min() < 0:
+        k, j, i = np.argwhere(rho < 0)[0]
+        raise _fail(path, f"negative density {rho[k, j, i]:g} g/cm3 at voxel (i={i}, j={j}, k={k})")
     return EgsPhantom(
         media=media,
         estepe=estepe,
         media_index=idx,
-        density_g_cm3=rho.reshape(nz, ny, nx).astype(np.float32),
+        density_g_cm3=rho,
         x_bounds_cm=xb,
         y_bounds_cm=yb,
         z_bounds_cm=zb,

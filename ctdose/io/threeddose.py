@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import InputError
 from .._atomic import atomic_write_text
-from .egsphant import BoundsGrid, _bounds_cm
+from .egsphant import BoundsGrid, _bounds_cm, _bounds_problem, _grid_for_writing
 
 __all__ = ["Dose3D", "read_3ddose", "write_3ddose"]
 
@@ -74,6 +74,17 @@ def write_3ddose(
     spacing_mm : (dz, dy, dx)
     origin_mm : (z0, y0, x0)
         Centre of voxel [0, 0, 0].
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    InputError
+        Arrays of different or empty shapes, NaN or infinite dose or uncertainty, a negative
+        uncertainty, a spacing that is not 3 finite numbers > 0 or an origin that is not 3
+        finite numbers; nothing is written then.
     """
     path = Path(path)
     d = np.asarray(dose, dtype=np.float64)
@@ -82,10 +93,7 @@ def write_3ddose(
         raise InputError(f"{path}: dose and uncertainty must be 3-D arrays of the same shape")
     if not (np.all(np.isfinite(d)) and np.all(np.isfinite(u))) or np.any(u < 0):
         raise InputError(f"{path}: dose and uncertainty must be finite, uncertainty >= 0")
-    sp = [float(v) for v in spacing_mm]
-    og = [float(v) for v in origin_mm]
-    if len(sp) != 3 or len(og) != 3 or min(sp) <= 0:
-        raise InputError(f"{path}: bad spacing_mm {spacing_mm} / origin_mm {origin_mm}")
+    sp, og = _grid_for_writing(path, spacing_mm, origin_mm)
     nz, ny, nx = d.shape
     lines = [
         f"{nx:5d}{ny:5d}{nz:5d}",
@@ -108,8 +116,8 @@ def read_3ddose(path: str | Path) -> Dose3D:
     Raises
     ------
     InputError
-        Missing file, wrong number of values, non-numeric values, bad boundaries (the message
-        names the file).
+        Missing file, wrong number of values, non-numeric values, NaN or non-increasing
+        boundaries, NaN doses or negative uncertainties (the message names the file).
     """
     path = Path(path)
     if not path.is_file():
@@ -139,11 +147,14 @@ def read_3ddose(path: str | Path) -> Dose3D:
     yb = vals[nx + 1 : nx + ny + 2]
     zb = vals[nx + ny + 2 : nx + ny + nz + 3]
     for name, b in (("x", xb), ("y", yb), ("z", zb)):
-        if np.any(np.diff(b) <= 0):
-            raise _fail(path, f"{name} boundaries are not increasing")
+        problem = _bounds_problem(b)
+        if problem:
+            raise _fail(path, f"{name} boundaries {problem}")
     off = nx + ny + nz + 3
     dose = vals[off : off + n].reshape(nz, ny, nx)
     unc = vals[off + n :].reshape(nz, ny, nx)
     if not (np.all(np.isfinite(dose)) and np.all(np.isfinite(unc))):
         raise _fail(path, "NaN or infinite values")
+    if np.any(unc < 0):
+        raise _fail(path, f"negative relative uncertainty {unc.min():g}")
     return Dose3D(dose=dose, rel_uncertainty=unc, x_bounds_cm=xb.copy(), y_bounds_cm=yb.copy(), z_bounds_cm=zb.copy())

@@ -20,6 +20,8 @@ Coordinates follow docs/architecture.md: arrays ``[z, y, x]``, ``origin_mm`` = c
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 import sys
 import time
 from collections.abc import Sequence
@@ -88,7 +90,16 @@ class VoxelGeometry:
     origin_mm: Sequence[float]
 
     def validate(self) -> None:
-        """Raise :class:`InputError` for inconsistent or unphysical input."""
+        """Raise :class:`InputError` for inconsistent or unphysical input.
+
+        Raises
+        ------
+        InputError
+            Unequal or empty shapes, bad medium indices, NaN or negative densities, a medium
+            whose composition is empty, has Z outside 1..98, negative or NaN fractions or
+            fractions not summing to 1 (:func:`ctdose.materials.check_composition`), or a
+            spacing or origin that is not finite.
+        """
         mi = np.asarray(self.media_index)
         rho = np.asarray(self.density_g_cm3)
         if mi.ndim != 3 or rho.shape != mi.shape:
@@ -114,14 +125,25 @@ class VoxelGeometry:
             raise InputError("VoxelGeometry: density_g_cm3 contains NaN or infinite values")
         if rho.min() < 0:
             raise InputError(f"VoxelGeometry: negative density ({float(rho.min())} g/cm^3)")
+        from ..materials import check_composition
+
         for m in self.media:
             fr = getattr(m, "mass_fractions", None)
             if not fr:
                 raise InputError(f"VoxelGeometry: medium {getattr(m, 'name', m)!r} has no elemental composition")
-        sp = np.asarray(self.spacing_mm, dtype=float)
-        og = np.asarray(self.origin_mm, dtype=float)
-        if sp.shape != (3,) or og.shape != (3,) or not np.all(sp > 0) or not np.all(np.isfinite(og)):
-            raise InputError(f"VoxelGeometry: spacing_mm {self.spacing_mm!r} must be 3 positive numbers, origin_mm 3 finite numbers")
+            try:  # a Medium built directly is not checked: fractions summing to 1, Z in range
+                check_composition(getattr(m, "name", str(m)), fr)
+            except InputError as exc:
+                raise InputError(f"VoxelGeometry: {exc}") from None
+        try:
+            sp = np.asarray(self.spacing_mm, dtype=float)
+            og = np.asarray(self.origin_mm, dtype=float)
+        except (TypeError, ValueError):
+            sp = og = np.empty(0)
+        if (sp.shape != (3,) or og.shape != (3,) or not np.all(np.isfinite(sp)) or not np.all(sp > 0)
+                or not np.all(np.isfinite(og))):
+            raise InputError(f"VoxelGeometry: spacing_mm {self.spacing_mm!r} must be 3 finite positive numbers, "
+                             f"origin_mm {self.origin_mm!r} 3 finite numbers")
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -220,13 +242,48 @@ class DoseResult:
 
 
 def resolve_device(device: str | torch.device = "cpu") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as given."""
+    """``"auto"`` -> CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:<n>"`` as given.
+
+    Raises
+    ------
+    InputError
+        Any other device (``"tpu"``, ``"gpu"``, ``"mps"``, ...), or CUDA where none is available.
+    """
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise InputError(f"device must be 'cpu', 'cuda', 'cuda:<n>' or 'auto', got {device!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError("device 'cuda' requested but no CUDA device is available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) are available")
     return dev
+
+
+def _as_int(value) -> int | None:
+    """``value`` as an int if it is an integer (Python, numpy, or an integral finite float), else None."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    v = float(value)
+    return int(v) if math.isfinite(v) and v.is_integer() else None
+
+
+def _as_real(value) -> float | None:
+    """``value`` as a finite float if it is a real number (not a bool), else None."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    v = float(value)
+    return v if math.isfinite(v) else None
 
 
 def _check_source_reaches(geometry: VoxelGeometry, grid: TransportGrid, source, device) -> None:
@@ -255,6 +312,15 @@ def _ambient_medium(ambient):
         return get_medium(ambient)
     if not getattr(ambient, "mass_fractions", None) or not ambient.density_g_cm3 > 0:
         raise InputError(f"simulate: ambient medium {getattr(ambient, 'name', ambient)!r} needs a composition and a density")
+    from ..materials import check_composition
+
+    if not math.isfinite(ambient.density_g_cm3):
+        raise InputError(f"simulate: ambient medium {getattr(ambient, 'name', ambient)!r}: density must be finite, "
+                         f"got {ambient.density_g_cm3!r}")
+    try:
+        check_composition(getattr(ambient, "name", str(ambient)), ambient.mass_fractions)
+    except InputError as exc:
+        raise InputError(f"simulate: ambient {exc}") from None
     return ambient
 
 
@@ -293,19 +359,20 @@ def simulate(
     n_batches : int
         Batches for the per-voxel statistical uncertainty (>= 2).
     seed : int
-        Seed of the torch generator; the same seed gives the same result on CPU.
+        Seed of the torch generator, in [0, 2**63); the same seed gives the same result on CPU.
     device : "cpu", "cuda" or "auto"
     progress : bool
         Show a tqdm bar (only when stderr is a terminal).
     energy_cutoff_kev : float
-        Photons below this energy deposit it locally.
+        Photons below this energy deposit it locally (>= 1 keV, below the source's highest
+        energy).
     estimator : "expected_track_length" (default), "track_length", "collision" or "analogue"
         How energy is scored; all four are unbiased (see :mod:`ctdose.physics.transport`).
         The expected-track-length estimator traverses every flight voxel by voxel to the
         grid's exit and scores its expected energy transfer there
         (:mod:`ctdose.physics.ray_kernels`); it needs no majorant.
     pool_size : int, optional
-        Photons in flight at once (memory bound); default per device.
+        Photons in flight at once (memory bound; at least 2); default per device.
     keep_batches : bool
         Also return every batch's mean energy per photon (``DoseResult.batch_energy_ev``,
         float32 [batch, z, y, x]) for uncertainties of sums over voxels (VOIs, organs).
@@ -313,7 +380,7 @@ def simulate(
         Minimum majorant (1/mm): more track-length scoring sites in low-density regions
         (air-filled chambers, a free-in-air kerma). 0 = the media's own majorant.
     workers : int
-        CPU only: split the batches into this many groups run in parallel, each with one
+        At least 1. CPU only: split the batches into this many groups run in parallel, each with one
         torch intra-op thread and its own generator: in worker processes for the compiled
         kernels of the expected-track-length, track-length and collision estimators
         (:mod:`ctdose.physics.mc_workers`; a script that uses them needs the usual
@@ -385,15 +452,43 @@ def simulate(
     Raises
     ------
     InputError
-        Zero photons, bad geometry (negative density, medium without composition), a source
-        that misses the grid, a spectrum with NaN, an unknown estimator.
+        Zero photons, bad geometry (negative density, medium without composition or whose
+        mass fractions do not sum to 1), a source that misses the grid, a spectrum with NaN,
+        an unknown estimator or device; before any work: ``n_photons``, ``n_batches``,
+        ``seed``, ``workers``, ``pool_size`` or ``block_vox`` not an integer in range (a float
+        is taken only when integral, e.g. ``1e6``), a ``majorant_floor_per_mm`` or
+        ``track_spacing_mm`` that is not finite and positive (the floor may be 0), an
+        ``energy_cutoff_kev`` at or above the source's highest energy.
     """
-    n_photons = int(n_photons)
-    n_batches = int(n_batches)
-    if n_photons <= 0:
-        raise InputError(f"simulate: n_photons must be positive, got {n_photons}")
-    if n_batches < 2 or n_batches > n_photons:
-        raise InputError(f"simulate: n_batches must be in [2, n_photons], got {n_batches}")
+    n_photons_in, n_batches_in = n_photons, n_batches
+    n_photons, n_batches = _as_int(n_photons), _as_int(n_batches)
+    if n_photons is None or n_photons <= 0:
+        raise InputError(f"simulate: n_photons must be a positive integer, got {n_photons_in!r}")
+    if n_batches is None or n_batches < 2 or n_batches > n_photons:
+        raise InputError(f"simulate: n_batches must be in [2, n_photons], got {n_batches_in!r}")
+    seed_in, seed = seed, _as_int(seed)
+    if seed is None or not 0 <= seed < 2**63:
+        raise InputError(f"simulate: seed must be an integer in [0, 2**63), got {seed_in!r}")
+    workers_in, workers = workers, _as_int(workers)
+    if workers is None or workers < 1:
+        raise InputError(f"simulate: workers must be an integer >= 1, got {workers_in!r}")
+    if pool_size is not None:
+        # the pool is topped up below half of pool_size: 0 or 1 would never draw a photon
+        pool_in, pool_size = pool_size, _as_int(pool_size)
+        if pool_size is None or pool_size < 2:
+            raise InputError(f"simulate: pool_size must be None or an integer >= 2, got {pool_in!r}")
+    block_in, block_vox = block_vox, _as_int(block_vox)
+    if block_vox is None or block_vox < 1:
+        raise InputError(f"simulate: block_vox must be an integer >= 1, got {block_in!r}")
+    floor = _as_real(majorant_floor_per_mm)
+    if floor is None or floor < 0:
+        raise InputError(f"simulate: majorant_floor_per_mm must be a finite number >= 0, got {majorant_floor_per_mm!r}")
+    majorant_floor_per_mm = floor
+    if track_spacing_mm is not None:
+        spacing = _as_real(track_spacing_mm)
+        if spacing is None or spacing <= 0:
+            raise InputError(f"simulate: track_spacing_mm must be None or a finite number > 0, got {track_spacing_mm!r}")
+        track_spacing_mm = spacing
     if majorant not in ("auto", "global", "block"):
         raise InputError(f"simulate: majorant must be 'auto', 'global' or 'block', got {majorant!r}")
     if estimator not in ESTIMATORS:
@@ -402,8 +497,17 @@ def simulate(
         raise InputError(f"simulate: source_sampling must be one of {', '.join(SOURCE_SAMPLING)}, "
                          f"got {source_sampling!r}")
     sample_dims = int(getattr(source, "sample_dims", 0)) if source_sampling == "sobol" else 0
-    if not (np.isfinite(energy_cutoff_kev) and energy_cutoff_kev >= 1.0):
+    cutoff = _as_real(energy_cutoff_kev)
+    if cutoff is None or cutoff < 1.0:
         raise InputError(f"simulate: energy_cutoff_kev must be >= 1 keV, got {energy_cutoff_kev}")
+    max_energy_kev = float(source.max_energy_kev)
+    if cutoff >= max_energy_kev:
+        # every photon would deposit its whole energy at its first interaction
+        raise InputError(
+            f"simulate: energy_cutoff_kev ({cutoff:g} keV) must be below the source's highest energy "
+            f"({max_energy_kev:g} keV)"
+        )
+    dev = resolve_device(device)
     geometry.validate()
     if majorant == "auto":
         # the expected-track-length flights need no majorant; its weight window needs the blocks
@@ -417,20 +521,19 @@ def simulate(
     min_weight = DEFAULT_MIN_WEIGHT if window_min_weight is None else float(window_min_weight)
     if weight_window and not (0.0 < min_weight <= 1.0):
         raise InputError(f"simulate: window_min_weight must be in (0, 1], got {window_min_weight!r}")
-    dev = resolve_device(device)
     t0 = time.perf_counter()
     mi = np.asarray(geometry.media_index)
     rho = np.asarray(geometry.density_g_cm3, dtype=np.float32)
     ambient_medium = _ambient_medium(ambient)
     prep = prepare_transport(
-        mi, rho, geometry.media, geometry.spacing_mm, geometry.origin_mm, float(source.max_energy_kev), dev,
+        mi, rho, geometry.media, geometry.spacing_mm, geometry.origin_mm, max_energy_kev, dev,
         estimator, majorant, block_vox, majorant_floor_per_mm, track_spacing_mm, compile, ambient_medium,
     )
     grid, tables, block, track_setup = prep.grid, prep.tables, prep.block, prep.track_setup
     _check_source_reaches(geometry, grid, source, dev)
     gen = torch.Generator(device=dev)
     gen.manual_seed(int(seed))
-    pool = int(pool_size or POOL_SIZE.get(dev.type, 1 << 17))
+    pool = pool_size if pool_size is not None else POOL_SIZE.get(dev.type, 1 << 17)
     window = None
     if weight_window:
         window = _pilot_window(geometry, prep, source, n_photons, int(seed), float(energy_cutoff_kev), pool, min_weight)

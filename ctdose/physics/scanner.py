@@ -22,6 +22,7 @@ Geometry convention (patient coordinates of ``docs/architecture.md``: +x patient
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,8 +206,11 @@ class CTScanner:
     def __post_init__(self) -> None:
         d, fov, col = self.source_to_isocentre_mm, self.fan_fov_mm, self.collimation_mm
         for name, v in (("source_to_isocentre_mm", d), ("fan_fov_mm", fov), ("collimation_mm", col)):
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            if not (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0):
                 raise InputError(f"CTScanner: {name} must be a positive number, got {v!r}")
+            if not isinstance(v, (int, float)):  # a numpy scalar: its precision would carry into the geometry
+                setattr(self, name, float(v))
+        d, fov, col = self.source_to_isocentre_mm, self.fan_fov_mm, self.collimation_mm
         if fov / 2 >= d:
             raise InputError(f"CTScanner: fan_fov_mm/2 = {fov / 2} must be below the source distance {d}")
 

@@ -81,10 +81,17 @@ def _spectrum_arrays(energy_kev, spectrum):
     if spectrum is not None:
         e = np.asarray(spectrum.energy_kev, dtype=np.float64)
         f = np.asarray(spectrum.fluence_per_mas_per_mm2_at_1m, dtype=np.float64)
+        if e.ndim != 1 or e.size == 0 or f.shape != e.shape:
+            raise InputError("source spectrum: energies and weights must be 1-D arrays of equal, non-zero length")
         if not (np.all(np.isfinite(e)) and np.all(np.isfinite(f))):
             raise InputError("source spectrum: NaN or infinite values")
         if np.any(f < 0) or not np.any(f > 0):
             raise InputError("source spectrum: weights must be >= 0 and not all zero")
+        # as Spectrum requires (for a spectrum object that is not a Spectrum)
+        if e.min() < 1.0:
+            raise InputError(f"source spectrum: energies must be >= 1 keV, got {e.min():g} keV")
+        if np.any(np.diff(e) <= 0):
+            raise InputError("source spectrum: energies must be strictly increasing")
         width = np.gradient(e) if e.size > 1 else np.zeros(1)
         absolute = bool(getattr(spectrum, "absolute", True))
         return e, width, f / f.sum(), (float(f.sum()) if absolute else None)
@@ -337,7 +344,8 @@ class PointSource:
     # -- public properties -------------------------------------------------------------------
     @property
     def max_energy_kev(self) -> float:
-        return float(np.max(self._e + 0.5 * self._w))
+        """Highest energy a photon can have (keV): the top edge of the highest bin of non-zero weight."""
+        return float(np.max((self._e + 0.5 * self._w)[self._p > 0]))
 
     @property
     def photons_per_mas(self) -> float | None:
@@ -461,7 +469,8 @@ class CTSource:
 
     @property
     def max_energy_kev(self) -> float:
-        return float(np.max(self._e + 0.5 * self._w))
+        """Highest energy a photon can have (keV): the top edge of the highest bin of non-zero weight."""
+        return float(np.max((self._e + 0.5 * self._w)[self._p > 0]))
 
     @property
     def photons_per_mas(self) -> float | None:

@@ -16,6 +16,7 @@ with :math:`\\mu_{en}/\\rho` of dry air from :mod:`ctdose.physics.xsection`.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -202,7 +203,7 @@ def spekpy_spectrum(
     import spekpy
 
     for name, value in (("kvp", kvp), ("anode_angle_deg", anode_angle_deg), ("bin_kev", bin_kev)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
             raise InputError(f"spekpy_spectrum: {name} must be a positive number, got {value!r}")
     for name, value in (("filtration_mm_al", filtration_mm_al), ("filtration_mm_cu", filtration_mm_cu)):
         if not (math.isfinite(value) and value >= 0):

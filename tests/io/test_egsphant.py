@@ -108,3 +108,83 @@ def test_egsphant_from_case(tmp_path):
     names = np.array(ph.media)[ph.media_index]
     assert names.tolist() == [[["air", "water"], ["lung", "water"]]]
     assert ph.density_g_cm3[0, 1, 0] == pytest.approx(get_medium("lung").density_g_cm3)
+
+
+_GOOD = (
+    "2\nWATER\nBONE\n1 1\n3 2 2\n-0.25 0.25 0.75 1.25\n-0.25 0.25 0.75\n-0.25 0.25 0.75\n"
+    "111\n111\n\n222\n222\n\n1 1 1\n1 1 1\n\n1.2 1.2 1.2\n1.2 1.2 1.2\n\n"
+)
+
+
+def test_good_reference_file_reads(tmp_path):
+    f = tmp_path / "good.egsphant"
+    f.write_text(_GOOD)
+    ph = read_egsphant(f)
+    assert ph.shape == (2, 2, 3) and ph.spacing_mm == pytest.approx((5.0, 5.0, 5.0))
+
+
+@pytest.mark.parametrize(
+    "old, new, match",
+    [
+        # uneven x boundaries: the engine needs one spacing per axis (was read with the mean, 11.67 mm)
+        ("-0.25 0.25 0.75 1.25", "-0.25 0.25 2.75 3.25",
+         r"non-uniform x voxel boundaries \(voxel widths 0\.5 to 2\.5 cm\) are not supported"),
+        ("-0.25 0.25 0.75 1.25", "-0.25 nan 0.75 1.25", r"x boundaries contain NaN or infinite values"),
+        ("-0.25 0.25 0.75\n111", "-0.25 0.25 inf\n111", r"z boundaries contain NaN or infinite values"),
+        ("1.2 1.2 1.2\n1.2 1.2 1.2\n\n", "1.2 1.2 1.2\n1.2 nan 1.2\n\n", r"density nan at voxel \(i=1, j=1, k=1\)"),
+        ("1.2 1.2 1.2\n1.2 1.2 1.2\n\n", "1.2 -1.2 1.2\n1.2 1.2 1.2\n\n",
+         r"negative density -1\.2 g/cm3 at voxel \(i=1, j=0, k=1\)"),
+        # nmed 3 with only 2 names: the ESTEPE line was taken for a third name
+        ("2\nWATER", "3\nWATER", r"expected 3 medium names, but line 4 is '1 1', not a medium name"),
+        ("1 1\n3 2 2", "1 x\n3 2 2", r"bad ESTEPE line '1 x' \(line 4"),
+        ("1 1\n3 2 2", "1 1\n3 two 2", r"bad voxel-number line '3 two 2' \(line 5; expected nx ny nz\)"),
+        # voxel numbers one too high: the first media row was read as a boundary
+        ("1 1\n3 2 2", "1 1\n4 2 2", r"x boundaries are not increasing \(do the voxel numbers 4 2 2 match"),
+        ("111\n111\n\n222\n222", "1112\n1112\n\n2221\n2221", r"media row \(j=0, k=0\) has 4 characters, expected 3"),
+    ],
+)
+def test_bad_content_raises_input_error_naming_the_file(tmp_path, old, new, match):
+    assert old in _GOOD
+    f = tmp_path / "bad.egsphant"
+    f.write_text(_GOOD.replace(old, new, 1))
+    with pytest.raises(InputError, match=match) as err:
+        read_egsphant(f)
+    assert "bad.egsphant" in str(err.value)
+
+
+def test_huge_voxel_numbers_without_data_raise_before_allocating(tmp_path):
+    n = 100_000
+    bounds = " ".join(str(v) for v in range(n + 1)) + "\n"
+    f = tmp_path / "huge.egsphant"
+    f.write_text(f"1\nW\n1\n{n} {n} {n}\n" + bounds * 3)
+    with pytest.raises(InputError, match=r"huge\.egsphant.*expected 10000000000 media rows"):
+        read_egsphant(f)
+
+
+def test_boundaries_rounded_in_the_file_still_read_as_uniform(tmp_path):
+    # 1/3 mm voxels written with 4 decimals in cm: each boundary off by up to 5e-5 cm
+    b = " ".join(f"{v:.4f}" for v in np.arange(4) / 30.0)
+    f = tmp_path / "round.egsphant"
+    f.write_text(_GOOD.replace("-0.25 0.25 0.75 1.25", b))
+    assert read_egsphant(f).spacing_mm[2] == pytest.approx(1.0 / 3.0, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "spacing, origin",
+    [
+        ((float("nan"), 5.0, 5.0), (0.0, 0.0, 0.0)),
+        ((5.0, 5.0, float("inf")), (0.0, 0.0, 0.0)),
+        ((5.0, 0.0, 5.0), (0.0, 0.0, 0.0)),
+        (("a", 5.0, 5.0), (0.0, 0.0, 0.0)),
+        ((5.0, 5.0, 5.0), (0.0, 0.0, float("nan"))),
+        ((5.0, 5.0, 5.0), (0.0, 0.0)),
+    ],
+)
+def test_write_refuses_a_bad_grid_and_keeps_the_old_file(tmp_path, spacing, origin):
+    idx, rho = _phantom()
+    p = write_egsphant(tmp_path / "x.egsphant", idx, rho, ["A", "B", "C"], (1, 1, 1), (0, 0, 0))
+    before = p.read_bytes()
+    with pytest.raises(InputError, match=r"x\.egsphant: bad spacing_mm .* \(spacing: 3 finite numbers > 0"):
+        write_egsphant(p, idx, rho, ["A", "B", "C"], spacing, origin)
+    assert p.read_bytes() == before
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["x.egsphant"]

@@ -67,3 +67,44 @@ def test_missing_file_and_bad_arrays(tmp_path):
         write_3ddose(tmp_path / "x.3ddose", np.full((1, 1, 1), np.nan), None, (1, 1, 1), (0, 0, 0))
     with pytest.raises(InputError):
         write_3ddose(tmp_path / "x.3ddose", np.ones((1, 1, 2)), np.ones((1, 1, 1)), (1, 1, 1), (0, 0, 0))
+
+
+_GOOD = "3 2 2\n-0.25 0.25 0.75 1.25\n-0.25 0.25 0.75\n-0.25 0.25 0.75\n" + " ".join(["1e-3"] * 12) + "\n" + " ".join(
+    ["0.05"] * 12) + "\n"
+
+
+@pytest.mark.parametrize(
+    "old, new, match",
+    [
+        ("-0.25 0.25 0.75 1.25", "-0.25 nan 0.75 1.25", r"x boundaries contain NaN or infinite values"),
+        ("-0.25 0.25 0.75\n1e-3", "-0.25 0.25 inf\n1e-3", r"z boundaries contain NaN or infinite values"),
+        ("0.05 0.05\n", "0.05 -0.05\n", r"negative relative uncertainty -0\.05"),
+    ],
+)
+def test_bad_boundaries_and_uncertainties_raise_naming_the_file(tmp_path, old, new, match):
+    assert old in _GOOD
+    f = tmp_path / "bad.3ddose"
+    f.write_text(_GOOD.replace(old, new, 1))
+    with pytest.raises(InputError, match=match) as err:
+        read_3ddose(f)
+    assert "bad.3ddose" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "spacing, origin",
+    [
+        ((float("nan"), 5.0, 5.0), (0.0, 0.0, 0.0)),
+        ((5.0, 5.0, float("inf")), (0.0, 0.0, 0.0)),
+        ((5.0, -5.0, 5.0), (0.0, 0.0, 0.0)),
+        ((5.0, 5.0, 5.0), (0.0, 0.0, float("nan"))),
+        ((5.0, 5.0, 5.0), (0.0, float("-inf"), 0.0)),
+    ],
+)
+def test_write_refuses_a_bad_grid_and_keeps_the_old_file(tmp_path, spacing, origin):
+    d = np.ones((2, 2, 3))
+    p = write_3ddose(tmp_path / "x.3ddose", d, None, (5.0, 5.0, 5.0), (0.0, 0.0, 0.0))
+    before = p.read_bytes()
+    with pytest.raises(InputError, match=r"x\.3ddose: bad spacing_mm .* \(spacing: 3 finite numbers > 0"):
+        write_3ddose(p, d, None, spacing, origin)
+    assert p.read_bytes() == before
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["x.3ddose"]

@@ -156,3 +156,18 @@ def test_bad_profile_values():
         scanner_from_profile(cfg)
     with pytest.raises(ConfigError):
         scanner_from_profile({"name": "x"})
+
+
+@pytest.mark.parametrize("value", [np.float32(40.0), np.int64(40), np.float16(40.0)])
+def test_scanner_takes_numpy_numbers(value):
+    spec = Spectrum(np.array([40.0, 60.0, 80.0]), np.array([1.0, 2.0, 1.0]))
+    sc = CTScanner(spec, collimation_mm=value, fan_fov_mm=value * 10, source_to_isocentre_mm=value * 15)
+    assert type(sc.collimation_mm) is float
+    assert sc.z_half_angle_rad() == pytest.approx(math.atan(20.0 / 600.0))
+
+
+@pytest.mark.parametrize("value", [True, "40", float("nan"), -40.0])
+def test_scanner_refuses_what_is_not_a_positive_number(value):
+    spec = Spectrum(np.array([40.0, 60.0, 80.0]), np.array([1.0, 2.0, 1.0]))
+    with pytest.raises(InputError, match=r"CTScanner: collimation_mm must be a positive number"):
+        CTScanner(spec, collimation_mm=value)

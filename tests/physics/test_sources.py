@@ -238,3 +238,42 @@ def test_sobol_photons_fill_the_spectrum_and_the_field_evenly():
         share = np.mean((a >= alo) & (a < ahi) & (b >= blo) & (b < bhi))
         assert share == pytest.approx(tangent_rectangle_solid_angle_sr((alo, ahi), (blo, bhi)) / src.solid_angle_sr,
                                       abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    "energies, match",
+    [
+        ([60.0, -40.0, 80.0], r"source spectrum: energies must be >= 1 keV, got -40 keV"),
+        ([0.5, 60.0, 80.0], r"source spectrum: energies must be >= 1 keV, got 0\.5 keV"),
+        ([60.0, 40.0, 80.0], r"source spectrum: energies must be strictly increasing"),
+        ([60.0, 60.0, 80.0], r"source spectrum: energies must be strictly increasing"),
+    ],
+)
+def test_spectrum_object_with_bad_energies_is_refused(energies, match):
+    class Spec:  # not a Spectrum (which checks its energies itself)
+        energy_kev = np.array(energies)
+        fluence_per_mas_per_mm2_at_1m = np.array([1.0, 2.0, 1.0])
+        absolute = False
+
+    with pytest.raises(InputError, match=match):
+        PointSource((0, 0, -100.0), (0, 0, 1), spectrum=Spec(), collimation="cone", cone_half_angle_rad=0.05)
+
+
+def test_max_energy_is_that_of_the_highest_bin_with_weight():
+    from ctdose.materials import get_medium
+    from ctdose.physics.mc import VoxelGeometry, simulate
+    from ctdose.physics.scanner import CTScanner, Protocol
+    from ctdose.physics.spectrum import Spectrum
+
+    e = np.arange(10.0, 161.0)  # 1 keV bins up to 160 keV (beyond the tables' 150 keV), no weight above 140
+    spec = Spectrum(e, np.where(e <= 140.0, 1.0, 0.0), absolute=False)
+    src = PointSource((0, 0, -100.0), (0, 0, 1), spectrum=spec, collimation="cone", cone_half_angle_rad=0.05)
+    assert src.max_energy_kev == pytest.approx(140.5)
+    protocol = Protocol(mode="axial", z_start_mm=0.0, z_end_mm=10.0, projections_per_rotation=4, rotation="discrete")
+    assert CTSource(CTScanner(spec), protocol).max_energy_kev == pytest.approx(140.5)
+    for how in ("random", "sobol"):
+        assert float(_draw(src, 20_000, 1, how).energy_kev.max()) <= 140.5
+    geo = VoxelGeometry(np.zeros((4, 4, 4), np.uint8), np.ones((4, 4, 4), np.float32), [get_medium("water")],
+                        (5.0, 5.0, 5.0), (-7.5, -7.5, -7.5))
+    res = simulate(geo, src, 2000, n_batches=4, compile=False)  # was: "exceed the tables' 150 keV"
+    assert res.deposited_energy_ev > 0

@@ -118,3 +118,12 @@ def test_missing_file_and_bad_spekpy_args(tmp_path):
         spekpy_spectrum(-120.0)
     with pytest.raises(InputError):
         spekpy_spectrum(120.0, filtration_mm_al=float("nan"))
+
+
+def test_spekpy_takes_numpy_numbers():
+    s = spekpy_spectrum(np.float32(120.0), anode_angle_deg=np.int64(12), bin_kev=np.float32(1.0))
+    ref = spekpy_spectrum(120.0, anode_angle_deg=12.0, bin_kev=1.0)
+    np.testing.assert_array_equal(s.energy_kev, ref.energy_kev)
+    np.testing.assert_array_equal(s.fluence_per_mas_per_mm2_at_1m, ref.fluence_per_mas_per_mm2_at_1m)
+    with pytest.raises(InputError, match=r"spekpy_spectrum: kvp must be a positive number, got True"):
+        spekpy_spectrum(True)

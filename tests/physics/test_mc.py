@@ -1,0 +1,136 @@
+"""Tests of ctdose.physics.mc's input checks: VoxelGeometry.validate and simulate's arguments."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from ctdose.errors import InputError
+from ctdose.materials import Medium, get_medium, media_list
+from ctdose.physics import mc
+from ctdose.physics.mc import VoxelGeometry, resolve_device, simulate
+from ctdose.physics.sources import PointSource
+
+
+def _geo(**kw):
+    args = dict(media_index=np.zeros((4, 4, 4), np.uint8), density_g_cm3=np.ones((4, 4, 4), np.float32),
+                media=[get_medium("water")], spacing_mm=(5.0, 5.0, 5.0), origin_mm=(-7.5, -7.5, -7.5))
+    args.update(kw)
+    return VoxelGeometry(**args)
+
+
+def _src(energy_kev=60.0):
+    return PointSource((0, 0, -100.0), (0, 0, 1), energy_kev=energy_kev, collimation="cone", cone_half_angle_rad=0.05)
+
+
+@pytest.fixture
+def no_transport(monkeypatch):
+    """Fail the test if simulate gets as far as building the transport tables."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("simulate started work before refusing its input")
+
+    monkeypatch.setattr(mc, "prepare_transport", fail)
+
+
+@pytest.mark.parametrize(
+    "fractions, match",
+    [
+        ({1: 0.2, 8: 0.3}, r"VoxelGeometry: medium 'x': mass fractions sum to 0\.5000, expected 1"),
+        ({1: float("nan")}, r"VoxelGeometry: medium 'x': mass fraction of Z=1 is nan"),
+        ({1: -0.1, 8: 1.1}, r"VoxelGeometry: medium 'x': mass fraction of Z=1 is -0\.1"),
+        ({200: 1.0}, r"VoxelGeometry: medium 'x': atomic number 200 outside 1\.\.98"),
+    ],
+)
+def test_geometry_refuses_a_medium_whose_composition_custom_medium_would_refuse(fractions, match, no_transport):
+    geo = _geo(media=[Medium("x", 1.0, fractions)])
+    with pytest.raises(InputError, match=match):
+        geo.validate()
+    with pytest.raises(InputError, match=match):
+        simulate(geo, _src(), 2000, n_batches=4)
+
+
+@pytest.mark.parametrize("spacing", [(5.0, float("inf"), 5.0), ("a", 5.0, 5.0), (5.0, 5.0)])
+def test_geometry_refuses_a_spacing_that_is_not_finite_and_positive(spacing):
+    with pytest.raises(InputError, match=r"VoxelGeometry: spacing_mm .* must be 3 finite positive numbers"):
+        _geo(spacing_mm=spacing).validate()
+
+
+def test_ambient_medium_with_a_nan_composition_is_refused(no_transport):
+    with pytest.raises(InputError, match=r"simulate: ambient medium 'x': mass fraction of Z=7 is nan"):
+        simulate(_geo(), _src(), 2000, n_batches=4, ambient=Medium("x", 0.0012, {7: float("nan")}))
+    with pytest.raises(InputError, match=r"simulate: ambient medium 'y': mass fractions sum to 0\.5000"):
+        simulate(_geo(), _src(), 2000, n_batches=4, ambient=Medium("y", 0.0012, {7: 0.5}))
+
+
+@pytest.mark.parametrize("cutoff", [60.0, 100.0])
+def test_energy_cutoff_at_or_above_the_source_energy_is_refused(cutoff, no_transport):
+    with pytest.raises(InputError, match=r"simulate: energy_cutoff_kev \(.* keV\) must be below the source's "
+                                         r"highest energy \(60 keV\)"):
+        simulate(_geo(), _src(60.0), 2000, n_batches=4, energy_cutoff_kev=cutoff)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(n_photons=3.9), r"simulate: n_photons must be a positive integer, got 3\.9"),
+        (dict(n_photons=2000.7), r"n_photons must be a positive integer, got 2000\.7"),
+        (dict(n_photons=float("nan")), r"n_photons must be a positive integer, got nan"),
+        (dict(n_photons=float("inf")), r"n_photons must be a positive integer, got inf"),
+        (dict(n_photons="abc"), r"n_photons must be a positive integer, got 'abc'"),
+        (dict(n_photons=True), r"n_photons must be a positive integer, got True"),
+        (dict(n_batches=2.5), r"n_batches must be in \[2, n_photons\], got 2\.5"),
+        (dict(seed="abc"), r"simulate: seed must be an integer in \[0, 2\*\*63\), got 'abc'"),
+        (dict(seed=1.9), r"seed must be an integer in \[0, 2\*\*63\), got 1\.9"),
+        (dict(seed=2**70), r"seed must be an integer in \[0, 2\*\*63\), got 1180591620717411303424"),
+        (dict(seed=-1), r"seed must be an integer in \[0, 2\*\*63\), got -1"),
+        (dict(workers=0), r"simulate: workers must be an integer >= 1, got 0"),
+        (dict(workers=-3), r"workers must be an integer >= 1, got -3"),
+        (dict(workers=1.5), r"workers must be an integer >= 1, got 1\.5"),
+        (dict(pool_size=-5), r"simulate: pool_size must be None or an integer >= 2, got -5"),
+        (dict(pool_size=0), r"pool_size must be None or an integer >= 2, got 0"),
+        (dict(pool_size=1), r"pool_size must be None or an integer >= 2, got 1"),
+        (dict(estimator="track_length", majorant="block", block_vox=0),
+         r"simulate: block_vox must be an integer >= 1, got 0"),
+        (dict(block_vox=-2), r"block_vox must be an integer >= 1, got -2"),
+        (dict(estimator="collision", majorant_floor_per_mm=float("nan")),
+         r"simulate: majorant_floor_per_mm must be a finite number >= 0, got nan"),
+        (dict(estimator="collision", majorant_floor_per_mm=-1.0), r"majorant_floor_per_mm must be .*, got -1\.0"),
+        (dict(estimator="track_length", track_spacing_mm=0.0),
+         r"simulate: track_spacing_mm must be None or a finite number > 0, got 0\.0"),
+        (dict(estimator="track_length", track_spacing_mm=float("nan")), r"track_spacing_mm must be .*, got nan"),
+        (dict(estimator="track_length", track_spacing_mm=-1.0), r"track_spacing_mm must be .*, got -1\.0"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_work(kwargs, match, no_transport):
+    args = dict(n_photons=2000, n_batches=4)
+    args.update(kwargs)
+    with pytest.raises(InputError, match=match):
+        simulate(_geo(), _src(), **args)
+
+
+@pytest.mark.parametrize("device", ["tpu", "gpu", "mps", "meta", "cuda:x", None])
+def test_unknown_device_is_refused(device, no_transport):
+    match = r"device must be 'cpu', 'cuda', 'cuda:<n>' or 'auto', got "
+    with pytest.raises(InputError, match=match):
+        resolve_device(device)
+    with pytest.raises(InputError, match=match):
+        simulate(_geo(), _src(), 2000, n_batches=4, device=device)
+
+
+def test_numpy_integers_and_integral_floats_are_taken_as_before():
+    geo, src = _geo(), _src()
+    plain = simulate(geo, src, 2000, n_batches=4, seed=3, pool_size=512, compile=False)
+    numpy = simulate(geo, src, 2e3, n_batches=np.int64(4), seed=np.uint32(3), pool_size=np.int32(512),
+                     workers=np.int64(1), block_vox=np.int16(8), majorant_floor_per_mm=np.float32(0.0), compile=False)
+    assert numpy.n_photons == 2000 and numpy.n_batches == 4
+    np.testing.assert_array_equal(numpy.energy_ev, plain.energy_ev)
+
+
+def test_geometry_still_accepts_a_shipped_medium_and_a_renormalisable_composition():
+    # custom_medium's tolerance: fractions summing to 1 within 1 % are taken
+    geo = _geo(media=[Medium("near", 1.0, {1: 0.112, 8: 0.885})])
+    geo.validate()
+    replace(geo, media=media_list()).validate()  # every shipped medium
