@@ -14,9 +14,11 @@ every photon. The flight kernel flies each photon once (``one site``,
 until a real collision or the exit (``sites``, :func:`~ctdose.physics.kernels.advance_collision_sites`).
 ``ctdose.physics.transport._FUSED_INTERACTION_MIN_REAL`` picks the fused step while the last
 step's fraction of real tentative sites is at least that value, and
-``_SITES_PER_CALL_MAX_REAL`` the several flights while it is below that value. This script
-forces each step in turn (the thresholds at 0 or above 1) on one core in the 32 cm water
-cylinder of ``bench_mc.py`` with a majorant floor that sets the real fraction (water's own
+``_SITES_PER_CALL_MAX_REAL`` the several flights while it is below that value; those fly through
+the air far from matter with the air's majorant (void flights, :mod:`ctdose.physics.void`),
+which the script also turns off (``sites, no void flights``). This script forces each step in
+turn (the thresholds at 0 or above 1) on one core in the 32 cm water cylinder of
+``bench_mc.py`` with a majorant floor that sets the real fraction (water's own
 majorant: about 60 % real, the rest escapes and vacuum corners; a floor of k times water's mu
 at 60 keV: about 1/k of that) and in the demo thorax (global majorant from bone: about 12 %
 real). The runs alternate in every round, so the VM's drift falls on all alike; the table
@@ -40,15 +42,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bench_mc  # noqa: E402
 
 from ctdose.materials import get_medium  # noqa: E402
-from ctdose.physics import transport  # noqa: E402
+from ctdose.physics import transport, void  # noqa: E402
 from ctdose.physics.mc import simulate  # noqa: E402
 from ctdose.physics.sources import PointSource  # noqa: E402
 from ctdose.physics.tg195 import tg195_spectrum  # noqa: E402
 from ctdose.physics.xsection import mass_coefficients  # noqa: E402
 
-#: ``(_FUSED_INTERACTION_MIN_REAL, _SITES_PER_CALL_MAX_REAL)`` that force each step (a fraction
-#: is <= 1): the fused step always; never, and the several flights always; neither.
-_FORCE = {"fused": (0.0, 0.0), "sites": (2.0, 2.0), "one site": (2.0, 0.0)}
+#: ``(_FUSED_INTERACTION_MIN_REAL, _SITES_PER_CALL_MAX_REAL, void flights)`` that force each step
+#: (a fraction is <= 1): the fused step always; never, and the several flights always (with and
+#: without the void flights through the air, :mod:`ctdose.physics.void`); neither.
+_FORCE = {"fused": (0.0, 0.0, True), "sites": (2.0, 2.0, True), "sites, no void flights": (2.0, 2.0, False),
+          "one site": (2.0, 0.0, True)}
 _REFERENCE_ENERGY_KEV = 60.0
 
 
@@ -60,6 +64,20 @@ def _source(geo) -> PointSource:
     return PointSource((x_mid, -bench_mc.SOURCE_TO_AXIS_MM, z_mid), (0, 1, 0), spectrum=tg195_spectrum(),
                        collimation="fan", half_angles_rad=(math.atan(hx / ssd), math.atan(hz / ssd)),
                        fan_axis=(1, 0, 0), sampling="plane")
+
+
+_VOID_DISTANCE = void.void_distance_mm
+
+
+def _no_void_distance(density_g_cm3, spacing_mm_zyx):
+    """No void voxel anywhere: the several-flights step without void flights."""
+    return np.zeros(np.shape(density_g_cm3), np.float32)
+
+
+def _force(force: tuple) -> None:
+    """Set the thresholds and the void distances of one entry of ``_FORCE``."""
+    transport._FUSED_INTERACTION_MIN_REAL, transport._SITES_PER_CALL_MAX_REAL, voids = force
+    void.void_distance_mm = _VOID_DISTANCE if voids else _no_void_distance
 
 
 class _RealFraction:
@@ -110,21 +128,21 @@ def run(quick: bool = False, rounds: int = 3) -> list[dict]:
             src = _source(geo)
             kw = dict(estimator="collision", majorant_floor_per_mm=floor)
             speed = {k: [] for k in _FORCE}
-            for kernel, thresholds in _FORCE.items():  # warm-up: compilation
-                transport._FUSED_INTERACTION_MIN_REAL, transport._SITES_PER_CALL_MAX_REAL = thresholds
+            for kernel, force in _FORCE.items():  # warm-up: compilation
+                _force(force)
                 simulate(geo, src, 40_000, **kw)
             counter.sites, counter.real = 0, 0.0
             sigma = {}
             for r in range(rounds):
-                for kernel, thresholds in _FORCE.items():
-                    transport._FUSED_INTERACTION_MIN_REAL, transport._SITES_PER_CALL_MAX_REAL = thresholds
+                for kernel, force in _FORCE.items():
+                    _force(force)
                     counter.on = kernel == "one site"
                     t0 = time.perf_counter()
                     res = simulate(geo, src, n, seed=r, **kw)
                     speed[kernel].append(n / (time.perf_counter() - t0))
                     sigma[kernel] = float(np.mean(np.minimum(res.rel_sigma[body], 1.0)))
             med = {k: float(np.median(v)) for k, v in speed.items()}
-            for kernel in ("fused", "sites"):
+            for kernel in ("fused", "sites", "sites, no void flights"):
                 rows.append(dict(benchmark=f"collision step, {name}: {kernel} / one site",
                                  value=round(med[kernel] / med["one site"], 3), unit="x",
                                  note=f"real sites {counter.fraction():.2f}; {kernel} {med[kernel]:.3g} /s, one site "
@@ -133,6 +151,7 @@ def run(quick: bool = False, rounds: int = 3) -> list[dict]:
     finally:
         transport._FUSED_STEPS["collision"] = counter._step
         transport._FUSED_INTERACTION_MIN_REAL, transport._SITES_PER_CALL_MAX_REAL = saved
+        void.void_distance_mm = _VOID_DISTANCE
         torch.set_num_threads(threads)
     return rows
 

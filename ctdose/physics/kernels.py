@@ -10,7 +10,8 @@ The per-photon arithmetic of one step lives in a few pure tensor functions:
     real-collision test (the collision estimator's step);
 :func:`advance_collision_sites`
     up to ``COLLISION_SITES_PER_CALL`` of those flights per photon in one call, until a real
-    collision or the grid's exit (fewer steps where most sites are virtual);
+    collision or the grid's exit (fewer steps where most sites are virtual), with void flights
+    through the air far from matter (:mod:`ctdose.physics.void`);
 :func:`collide_interact`
     the collision estimator's step and the real interactions at its sites in one pass over
     the whole pool (no gathers of the interacting photons; see its docstring for when it pays);
@@ -70,6 +71,7 @@ __all__ = [
     "compile_enabled",
     "MIN_COMPILED_PHOTONS",
     "COLLISION_SITES_PER_CALL",
+    "VOID_FLIGHT_MIN_FREE_PATHS",
     "INCOHERENT_PROPOSALS",
     "COHERENT_PROPOSALS",
 ]
@@ -307,25 +309,44 @@ def advance_block_collision(
 COLLISION_SITES_PER_CALL = 4
 
 
+#: A photon in a void voxel (:mod:`ctdose.physics.void`) flies with the void's majorant while
+#: its distance to the nearest matter exceeds this many mean free paths at the global
+#: majorant (below that a void flight ends at that distance sooner than a global one at a
+#: site, on average, and gains nothing).
+VOID_FLIGHT_MIN_FREE_PATHS = 1.0
+
+
 def advance_collision_sites(
-    x, y, z, u, v, w, e, ew, rnd, offset, grid_f, grid_i, energy_f, maj_ab, voxel_table, total_tr_ab,
+    x, y, z, u, v, w, e, ew, rnd, offset, grid_f, grid_i, energy_f, maj_ab, void_ab, void_table, total_tr_ab,
 ):
     """:func:`advance_collision` repeated up to ``K = COLLISION_SITES_PER_CALL`` times per photon:
     flight after flight, each scored at its tentative site, until the first real collision or
-    the grid's exit.
+    the grid's exit; in void voxels far from matter, flights with the void's majorant.
 
     A virtual collision changes neither energy nor direction, so the flights that follow it
-    need no interaction in between: the photon's energy index and majorant are computed once,
+    need no interaction in between: the photon's energy index and majorants are computed once,
     and the step's fixed costs (random numbers, the pool's gathers and compaction, the kernel
     call) are shared by up to K sites. Flight k uses the numbers ``rnd[2k]`` (free path, as
-    ``1 - rnd[2k]``) and ``rnd[2k + 1]`` (rejection test); the result is that of K calls of
-    :func:`advance_collision` with those numbers, each for the photons whose earlier flights
-    ended at a virtual site inside the grid.
+    ``1 - rnd[2k]``) and ``rnd[2k + 1]`` (rejection test).
+
+    Void flights (:mod:`ctdose.physics.void`): where the voxel a flight starts in lies ``d`` mm
+    from the nearest matter (``void_table[:, 2]``) and ``d`` exceeds
+    ``VOID_FLIGHT_MIN_FREE_PATHS`` mean free paths at the global majorant, the free path is
+    sampled with the void majorant ``void_ab`` instead; a path longer than ``d`` ends after
+    ``d`` with no tentative site (no score, no collision test; exact by the memoryless law,
+    as at a block face). Where no voxel has a distance (all zero), the result is that of K
+    calls of :func:`advance_collision` with the same numbers, each for the photons whose
+    earlier flights ended at a virtual site inside the grid.
 
     Parameters
     ----------
     rnd : Tensor (2 K, n)
         Uniform numbers in [0, 1).
+    void_ab : Tensor (n_e, 2)
+        Majorant of the void voxels (1/mm) at the energy grid points and its slope per step.
+    void_table : Tensor (n_vox, 4) float32
+        Per voxel: medium index, density (g/cm^3), void distance (mm), unused
+        (:func:`ctdose.physics.transport.void_voxel_table`).
 
     The other parameters are those of :func:`advance_collision`.
 
@@ -333,17 +354,21 @@ def advance_collision_sites(
     -------
     x1, y1, z1, ie, fe, rr, real, inside : Tensor (n,)
         As :func:`advance_collision`, for the last flight each photon flew: a real collision,
-        the exit, or the K-th virtual site (then ``real`` is False and ``inside`` True: the
-        photon flies on in the next step).
+        the exit, or the K-th flight's end at a virtual site or after a void flight (then
+        ``real`` is False and ``inside`` True: the photon flies on in the next step).
     index : Tensor (n, K) int64
-        Tally index of each flight's site (that of the last flight in the slots after it).
+        Tally index of each flight's end (that of the last flight in the slots after it).
     score : Tensor (n, K) float64
-        Each flight's score (zero outside the grid and in the slots after the last flight).
+        Each flight's score (zero outside the grid, after a void flight's full distance, and
+        in the slots after the last flight).
     n_sites : Tensor (n,) int32
-        Flights flown (1 to K): the sites at which ``real`` was tested.
+        Flights flown (1 to K).
     """
     ie, fe = _energy_index(e, energy_f)
-    maj = maj_ab[ie, 0] + fe * maj_ab[ie, 1]
+    maj_all = maj_ab[ie, 0] + fe * maj_ab[ie, 1]
+    maj_void = void_ab[ie, 0] + fe * void_ab[ie, 1]
+    _, flat = _locate(x, y, z, grid_f, grid_i)
+    void_mm = void_table[flat, 2]
     going = torch.ones_like(ie, dtype=torch.bool)
     real, inside = torch.zeros_like(going), torch.ones_like(going)
     rr = torch.zeros_like(x)
@@ -352,19 +377,26 @@ def advance_collision_sites(
     indices, scores = [], []
     for k in range(COLLISION_SITES_PER_CALL):
         # a photon that has stopped keeps its site: its later slots look up that voxel again
+        in_void = void_mm * maj_all > VOID_FLIGHT_MIN_FREE_PATHS
+        maj = torch.where(in_void, maj_void, maj_all)
         s = -torch.log(1.0 - rnd[2 * k]) / maj
+        through = in_void & (s >= void_mm)  # the whole void distance: no site
+        s = torch.where(through, void_mm, s)
         x1 = torch.where(going, x1 + s * u, x1)
         y1 = torch.where(going, y1 + s * v, y1)
         z1 = torch.where(going, z1 + s * w, z1)
         rr_k, real_k, inside_k, flat, mi, rho, _ = _collide(x1, y1, z1, ie, fe, maj, rnd[2 * k + 1], grid_f, grid_i,
-                                                            voxel_table, total_tr_ab)
+                                                            void_table, total_tr_ab)
+        real_k = real_k & ~through
         mu_tr = (total_tr_ab[mi, 2] + fe * total_tr_ab[mi, 3]) * rho
-        scores.append(torch.where(going & inside_k, mu_tr * (ew / maj), torch.zeros_like(mu_tr)).to(torch.float64))
+        site = going & inside_k & ~through
+        scores.append(torch.where(site, mu_tr * (ew / maj), torch.zeros_like(mu_tr)).to(torch.float64))
         indices.append(flat + offset)
         rr = torch.where(going, rr_k, rr)
         real = torch.where(going, real_k, real)
         inside = torch.where(going, inside_k, inside)
         n_sites = n_sites + going.to(torch.int32)
+        void_mm = torch.where(going, void_table[flat, 2], void_mm)
         going = going & inside_k & ~real_k
     return x1, y1, z1, ie, fe, rr, real, inside, torch.stack(indices, 1), torch.stack(scores, 1), n_sites
 

@@ -53,7 +53,9 @@ Estimators
     most sites are real (water-like phantoms) the interactions are sampled in the same kernel
     pass over the pool (:func:`ctdose.physics.kernels.collide_interact`), and where most are
     virtual (a thorax under a bone majorant) a photon flies through up to four sites per call
-    (:func:`ctdose.physics.kernels.advance_collision_sites`).
+    (:func:`ctdose.physics.kernels.advance_collision_sites`), and through the air far from
+    matter with the air's own majorant, without sites where that path is longer than the
+    distance to the nearest matter (:mod:`ctdose.physics.void`).
 ``"analogue"``
     Energy is deposited at real interactions: the whole photon energy at photoabsorption,
     E - E' at incoherent scattering, the remaining energy at the cutoff. Eager PyTorch.
@@ -116,6 +118,8 @@ __all__ = [
     "TransportTables",
     "TransportTally",
     "build_tables",
+    "void_voxel_table",
+    "void_majorant",
     "prepare_transport",
     "TransportSetup",
     "attenuate_in_ambient",
@@ -751,6 +755,11 @@ class TrackLengthSetup:
     block_ab: torch.Tensor | None = None
     block_f: torch.Tensor | None = None
     block_i: torch.Tensor | None = None
+    #: void flights of the collision estimator (:func:`ctdose.physics.kernels.advance_collision_sites`):
+    #: the void voxels' majorant (n_e, 2) and the voxel table with the void distances
+    #: (:func:`void_voxel_table`); None where the run has none (block majorant, other estimators)
+    void_ab: torch.Tensor | None = None
+    void_table: torch.Tensor | None = None
 
     @property
     def compiled(self) -> bool:
@@ -766,7 +775,12 @@ class TrackLengthSetup:
         spacing_mm: float | None,
         compile: bool | None,
         block: BlockMajorant | None = None,
+        void_flights: bool = False,
+        majorant_floor_per_mm: float = 0.0,
     ):
+        """The constants and kernels for ``grid`` and ``tab``; ``block`` for the block majorant;
+        ``void_flights``: the collision estimator's void flights (with the global majorant
+        only), whose majorant is at least ``majorant_floor_per_mm`` as the global one is."""
         from .kernels import get_kernels
         from .ray_kernels import get_ray_kernels
 
@@ -796,6 +810,7 @@ class TrackLengthSetup:
             box_f=_box_tensor(grid),
             **_interaction_tensors(tab),
             **(_block_tensors(grid, block) if block is not None else {}),
+            **(_void_tensors(grid, tab, majorant_floor_per_mm) if void_flights and block is None else {}),
         )
 
 
@@ -832,6 +847,44 @@ def _block_tensors(grid: TransportGrid, block: BlockMajorant) -> dict:
         block_f=torch.tensor([1.0 / bw[0], 1.0 / bw[1], 1.0 / bw[2], *bw, nbx, nby, nbz, _BLOCK_EPS_MM], **f32),
         block_i=torch.tensor([nbx, nby, nbz], dtype=torch.int64, device=dev),
     )
+
+
+
+def void_voxel_table(grid: TransportGrid) -> torch.Tensor:
+    """The grid's voxel table with each voxel's void distance (mm) beside it: (n_vox, 4) float32,
+    ``[medium, density, distance, 0]`` (one gather reads all three; the fourth column aligns
+    the rows). The distance is :func:`ctdose.physics.void.void_distance_mm`."""
+    from .void import void_distance_mm
+
+    nz, ny, nx = grid.shape
+    dx, dy, dz = grid.spacing_mm
+    rho = grid.density.detach().cpu().numpy().reshape(nz, ny, nx)
+    dist = torch.from_numpy(void_distance_mm(rho, (dz, dy, dx)).reshape(-1)).to(grid.density.device)
+    return torch.stack([grid.voxel_table[:, 0], grid.voxel_table[:, 1], dist, torch.zeros_like(dist)], 1).contiguous()
+
+
+def void_majorant(grid: TransportGrid, tab: TransportTables, majorant_floor_per_mm: float = 0.0) -> np.ndarray:
+    """Majorant of the void voxels (:func:`ctdose.physics.void.void_mask`) at the energy grid
+    points (1/mm): per medium its densest void voxel, as :func:`build_tables` takes the global
+    one, with the same margin; at least ``majorant_floor_per_mm`` and
+    :data:`ctdose.physics.void.VOID_MAJORANT_MIN_FRACTION` of the global majorant."""
+    from .void import VOID_MAJORANT_MIN_FRACTION, void_mask
+
+    n_e = tab.n_e
+    n_media = tab.total_a.numel() // n_e
+    rho = grid.density.detach().cpu().numpy()
+    void = void_mask(rho)
+    rho_max = np.zeros(n_media)
+    np.maximum.at(rho_max, grid.media.detach().cpu().numpy()[void].astype(np.int64), rho[void].astype(np.float64))
+    total = tab.total_a.detach().cpu().numpy().astype(np.float64).reshape(n_media, n_e)
+    maj = (total * rho_max[:, None]).max(axis=0) * _MAJORANT_MARGIN
+    maj = np.maximum(maj, VOID_MAJORANT_MIN_FRACTION * tab.maj_a.detach().cpu().numpy().astype(np.float64))
+    return np.maximum(maj, max(float(majorant_floor_per_mm), 1e-12))
+
+
+def _void_tensors(grid: TransportGrid, tab: TransportTables, majorant_floor_per_mm: float) -> dict:
+    a, b = _value_slope(void_majorant(grid, tab, majorant_floor_per_mm), grid.density.device)
+    return dict(void_ab=torch.stack([a, b], 1).contiguous(), void_table=void_voxel_table(grid))
 
 
 def _step_track_length(
@@ -900,9 +953,10 @@ def _step_collision(
     step's sites were real (a water phantom, not a thorax under a bone majorant), the step is
     :func:`_step_collision_interact` instead: flight, score and interaction in one kernel.
     Below ``_SITES_PER_CALL_MAX_REAL`` real sites (a thorax under a bone majorant), each photon
-    flies up to ``COLLISION_SITES_PER_CALL`` flights in one call instead
-    (:func:`ctdose.physics.kernels.advance_collision_sites`, the global majorant). All are
-    exact; their random streams differ. ``st`` is consumed.
+    flies up to ``COLLISION_SITES_PER_CALL`` flights in one call instead, with void flights in
+    the air far from matter (:func:`ctdose.physics.kernels.advance_collision_sites`; the global
+    majorant, ``setup`` built with ``void_flights``). All are exact; their random streams
+    differ. ``st`` is consumed.
     """
     from .kernels import COLLISION_SITES_PER_CALL, EAGER_KERNELS, MIN_COMPILED_PHOTONS
 
@@ -914,10 +968,11 @@ def _step_collision(
     if setup.block_ab is None and tally.real_fraction >= _FUSED_INTERACTION_MIN_REAL:
         return _step_collision_interact(st, ew, offset, grid, tab, tally, gen, cutoff_kev, setup, kernels)
     n_sites = None
-    if setup.block_ab is None and tally.real_fraction < _SITES_PER_CALL_MAX_REAL:
+    if setup.void_table is not None and tally.real_fraction < _SITES_PER_CALL_MAX_REAL:
         rnd = torch.rand((2 * COLLISION_SITES_PER_CALL, n), generator=gen, device=e.device, dtype=e.dtype)
         *flight, n_sites = kernels[8](st.x, st.y, st.z, st.u, st.v, st.w, e, ew, rnd, offset, setup.grid_f,
-                                      setup.grid_i, setup.energy_f, setup.maj_ab, grid.voxel_table, tab.total_tr_ab)
+                                      setup.grid_i, setup.energy_f, setup.maj_ab, setup.void_ab, setup.void_table,
+                                      tab.total_tr_ab)
     else:
         rnd = torch.rand((2, n), generator=gen, device=e.device, dtype=e.dtype)
         r_path = torch.sub(1.0, rnd[0])  # in (0, 1]: finite free paths
@@ -1418,7 +1473,10 @@ def prepare_transport(
     tables = build_tables(table_media, rho_max, float(max_energy_kev), device, majorant_floor_per_mm)
     block = build_block_majorant(mi, rho, tables, int(block_vox), majorant_floor_per_mm) if majorant == "block" else None
     fused = estimator in FUSED_ESTIMATORS
-    track = TrackLengthSetup.build(grid, tables, track_spacing_mm, compile, block) if fused else None
+    track = None
+    if fused:
+        track = TrackLengthSetup.build(grid, tables, track_spacing_mm, compile, block,
+                                       void_flights=estimator == "collision", majorant_floor_per_mm=majorant_floor_per_mm)
     return TransportSetup(grid, tables, block, track, amb)
 
 

@@ -212,7 +212,7 @@ def test_collision_estimator_sum_along_a_path_is_the_exact_compound_poisson_mean
         else:
             r = torch.rand((2 * sites_per_call, n), generator=gen)
             out = advance_collision_sites(x, *state[1:], ew, r, offset, setup.grid_f, setup.grid_i, setup.energy_f,
-                                          setup.maj_ab, grid.voxel_table, tab.total_tr_ab)
+                                          setup.maj_ab, setup.maj_ab, _no_voids(grid), tab.total_tr_ab)
             out = out[:9] + (out[9].sum(1),)
         x, inside, score = out[0], out[7], out[9]
         alive &= inside
@@ -234,10 +234,64 @@ def test_collision_estimator_sum_along_a_path_is_the_exact_compound_poisson_mean
     assert abs(float(total.var()) / var_exact - 1.0) < 0.06
 
 
+def test_void_flights_keep_the_collision_sum_exact_in_every_region():
+    """A row of air (80 mm), water (20 mm) and bone (20 mm): photons fly from the air through
+    all three, each call up to K flights (:func:`advance_collision_sites`; real collisions
+    do not end the path here). With void flights in the air far from the water the sum of the
+    scores in each region keeps its exact mean E mu_tr L (the air's too, from its fewer sites),
+    and the photons need fewer flights than without (the same run with no void distances)."""
+    media = [get_medium("air"), get_medium("water"), get_medium("spine_bone")]
+    mi = np.zeros((1, 1, 60), np.uint8)
+    mi[..., 40:50], mi[..., 50:] = 1, 2
+    rho = np.array([m.density_g_cm3 for m in media], np.float32)[mi]
+    grid = TransportGrid.from_arrays(mi, rho, (2.0,) * 3, (1.0,) * 3, "cpu")
+    tab = build_tables(media, np.array([m.density_g_cm3 for m in media]), 150.0, "cpu")
+    setup = TrackLengthSetup.build(grid, tab, None, compile=False, void_flights=True)
+    assert float(setup.void_table[:, 2].max()) > 70.0
+    energy, x0, n = 45.0, 2.0, 20_000
+    region = torch.as_tensor(mi.reshape(-1), dtype=torch.int64)
+    sums, flights = {}, {}
+    for voids in (True, False):
+        state, ew, offset, gen = _row_photons(n, x0, energy, 7)
+        x = state[0]
+        table = setup.void_table if voids else _no_voids(grid)
+        per_region = torch.zeros((n, 3), dtype=torch.float64)
+        alive = torch.ones(n, dtype=torch.bool)
+        flown = 0
+        for _ in range(500):
+            r = torch.rand((2 * kernels.COLLISION_SITES_PER_CALL, n), generator=gen)
+            out = advance_collision_sites(x, *state[1:], ew, r, offset, setup.grid_f, setup.grid_i, setup.energy_f,
+                                          setup.maj_ab, setup.void_ab, table, tab.total_tr_ab)
+            x, inside, index, score, n_sites = out[0], out[7], out[8], out[9], out[10]
+            live = alive[:, None].expand_as(score)
+            per_region.scatter_add_(1, region[index], torch.where(live, score, torch.zeros_like(score)))
+            flown += int(n_sites[alive].sum())
+            alive &= inside
+            if not alive.any():
+                break
+        assert not alive.any()
+        sums[voids], flights[voids] = per_region, flown / n
+    lengths = (80.0 - x0, 20.0, 20.0)
+    for m, (medium, length) in enumerate(zip(media, lengths)):
+        exact = energy * _mu_tr_per_mm(tab, m, energy, medium.density_g_cm3) * length
+        for voids in (True, False):
+            col = sums[voids][:, m]
+            mean, sem = float(col.mean()), float(col.std()) / math.sqrt(n)
+            print(f"{medium.name}, void flights {voids}: {mean:.6g} +- {sem:.2g}, exact {exact:.6g}")
+            assert abs(mean - exact) < 4 * sem
+    print(f"flights per photon: {flights[True]:.2f} with void flights, {flights[False]:.2f} without")
+    assert flights[True] < flights[False] - 1.0
+
+
+def _no_voids(grid):
+    """The voxel table of :func:`advance_collision_sites` with no void distances (no void flights)."""
+    return torch.cat([grid.voxel_table, torch.zeros(grid.n_vox, 2)], 1)
+
+
 def test_collision_sites_per_call_are_one_site_flights_in_sequence():
-    """:func:`advance_collision_sites` equals ``K`` calls of :func:`advance_collision` with the same
-    numbers, each for the photons whose earlier flights ended at a virtual site inside the grid
-    (bit for bit: the same arithmetic); the slots after a photon's last flight score nothing
+    """:func:`advance_collision_sites` without void distances equals ``K`` calls of
+    :func:`advance_collision` with the same numbers, each for the photons whose earlier flights
+    ended at a virtual site inside the grid (bit for bit: the same arithmetic); the slots after a photon's last flight score nothing
     and hold its last site's index. Random photons in a bone cube in water in air, so that
     photons stop after every number of flights, by a real collision or at the grid's exit."""
     mi, rho, grid, tab = _bone_cube()
@@ -249,7 +303,7 @@ def test_collision_sites_per_call_are_one_site_flights_in_sequence():
     offset = torch.arange(n) % 3 * grid.n_vox
     tables = (st.grid_f, st.grid_i, st.energy_f, st.maj_ab, grid.voxel_table, tab.total_tr_ab)
     x1, y1, z1, ie, fe, rr, real, inside, index, score, n_sites = advance_collision_sites(
-        x, y, z, u, v, w, e, ew, rnd, offset, *tables)
+        x, y, z, u, v, w, e, ew, rnd, offset, *tables[:4], st.maj_ab, _no_voids(grid), tab.total_tr_ab)
     assert index.shape == score.shape == (n, k_sites)
     going = torch.ones(n, dtype=torch.bool)
     ref = [x.clone(), y.clone(), z.clone(), None, None, torch.zeros(n), torch.zeros(n, dtype=torch.bool),
@@ -547,8 +601,10 @@ def test_compiled_kernels_equal_the_eager_ones():
             eager.sf_ratio, eager.coh_x2_inv, eager.coh_frac, eager.scatter_f, eager.scatter_i)
     _assert_same(eager.kernels[7](*args), fused.kernels[7](*args), "collide_interact")
     rnd = torch.rand((2 * kernels.COLLISION_SITES_PER_CALL, n), generator=torch.Generator().manual_seed(5))
+    voids = transport._void_tensors(grid, tab, 0.0)
+    assert float(voids["void_table"][:, 2].max()) > 4.0  # the air at the cube's faces: void flights (low energies)
     args = (x, y, z, u, v, w, e, e * r[2], rnd, torch.arange(n) % 3 * grid.n_vox, eager.grid_f, eager.grid_i,
-            eager.energy_f, eager.maj_ab, grid.voxel_table, tab.total_tr_ab)
+            eager.energy_f, eager.maj_ab, voids["void_ab"], voids["void_table"], tab.total_tr_ab)
     _assert_same(eager.kernels[8](*args), fused.kernels[8](*args), "advance_collision_sites")
     # the entry kernel: the same bits (no transcendental functions in it), from outside the
     # box too, and with zero direction cosines
