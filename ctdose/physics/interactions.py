@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .xsection import ELECTRON_REST_ENERGY_KEV, HC_KEV_ANGSTROM
+
 __all__ = [
     "ELECTRON_REST_KEV",
     "HC_KEV_ANGSTROM",
@@ -44,10 +46,11 @@ __all__ = [
     "sample_klein_nishina",
 ]
 
-#: m_e c^2 in keV (CODATA 2018).
-ELECTRON_REST_KEV = 510.99895
-#: h c in keV Angstrom (CODATA 2018), so that lambda[A] = HC / E[keV].
-HC_KEV_ANGSTROM = 12.398419843
+#: m_e c^2 in keV and h c in keV Angstrom (lambda[A] = HC / E[keV]): CODATA via
+#: :mod:`scipy.constants`, the same values the cross sections use
+#: (:mod:`ctdose.physics.xsection`), so the samplers' momentum transfer and Klein-Nishina
+#: kinematics cannot drift from the tables'.
+ELECTRON_REST_KEV = ELECTRON_REST_ENERGY_KEV
 #: Iterations after which a rejection loop accepts its last proposal (never reached in practice:
 #: acceptance rates are above 30 % at every energy and medium of interest).
 _MAX_REJECTION_ROUNDS = 200

@@ -21,7 +21,7 @@ from ctdose.physics.interactions import (
     sample_incoherent,
     sample_klein_nishina,
 )
-from ctdose.physics.xsection import attenuation_table, form_factor_sq, incoherent_sf
+from ctdose.physics.xsection import attenuation_table, form_factor_sq, incoherent_sf, momentum_transfer_inv_angstrom
 
 N = 200_000
 
@@ -49,6 +49,15 @@ def _chi2_against(samples: np.ndarray, pdf, bins: int = 40) -> tuple[float, int]
 def _chi2_ok(chi2: float, dof: int) -> bool:
     # 5 standard deviations of the chi-square distribution
     return chi2 < dof + 5.0 * math.sqrt(2.0 * dof)
+
+
+def test_physical_constants_are_codata():
+    """h c and m_e c^2 against the published CODATA values (typed in here, not computed): h and
+    c are exact since the 2019 SI, h c = 1.239 841 984... x 1e-6 eV m = 12.398 419 843 32 keV
+    Angstrom; m_e c^2 = 510.998 950 00(15) keV (CODATA 2018), 510.998 950 69(16) keV (CODATA
+    2022), 1.4e-9 apart."""
+    assert HC_KEV_ANGSTROM == pytest.approx(12.39841984332, rel=1e-10)
+    assert ELECTRON_REST_KEV == pytest.approx(510.99895, rel=1e-8)
 
 
 @pytest.mark.parametrize("energy_kev", [20.0, 60.0, 150.0])
@@ -129,8 +138,7 @@ def test_coherent_matches_form_factor_density(energy_kev):
     cos = sample_coherent(e, m, tables, _gen(4)).numpy()
 
     def pdf(c):
-        x = energy_kev / HC_KEV_ANGSTROM * np.sqrt((1 - c) / 2)
-        return (1 + c * c) * form_factor_sq(medium, x)
+        return (1 + c * c) * form_factor_sq(medium, momentum_transfer_inv_angstrom(energy_kev, c))
 
     chi2, dof = _chi2_against(cos, pdf, bins=60)
     assert _chi2_ok(chi2, dof), (chi2, dof)

@@ -134,3 +134,30 @@ def test_geometry_still_accepts_a_shipped_medium_and_a_renormalisable_compositio
     geo = _geo(media=[Medium("near", 1.0, {1: 0.112, 8: 0.885})])
     geo.validate()
     replace(geo, media=media_list()).validate()  # every shipped medium
+
+
+def test_rel_sigma_is_the_batch_method_standard_error_of_the_kept_batches():
+    """Per voxel, rel_sigma = std(batch means, ddof=1) / sqrt(n_batches) / mean, recomputed here
+    from the batches the run kept (the batch method's standard error of the mean)."""
+    res = simulate(_geo(), _src(40.0), 8000, n_batches=8, seed=3, keep_batches=True)
+    b = res.batch_energy_ev.astype(np.float64)
+    mean = b.mean(0)
+    scored = mean > 0
+    assert scored.sum() > 20
+    np.testing.assert_allclose(res.energy_ev[scored], mean[scored], rtol=1e-5)
+    expect = b.std(0, ddof=1)[scored] / np.sqrt(b.shape[0]) / mean[scored]
+    np.testing.assert_allclose(res.rel_sigma[scored], expect, rtol=1e-3)
+    assert (res.rel_sigma[~scored] == 1.0).all()
+
+
+def test_sum_with_sigma_of_known_batches():
+    """Batch means 1, 2, 3, 4 eV in one voxel (weight 2): sum 5 eV, standard error of the mean
+    2 std(ddof=1) / sqrt(4) = sqrt(5/3) = 1.2909944."""
+    r = mc.DoseResult(energy_ev=np.full((1, 1, 1), 2.5), dose_gy=np.ones((1, 1, 1)), rel_sigma=np.zeros((1, 1, 1)),
+                      escaped_energy_ev=0.0, emitted_energy_ev=0.0, deposited_energy_ev=2.5, n_photons=4,
+                      n_batches=4, wall_s=0.0, per_mas=False, dose_scale_per_mas=None, estimator="analogue",
+                      device="cpu", batch_energy_ev=np.array([1.0, 2.0, 3.0, 4.0]).reshape(4, 1, 1, 1))
+    total, sigma = r.sum_with_sigma(np.full((1, 1, 1), 2.0))
+    assert total == pytest.approx(5.0, rel=1e-12)
+    assert sigma == pytest.approx(np.sqrt(5.0 / 3.0), rel=1e-12)
+    assert np.isnan(replace(r, batch_energy_ev=None).sum_with_sigma(np.ones((1, 1, 1)))[1])

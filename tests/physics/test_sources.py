@@ -132,6 +132,23 @@ def test_ct_source_geometry_follows_the_scanner_convention():
     assert src.dose_scale_per_mas == pytest.approx(src.photons_per_mas * src.mas.sum() / (200.0 * 1.0))
 
 
+def test_ct_source_weight_is_the_bowtie_transmission_at_each_photons_fan_angle():
+    """A 60 keV CT source with the generic body bowtie, one projection from (0, -D): every
+    photon's weight is the bowtie's transmission at its own in-plane fan angle atan2(u, v),
+    within the source's lookup table's interpolation (largest deviation 0.8 %; a table over
+    tan(gamma) instead of gamma is 16 % off near 0.2 rad)."""
+    from ctdose.physics.scanner import CTScanner, Protocol, generic_body_bowtie
+    from ctdose.physics.spectrum import Spectrum
+
+    scanner = CTScanner(Spectrum(np.array([60.0]), np.array([1.0]), "60 keV", absolute=False),
+                        bowtie=generic_body_bowtie(), collimation_mm=10.0)
+    protocol = Protocol(mode="axial", z_start_mm=0.0, z_end_mm=0.0, projections_per_rotation=1, rotation="discrete")
+    st = CTSource(scanner, protocol).sample(20_000, _gen(1))
+    gamma = np.arctan2(st.u.numpy().astype(np.float64), st.v.numpy().astype(np.float64))
+    assert np.abs(gamma).max() > 0.9 * scanner.fan_half_angle_rad()  # the whole fan
+    np.testing.assert_allclose(st.weight.numpy(), scanner.bowtie.transmission(60.0, gamma), rtol=0.02)
+
+
 def _gantry_angle(st) -> np.ndarray:
     """Gantry angle a of each photon's focal spot (D sin a, -D cos a)."""
     return np.mod(np.arctan2(st.x.numpy().astype(np.float64), -st.y.numpy().astype(np.float64)), 2 * math.pi)

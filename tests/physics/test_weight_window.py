@@ -149,9 +149,11 @@ def test_windowed_run_is_unbiased_and_evens_out_the_noise(estimator):
         print(f"third {k}: plain {a:.4g} +- {100 * sa / a:.2f} %, window {b:.4g} +- {100 * sb / b:.2f} %")
         assert abs(a - b) < 4 * math.hypot(sa, sb)
         sig[k] = (sa / a, sb / b)
-    # far side: the window brings more photons there
-    assert sig[2][1] < 0.7 * sig[2][0]
-    # voxel level: the far third's mean relative error falls too
+    # far side: the window brings more photons there. Judged per voxel: the relative error of
+    # the far third's *sum* from 10 batches scatters by about 24 % and the split copies of one
+    # photon are correlated, so its ratio windowed / plain ranged 0.20-1.68 over 26 seeds (the
+    # voxel mean below never failed); printed, not asserted
+    print(f"far third's sum, relative error windowed / plain: {sig[2][1] / sig[2][0]:.2f}")
     far = np.zeros(geo.shape, bool)
     far[:, thirds[2], :] = body[:, thirds[2], :]
     plain, windowed = (float(runs[ww].rel_sigma[far].mean()) for ww in (False, True))
