@@ -389,10 +389,15 @@ def build_tables(
     per_medium = _medium_tables(media, max_energy_kev, device)
     total = per_medium["total_per_mm"]
     rho_max = np.asarray(max_density_per_medium, dtype=np.float64)
-    maj = (total * rho_max[:, None]).max(axis=0) * _MAJORANT_MARGIN
-    maj = np.maximum(maj, max(float(majorant_floor_per_mm), 1e-12))
-    maj_a, maj_b = _value_slope(maj, device)
+    maj_a, maj_b = _value_slope(_majorant(total, rho_max, majorant_floor_per_mm), device)
     return TransportTables(maj_a=maj_a, maj_b=maj_b, **per_medium["tables"])
+
+
+def _majorant(total_per_mm: np.ndarray, rho_max: np.ndarray, majorant_floor_per_mm: float) -> np.ndarray:
+    """max over media of (mu/rho)(E) x the medium's largest density (1/mm, (n_media, n_e) and
+    (n_media,) in, (n_e,) out), with the float32 margin and at least the floor (and 1e-12)."""
+    maj = (np.asarray(total_per_mm, np.float64) * np.asarray(rho_max, np.float64)[:, None]).max(axis=0)
+    return np.maximum(maj * _MAJORANT_MARGIN, max(float(majorant_floor_per_mm), 1e-12))
 
 
 def _medium_tables(media: Sequence, max_energy_kev: float, device) -> dict:
@@ -849,7 +854,6 @@ def _block_tensors(grid: TransportGrid, block: BlockMajorant) -> dict:
     )
 
 
-
 def void_voxel_table(grid: TransportGrid) -> torch.Tensor:
     """The grid's voxel table with each voxel's void distance (mm) beside it: (n_vox, 4) float32,
     ``[medium, density, distance, 0]`` (one gather reads all three; the fourth column aligns
@@ -877,9 +881,8 @@ def void_majorant(grid: TransportGrid, tab: TransportTables, majorant_floor_per_
     rho_max = np.zeros(n_media)
     np.maximum.at(rho_max, grid.media.detach().cpu().numpy()[void].astype(np.int64), rho[void].astype(np.float64))
     total = tab.total_a.detach().cpu().numpy().astype(np.float64).reshape(n_media, n_e)
-    maj = (total * rho_max[:, None]).max(axis=0) * _MAJORANT_MARGIN
-    maj = np.maximum(maj, VOID_MAJORANT_MIN_FRACTION * tab.maj_a.detach().cpu().numpy().astype(np.float64))
-    return np.maximum(maj, max(float(majorant_floor_per_mm), 1e-12))
+    floor = VOID_MAJORANT_MIN_FRACTION * tab.maj_a.detach().cpu().numpy().astype(np.float64)
+    return np.maximum(_majorant(total, rho_max, majorant_floor_per_mm), floor)
 
 
 def _void_tensors(grid: TransportGrid, tab: TransportTables, majorant_floor_per_mm: float) -> dict:
