@@ -18,5 +18,13 @@ class InputError(CtdoseError, ValueError):
     """An input file or array is malformed (shape, affine, NaN, truncated, ...)."""
 
 
+class OutputError(CtdoseError, OSError):
+    """A file cannot be written: a folder or write-protected file in the way, no permission, disk full.
+
+    The message names the target file, never the temporary file beside it, and says whether an
+    existing file is unchanged. Also an :class:`OSError`, so ``except OSError`` still catches it.
+    """
+
+
 class MissingStepError(CtdoseError):
     """A chain step's inputs are missing: the message says which step to run."""

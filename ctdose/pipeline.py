@@ -133,13 +133,16 @@ def run_chain(
     Raises
     ------
     CtdoseError
-        Bad profile/override/notebook name, or a failing notebook (the message names the
-        notebook, the cell and the executed copy).
+        Bad profile/override/notebook name, a Monte Carlo setting out of range or a device
+        this machine lacks (checked before the first notebook, see
+        :func:`ctdose.physics.cohort_mc.check_mc_profile`), or a failing notebook (the
+        message names the notebook, the cell and the executed copy).
     """
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
     cfg = load_profile(profile, list(overrides))  # validates profile and overrides up front
+    _check_values(cfg, device_available=True)  # and the MC settings, before notebook 01 runs for minutes
     override_map = dict(parse_override(o) for o in overrides)
     run_dir = resolve_path(out or f"runs/{cfg.name}")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -205,6 +208,13 @@ def run_chain(
     return pd.DataFrame(rows)
 
 
+def _check_values(cfg, device_available: bool) -> None:
+    """Refuse out-of-range Monte Carlo settings and unknown devices of a loaded profile (ConfigError)."""
+    from .physics.cohort_mc import check_mc_profile
+
+    check_mc_profile(cfg, device_available=device_available)
+
+
 def _write_log(rows: list[dict], path: Path) -> None:
     df = pd.DataFrame(rows)
     df["finished_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -248,7 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "profile":
             import yaml
 
-            print(yaml.safe_dump(load_profile(args.name, args.overrides).to_dict(), sort_keys=False), end="")
+            cfg = load_profile(args.name, args.overrides)
+            _check_values(cfg, device_available=False)  # a profile may be printed here and run elsewhere
+            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         elif args.command == "profiles":
             print("\n".join(available_profiles()))
         elif args.command == "notebooks":

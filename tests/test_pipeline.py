@@ -92,3 +92,27 @@ def test_missing_notebook_folder_is_one_line(tmp_path, capsys):
 def test_profile_command_prints_overridden_yaml(capsys):
     assert main(["profile", "smoke", "--set", "train.epochs=5"]) == 0
     assert "epochs: 5" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "override, text",
+    [
+        ("mc.n_photons=-5", r"profile 'smoke': mc\.n_photons must be a positive integer, got -5"),
+        ("mc.estimator=foo", r"mc\.estimator must be one of .*, got 'foo'"),
+        ("mc.n_batches=1", r"mc\.n_batches must be in \[2, n_photons\], got 1"),
+        ("mc.energy_cutoff_kev=.nan", r"mc\.energy_cutoff_kev must be a finite number >= 1 keV, got nan"),
+        ("device=tpu", r"profile 'smoke': device must be 'cpu', 'cuda', 'cuda:<n>' or 'auto', got 'tpu'"),
+    ],
+)
+def test_bad_mc_settings_stop_the_chain_before_notebook_01(chain, tmp_path, override, text):
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=text):
+        run_chain("smoke", out, [override], notebooks=chain, progress=False)
+    assert not out.exists()  # nothing ran, no run directory
+
+
+def test_profile_command_refuses_bad_mc_settings(capsys):
+    assert main(["profile", "smoke", "--set", "mc.n_photons=-5"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip() == "ctdose: error: profile 'smoke': mc.n_photons must be a positive integer, got -5"

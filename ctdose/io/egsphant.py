@@ -150,12 +150,14 @@ def write_egsphant(
     Parameters
     ----------
     path : str or Path
+        Target file; missing parent folders are created. An existing file is replaced only
+        when the whole new file is written (it keeps its permission bits).
     media_index : ndarray of int, shape (nz, ny, nx)
         0-based index into ``media_names`` per voxel.
     density_g_cm3 : ndarray, shape (nz, ny, nx)
         Mass density per voxel (g/cm3, > 0).
     media_names : sequence of str
-        Medium names (no whitespace), at most :data:`MAX_MEDIA`.
+        Medium names (ASCII, no whitespace), at most :data:`MAX_MEDIA`.
     spacing_mm : (dz, dy, dx)
     origin_mm : (z0, y0, x0)
         Centre of voxel [0, 0, 0].
@@ -172,6 +174,10 @@ def write_egsphant(
         Arrays of different or empty shapes, bad media names or indices, densities that are
         not finite and > 0, a spacing that is not 3 finite numbers > 0 or an origin that is
         not 3 finite numbers; nothing is written then.
+    OutputError
+        ``path`` is a folder, is write-protected (e.g. mode 0444) or lies under a file, or the
+        system refuses the write (read-only folder, full disk); the message names ``path``, an
+        existing file is unchanged and no temporary file is left.
     """
     path = Path(path)
     idx = np.asarray(media_index)
@@ -183,6 +189,8 @@ def write_egsphant(
         raise InputError(f"{path}: need 1 to {MAX_MEDIA} media, got {len(names)}")
     if any((not n) or any(c.isspace() for c in n) for n in names):
         raise InputError(f"{path}: medium names must be non-empty without whitespace: {names}")
+    if not all(n.isascii() for n in names):  # the format is ASCII text
+        raise InputError(f"{path}: medium names must be ASCII, got {[n for n in names if not n.isascii()]}")
     if idx.dtype.kind not in "ui" or idx.min() < 0 or idx.max() >= len(names):
         raise InputError(f"{path}: media_index values must be 0..{len(names) - 1}")
     if not np.all(np.isfinite(rho)) or np.any(rho <= 0):

@@ -68,6 +68,8 @@ def write_3ddose(
     Parameters
     ----------
     path : str or Path
+        Target file; missing parent folders are created. An existing file is replaced only
+        when the whole new file is written (it keeps its permission bits).
     dose : ndarray, shape (nz, ny, nx)
     rel_uncertainty : ndarray, shape (nz, ny, nx), optional
         Fractional uncertainty (zeros when None).
@@ -85,6 +87,10 @@ def write_3ddose(
         Arrays of different or empty shapes, NaN or infinite dose or uncertainty, a negative
         uncertainty, a spacing that is not 3 finite numbers > 0 or an origin that is not 3
         finite numbers; nothing is written then.
+    OutputError
+        ``path`` is a folder, is write-protected (e.g. mode 0444) or lies under a file, or the
+        system refuses the write (read-only folder, full disk); the message names ``path``, an
+        existing file is unchanged and no temporary file is left.
     """
     path = Path(path)
     d = np.asarray(dose, dtype=np.float64)

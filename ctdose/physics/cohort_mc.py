@@ -34,11 +34,22 @@ import pandas as pd
 
 from ..errors import ConfigError, InputError
 
-__all__ = ["cases_to_run", "run_cohort_mc", "simulate_case"]
+__all__ = ["cases_to_run", "check_mc_profile", "run_cohort_mc", "simulate_case"]
+
+
+def _number(value: Any) -> Any:
+    """A number written as text (YAML 1.1 reads ``1e6`` as a string) as a float; anything else as given."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _mc_cfg(cfg: Mapping[str, Any]) -> dict:
-    from .mc import DEFAULT_ESTIMATOR
+    """The profile's ``mc`` section with defaults, checked (:func:`ctdose.physics.mc.check_run_settings`)."""
+    from .mc import DEFAULT_CUTOFF_KEV, DEFAULT_ESTIMATOR, _as_int, check_run_settings
 
     mc = dict(cfg.get("mc", {}) or {})
     mc.setdefault("n_photons", 200000)
@@ -46,18 +57,56 @@ def _mc_cfg(cfg: Mapping[str, Any]) -> dict:
     mc.setdefault("scheduler", None)
     mc.setdefault("n_workers", 1)
     mc.setdefault("estimator", DEFAULT_ESTIMATOR)
-    mc.setdefault("energy_cutoff_kev", 1.0)
+    mc.setdefault("energy_cutoff_kev", DEFAULT_CUTOFF_KEV)
     mc.setdefault("ambient", "air")
     mc.setdefault("weight_window", False)
+    where = f"profile {cfg['name']!r}: mc." if cfg.get("name") else "mc."
     if not isinstance(mc["weight_window"], bool):
-        raise ConfigError(f"mc.weight_window must be true or false, got {mc['weight_window']!r}")
-    if int(float(mc["n_photons"])) <= 0:
-        raise ConfigError(f"mc.n_photons must be positive, got {mc['n_photons']!r}")
-    if int(mc["n_batches"]) < 2:
-        raise ConfigError(f"mc.n_batches must be >= 2, got {mc['n_batches']!r}")
-    if int(mc["n_workers"]) < 1:
-        raise ConfigError(f"mc.n_workers must be >= 1, got {mc['n_workers']!r}")
+        raise ConfigError(f"{where}weight_window must be true or false, got {mc['weight_window']!r}")
+    try:
+        mc["n_photons"], mc["n_batches"], mc["estimator"], mc["energy_cutoff_kev"] = check_run_settings(
+            _number(mc["n_photons"]), _number(mc["n_batches"]), mc["estimator"], _number(mc["energy_cutoff_kev"]),
+            where=where,
+        )
+    except InputError as exc:
+        raise ConfigError(str(exc)) from None
+    n_workers = _as_int(_number(mc["n_workers"]))
+    if n_workers is None or n_workers < 1:
+        raise ConfigError(f"{where}n_workers must be an integer >= 1, got {mc['n_workers']!r}")
+    mc["n_workers"] = n_workers
     return mc
+
+
+def check_mc_profile(cfg: Mapping[str, Any], device_available: bool = False) -> None:
+    """Check a profile's Monte Carlo settings before any work (``ctdose run``, ``ctdose profile``).
+
+    Parameters
+    ----------
+    cfg : Profile
+        Uses ``mc.*`` (``n_photons``, ``n_batches``, ``estimator``, ``energy_cutoff_kev``,
+        ``n_workers``, ``weight_window``) and ``device``.
+    device_available : bool
+        Also require the device to be present on this machine (``cuda`` needs a GPU);
+        otherwise only its name is checked.
+
+    Raises
+    ------
+    ConfigError
+        A setting out of range; the message names the profile, the key and the value, with
+        the rule of :func:`ctdose.physics.mc.check_run_settings` or
+        :func:`ctdose.physics.mc.resolve_device`.
+    """
+    from .mc import check_device_name, resolve_device
+
+    _mc_cfg(cfg)
+    device = cfg.get("device", "auto")
+    where = f"profile {cfg['name']!r}: " if cfg.get("name") else ""
+    try:
+        check_device_name(device, where=where)
+        if device_available:
+            resolve_device(device)
+    except InputError as exc:
+        raise ConfigError(str(exc) if str(exc).startswith(where) else f"{where}{exc}") from None
 
 
 def _kerma_modes(cfg: Mapping[str, Any]) -> list[str]:

@@ -34,13 +34,18 @@ from ..errors import InputError
 from .transport import WINDOW_ESTIMATORS, TransportGrid, TransportTally, enter_grid, prepare_transport, run_transport
 from .quasi_random import SOURCE_SAMPLING
 from .weight_window import DEFAULT_MIN_WEIGHT
+from .xsection import ENERGY_MIN_KEV
 
 __all__ = [
     "DEFAULT_ESTIMATOR",
     "ESTIMATORS",
     "MAX_MEDIA",
+    "MIN_BATCHES",
+    "MIN_CUTOFF_KEV",
     "DoseResult",
     "VoxelGeometry",
+    "check_device_name",
+    "check_run_settings",
     "geometry_from_case",
     "resolve_device",
     "simulate",
@@ -56,6 +61,10 @@ ESTIMATORS = ("expected_track_length", "track_length", "collision", "analogue")
 DEFAULT_ESTIMATOR = "expected_track_length"
 #: Default photon energy cutoff (keV): the paper's EGSnrc photon cutoff (PCUT 0.001 MeV).
 DEFAULT_CUTOFF_KEV = 1.0
+#: Lowest photon energy cutoff (keV): the cross-section tables start there.
+MIN_CUTOFF_KEV = ENERGY_MIN_KEV
+#: Fewest batches: the batch method needs two for a statistical uncertainty.
+MIN_BATCHES = 2
 #: Photons in flight at once (bounded memory): CPU and CUDA.
 POOL_SIZE = {"cpu": 1 << 17, "cuda": 1 << 22}
 #: Largest tally (bytes) for running all batches in one shared photon pool.
@@ -251,17 +260,93 @@ def resolve_device(device: str | torch.device = "cpu") -> torch.device:
     """
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise InputError(f"device must be 'cpu', 'cuda', 'cuda:<n>' or 'auto', got {device!r}")
+    dev = check_device_name(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError("device 'cuda' requested but no CUDA device is available")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise InputError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) are available")
     return dev
+
+
+def check_device_name(device: str | torch.device, where: str = "") -> torch.device | None:
+    """Check that ``device`` names a device :func:`resolve_device` takes, without asking for it.
+
+    Parameters
+    ----------
+    device : str or torch.device
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:<n>"``.
+    where : str
+        Prefix of the message (e.g. ``"profile 'demo': "``).
+
+    Returns
+    -------
+    torch.device or None
+        The device (None for ``"auto"``). Whether CUDA is available is not checked here.
+
+    Raises
+    ------
+    InputError
+        Any other name (``"tpu"``, ``"gpu"``, ``"mps"``, ``"meta"``, ...).
+    """
+    if str(device) == "auto":
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise InputError(f"{where}device must be 'cpu', 'cuda', 'cuda:<n>' or 'auto', got {device!r}")
+    return dev
+
+
+def check_run_settings(
+    n_photons: int,
+    n_batches: int,
+    estimator: str = DEFAULT_ESTIMATOR,
+    energy_cutoff_kev: float = DEFAULT_CUTOFF_KEV,
+    where: str = "simulate: ",
+) -> tuple[int, int, str, float]:
+    """Check the run settings that :func:`simulate` and the profiles' ``mc`` section share.
+
+    Parameters
+    ----------
+    n_photons : int
+        Source photons (histories): a positive integer (a float only when integral, e.g. ``1e6``).
+    n_batches : int
+        Batches: an integer in [``MIN_BATCHES``, ``n_photons``].
+    estimator : str
+        One of :data:`ESTIMATORS`.
+    energy_cutoff_kev : float
+        Photon energy cutoff (keV): finite and >= :data:`MIN_CUTOFF_KEV`.
+    where : str
+        Put before the setting's name in a message: ``"simulate: "`` gives
+        "simulate: n_photons must be ...", ``"profile 'demo': mc."`` gives
+        "profile 'demo': mc.n_photons must be ...".
+
+    Returns
+    -------
+    tuple
+        ``(n_photons, n_batches, estimator, energy_cutoff_kev)`` as int, int, str, float.
+
+    Raises
+    ------
+    InputError
+        A setting of the wrong type or out of range; the message names it and the value given.
+    """
+    n_photons_in, n_batches_in = n_photons, n_batches
+    n_photons, n_batches = _as_int(n_photons), _as_int(n_batches)
+    if n_photons is None or n_photons <= 0:
+        raise InputError(f"{where}n_photons must be a positive integer, got {n_photons_in!r}")
+    if n_batches is None or n_batches < MIN_BATCHES or n_batches > n_photons:
+        raise InputError(f"{where}n_batches must be in [{MIN_BATCHES}, n_photons], got {n_batches_in!r}")
+    if not isinstance(estimator, str) or estimator not in ESTIMATORS:
+        raise InputError(f"{where}estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+    cutoff = _as_real(energy_cutoff_kev)
+    if cutoff is None or cutoff < MIN_CUTOFF_KEV:
+        raise InputError(
+            f"{where}energy_cutoff_kev must be a finite number >= {MIN_CUTOFF_KEV:g} keV, got {energy_cutoff_kev!r}"
+        )
+    return n_photons, n_batches, estimator, cutoff
 
 
 def _as_int(value) -> int | None:
@@ -460,12 +545,7 @@ def simulate(
         ``track_spacing_mm`` that is not finite and positive (the floor may be 0), an
         ``energy_cutoff_kev`` at or above the source's highest energy.
     """
-    n_photons_in, n_batches_in = n_photons, n_batches
-    n_photons, n_batches = _as_int(n_photons), _as_int(n_batches)
-    if n_photons is None or n_photons <= 0:
-        raise InputError(f"simulate: n_photons must be a positive integer, got {n_photons_in!r}")
-    if n_batches is None or n_batches < 2 or n_batches > n_photons:
-        raise InputError(f"simulate: n_batches must be in [2, n_photons], got {n_batches_in!r}")
+    n_photons, n_batches, estimator, cutoff = check_run_settings(n_photons, n_batches, estimator, energy_cutoff_kev)
     seed_in, seed = seed, _as_int(seed)
     if seed is None or not 0 <= seed < 2**63:
         raise InputError(f"simulate: seed must be an integer in [0, 2**63), got {seed_in!r}")
@@ -491,15 +571,10 @@ def simulate(
         track_spacing_mm = spacing
     if majorant not in ("auto", "global", "block"):
         raise InputError(f"simulate: majorant must be 'auto', 'global' or 'block', got {majorant!r}")
-    if estimator not in ESTIMATORS:
-        raise InputError(f"simulate: estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
     if source_sampling not in SOURCE_SAMPLING:
         raise InputError(f"simulate: source_sampling must be one of {', '.join(SOURCE_SAMPLING)}, "
                          f"got {source_sampling!r}")
     sample_dims = int(getattr(source, "sample_dims", 0)) if source_sampling == "sobol" else 0
-    cutoff = _as_real(energy_cutoff_kev)
-    if cutoff is None or cutoff < 1.0:
-        raise InputError(f"simulate: energy_cutoff_kev must be >= 1 keV, got {energy_cutoff_kev}")
     max_energy_kev = float(source.max_energy_kev)
     if cutoff >= max_energy_kev:
         # every photon would deposit its whole energy at its first interaction

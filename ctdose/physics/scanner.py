@@ -165,6 +165,8 @@ def _bowtie_from_table(table: pd.DataFrame, where: str) -> Bowtie:
         raise InputError(f"bowtie {where}: non-numeric values") from None
     if np.any(a < 0):
         neg, pos = a < 0, a >= 0
+        if not np.any(pos):
+            raise InputError(f"bowtie {where}: no fan angle >= 0 (negative angles only mirror the profile at >= 0)")
         if not np.allclose(np.interp(-a[neg], a[pos], t[pos]), t[neg], atol=1e-3):
             raise InputError(f"bowtie {where}: asymmetric profiles are not supported")
         a, t = a[pos], t[pos]

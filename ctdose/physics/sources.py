@@ -39,6 +39,7 @@ import torch
 from ..errors import InputError
 from .interactions import rotate_direction
 from .transport import PhotonState
+from .xsection import ENERGY_MIN_KEV
 
 __all__ = ["CTSource", "PointSource", "rectangle_solid_angle_sr", "tangent_rectangle_solid_angle_sr"]
 
@@ -88,8 +89,8 @@ def _spectrum_arrays(energy_kev, spectrum):
         if np.any(f < 0) or not np.any(f > 0):
             raise InputError("source spectrum: weights must be >= 0 and not all zero")
         # as Spectrum requires (for a spectrum object that is not a Spectrum)
-        if e.min() < 1.0:
-            raise InputError(f"source spectrum: energies must be >= 1 keV, got {e.min():g} keV")
+        if e.min() < ENERGY_MIN_KEV:
+            raise InputError(f"source spectrum: energies must be >= {ENERGY_MIN_KEV:g} keV, got {e.min():g} keV")
         if np.any(np.diff(e) <= 0):
             raise InputError("source spectrum: energies must be strictly increasing")
         width = np.gradient(e) if e.size > 1 else np.zeros(1)
@@ -100,6 +101,11 @@ def _spectrum_arrays(energy_kev, spectrum):
     e = np.atleast_1d(np.asarray(energy_kev, dtype=np.float64))
     if e.size != 1 or not np.isfinite(e[0]) or e[0] <= 0:
         raise InputError(f"source energy_kev must be one positive finite number, got {energy_kev!r}")
+    if e[0] < ENERGY_MIN_KEV:  # as for a spectrum
+        raise InputError(
+            f"source energy_kev must be >= {ENERGY_MIN_KEV:g} keV (where the cross-section tables start), "
+            f"got {energy_kev!r}"
+        )
     return e, np.zeros(1), np.ones(1), None
 
 
@@ -258,7 +264,8 @@ class PointSource:
     direction : (u, v, w)
         Central axis of the beam (normalised here).
     energy_kev : float, optional
-        Monoenergetic source (give this or ``spectrum``).
+        Monoenergetic source (keV, >= 1 keV where the cross-section tables start; give this or
+        ``spectrum``).
     spectrum : ctdose.physics.spectrum.Spectrum, optional
         Energy distribution; if absolute, results are also available per mAs.
     collimation : "fan" | "cone"
@@ -460,6 +467,10 @@ class CTSource:
             table = np.stack(cols, axis=1)  # (n_e, n_gamma)
             if table.shape != (self._e.size, self._gamma.size) or not np.all(np.isfinite(table)):
                 raise InputError("CT scanner bowtie: transmission table is not finite or has a wrong shape")
+            if not np.any(self._p @ table > 0):  # no photon would leave the source
+                name = getattr(scanner.bowtie, "description", "") or "bowtie"
+                raise InputError(f"CT scanner bowtie ({name}): its transmission is 0 for the whole spectrum "
+                                 "at every fan angle, so the source emits nothing")
         else:
             table = np.ones((self._e.size, self._gamma.size))
         self._bowtie = table

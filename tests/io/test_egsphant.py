@@ -188,3 +188,29 @@ def test_write_refuses_a_bad_grid_and_keeps_the_old_file(tmp_path, spacing, orig
         write_egsphant(p, idx, rho, ["A", "B", "C"], spacing, origin)
     assert p.read_bytes() == before
     assert sorted(q.name for q in tmp_path.iterdir()) == ["x.egsphant"]
+
+
+def test_write_refuses_non_ascii_names_and_keeps_the_old_file(tmp_path):
+    idx, rho = _phantom()
+    p = write_egsphant(tmp_path / "x.egsphant", idx, rho, ["A", "B", "C"], (1, 1, 1), (0, 0, 0))
+    before = p.read_bytes()
+    with pytest.raises(InputError, match=r"x\.egsphant: medium names must be ASCII, got \['WASSER_Ü'\]"):
+        write_egsphant(p, idx, rho, ["A", "WASSER_Ü", "C"], (1, 1, 1), (0, 0, 0))
+    assert p.read_bytes() == before
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["x.egsphant"]
+
+
+def test_write_into_a_write_protected_file_is_refused_by_name(tmp_path):
+    from ctdose.errors import OutputError
+
+    idx, rho = _phantom()
+    p = write_egsphant(tmp_path / "x.egsphant", idx, rho, ["A", "B", "C"], (1, 1, 1), (0, 0, 0))
+    before = p.read_bytes()
+    p.chmod(0o444)
+    try:
+        with pytest.raises(OutputError, match=r"x\.egsphant: the file is write-protected \(mode 0444\)"):
+            write_egsphant(p, idx, 2 * rho, ["A", "B", "C"], (1, 1, 1), (0, 0, 0))
+    finally:
+        p.chmod(0o644)
+    assert p.read_bytes() == before
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["x.egsphant"]

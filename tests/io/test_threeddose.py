@@ -108,3 +108,31 @@ def test_write_refuses_a_bad_grid_and_keeps_the_old_file(tmp_path, spacing, orig
         write_3ddose(p, d, None, spacing, origin)
     assert p.read_bytes() == before
     assert sorted(q.name for q in tmp_path.iterdir()) == ["x.3ddose"]
+
+
+@pytest.mark.parametrize("case", ["folder", "under_a_file", "write_protected"])
+def test_write_failures_name_the_target_and_keep_the_old_file(tmp_path, case):
+    from ctdose.errors import OutputError
+
+    d = np.ones((2, 2, 3))
+    old = write_3ddose(tmp_path / "x.3ddose", d, None, (5.0, 5.0, 5.0), (0.0, 0.0, 0.0))
+    before = old.read_bytes()
+    target, match = {
+        "folder": (tmp_path, r": is a folder, not a file"),
+        "under_a_file": (old / "y.3ddose", r"y\.3ddose: cannot write the file: .*x\.3ddose is a file, not a folder"),
+        "write_protected": (old, r"x\.3ddose: the file is write-protected \(mode 0444\)"),
+    }[case]
+    old.chmod(0o444 if case == "write_protected" else 0o644)
+    try:
+        with pytest.raises(OutputError, match=match) as err:
+            write_3ddose(target, 2 * d, None, (5.0, 5.0, 5.0), (0.0, 0.0, 0.0))
+    finally:
+        old.chmod(0o644)
+    assert ".tmp" not in str(err.value)
+    assert old.read_bytes() == before
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["x.3ddose"]
+
+
+def test_write_creates_missing_folders(tmp_path):
+    p = write_3ddose(tmp_path / "a" / "b" / "x.3ddose", np.ones((1, 1, 2)), None, (1, 1, 1), (0, 0, 0))
+    assert read_3ddose(p).shape == (1, 1, 2)

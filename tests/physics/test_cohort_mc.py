@@ -7,7 +7,7 @@ import pytest
 
 from ctdose.config import load_profile
 from ctdose.errors import ConfigError
-from ctdose.physics.cohort_mc import case_seed, cases_to_run, run_cohort_mc
+from ctdose.physics.cohort_mc import case_seed, cases_to_run, check_mc_profile, run_cohort_mc
 from ctdose.store import CaseStore, make_case
 
 
@@ -127,3 +127,44 @@ def test_weight_window_key_reaches_the_run_and_keeps_the_dose(tmp_path, monkeypa
     cfg["mc"]["weight_window"] = "yes"
     with pytest.raises(ConfigError, match="weight_window"):
         run_cohort_mc(cfg, store, progress=False)
+
+
+@pytest.mark.parametrize("name", ["smoke", "demo", "paper"])
+def test_shipped_profiles_pass_the_up_front_check(name):
+    check_mc_profile(load_profile(name))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"mc.n_photons": -5}, r"profile 'smoke': mc\.n_photons must be a positive integer, got -5"),
+        ({"mc.n_photons": 0}, r"mc\.n_photons must be a positive integer, got 0"),
+        ({"mc.n_batches": 1}, r"profile 'smoke': mc\.n_batches must be in \[2, n_photons\], got 1"),
+        ({"mc.estimator": "foo"}, r"mc\.estimator must be one of expected_track_length, .*, got 'foo'"),
+        ({"mc.energy_cutoff_kev": float("nan")}, r"mc\.energy_cutoff_kev must be a finite number >= 1 keV, got nan"),
+        ({"mc.energy_cutoff_kev": 0.5}, r"mc\.energy_cutoff_kev must be a finite number >= 1 keV, got 0\.5"),
+        ({"mc.n_workers": 0}, r"mc\.n_workers must be an integer >= 1, got 0"),
+        ({"device": "tpu"}, r"profile 'smoke': device must be 'cpu', 'cuda', 'cuda:<n>' or 'auto', got 'tpu'"),
+    ],
+)
+def test_bad_mc_settings_are_refused_up_front_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        check_mc_profile(load_profile("smoke", override))
+
+
+def test_profile_numbers_written_as_text_are_read():
+    # YAML 1.1 reads 1e6 (without a dot) as a string
+    cfg = {"name": "file", "mc": {"n_photons": "1e6", "n_batches": "10"}}
+    check_mc_profile(cfg)
+
+
+def test_a_missing_cuda_device_is_refused_only_when_asked():
+    import torch
+
+    cfg = load_profile("smoke", {"device": "cuda"})
+    check_mc_profile(cfg)  # the name is fine: the profile may run on another machine
+    if torch.cuda.is_available():
+        check_mc_profile(cfg, device_available=True)
+    else:
+        with pytest.raises(ConfigError, match=r"profile 'smoke': device 'cuda' requested but no CUDA device"):
+            check_mc_profile(cfg, device_available=True)

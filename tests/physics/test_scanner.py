@@ -171,3 +171,10 @@ def test_scanner_refuses_what_is_not_a_positive_number(value):
     spec = Spectrum(np.array([40.0, 60.0, 80.0]), np.array([1.0, 2.0, 1.0]))
     with pytest.raises(InputError, match=r"CTScanner: collimation_mm must be a positive number"):
         CTScanner(spec, collimation_mm=value)
+
+
+def test_bowtie_csv_with_only_negative_angles_names_the_file(tmp_path):
+    f = tmp_path / "neg.csv"
+    f.write_text("fan_angle_deg,al_thickness_mm\n-20,5\n-10,2\n")
+    with pytest.raises(InputError, match=r"bowtie file .*neg\.csv: no fan angle >= 0"):
+        bowtie_from_csv(f)

@@ -294,3 +294,22 @@ def test_max_energy_is_that_of_the_highest_bin_with_weight():
                         (5.0, 5.0, 5.0), (-7.5, -7.5, -7.5))
     res = simulate(geo, src, 2000, n_batches=4, compile=False)  # was: "exceed the tables' 150 keV"
     assert res.deposited_energy_ev > 0
+
+
+@pytest.mark.parametrize("energy", [0.5, 0.999])
+def test_monoenergetic_source_below_the_tables_is_refused(energy):
+    with pytest.raises(InputError, match=rf"source energy_kev must be >= 1 keV .*, got {energy}"):
+        PointSource((0, 0, -100.0), (0, 0, 1), energy_kev=energy, collimation="cone", cone_half_angle_rad=0.05)
+    PointSource((0, 0, -100.0), (0, 0, 1), energy_kev=1.0, collimation="cone", cone_half_angle_rad=0.05)
+
+
+def test_ct_source_whose_bowtie_transmits_nothing_is_refused():
+    from ctdose.physics.scanner import Bowtie, CTScanner, Protocol
+    from ctdose.physics.spectrum import Spectrum
+
+    spec = Spectrum(np.array([60.0, 80.0]), np.array([1.0, 1.0]), "flat", absolute=False)
+    opaque = Bowtie(np.array([0.0, 0.5]), np.array([1e6, 1e6]), "1 km Al")
+    with pytest.raises(InputError, match=r"CT scanner bowtie \(1 km Al\): its transmission is 0 .* emits nothing"):
+        CTSource(CTScanner(spec, bowtie=opaque), Protocol())
+    thick = Bowtie(np.array([0.0, 0.5]), np.array([0.0, 1e6]), "opaque at the edge only")
+    CTSource(CTScanner(spec, bowtie=thick), Protocol())  # the centre of the fan still emits
