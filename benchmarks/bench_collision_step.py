@@ -3,8 +3,9 @@ several flights per call.
 
 Usage::
 
-    python benchmarks/bench_collision_step.py            # 1e6 histories, 3 rounds
-    python benchmarks/bench_collision_step.py --quick    # 2e5 histories, 1 round
+    python benchmarks/bench_collision_step.py              # 1e6 histories, 3 rounds
+    python benchmarks/bench_collision_step.py --quick      # 2e5 histories, 1 round
+    python benchmarks/bench_collision_step.py --breakdown  # where a run's time goes, per kernel
 
 The collision estimator's step either calls a flight kernel and then the interaction kernel
 on the indices of the real collisions, or does both in one pass over the whole pool
@@ -24,6 +25,13 @@ at 60 keV: about 1/k of that) and in the demo thorax (global majorant from bone:
 real). The runs alternate in every round, so the VM's drift falls on all alike; the table
 gives the ratios of the medians of histories/s to the one-site step's, and the measured
 fraction of real sites (in the one-site runs).
+
+``--breakdown`` runs the collision estimator as ``simulate`` chooses its steps (1 core, the water
+cylinder and the demo thorax) and times every call of each compiled kernel and of
+``torch.rand``: calls, share of the run's wall time, elements (photons, or random numbers) per
+history and nanoseconds per element. The rest of the time is the steps' glue: the tally's
+``scatter_add_``, the gathers and scatters around the interaction kernel, the pool's
+compaction, the source and Python.
 """
 
 from __future__ import annotations
@@ -156,16 +164,84 @@ def run(quick: bool = False, rounds: int = 3) -> list[dict]:
     return rows
 
 
+class _Timed:
+    """A kernel (or ``torch.rand``) that adds its wall time, calls and elements to ``stats[name]``."""
+
+    def __init__(self, name: str, fn, stats: dict):
+        self.name, self.fn, self.stats = name, fn, stats
+
+    def __call__(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = self.fn(*args, **kwargs)
+        dt = time.perf_counter() - t0
+        # a kernel's first argument is per photon; torch.rand's result is the random numbers
+        n = out.numel() if self.name == "torch.rand" else args[0].numel()
+        entry = self.stats.setdefault(self.name, [0, 0.0, 0])
+        entry[0] += 1
+        entry[1] += dt
+        entry[2] += n
+        return out
+
+
+def breakdown(quick: bool = False) -> list[dict]:
+    """Where a collision-estimator run's time goes (1 core): per kernel and ``torch.rand``."""
+    import torch
+
+    from ctdose.physics import kernels
+
+    n = 200_000 if quick else 1_000_000
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    names = [f.__name__ for f in kernels.EAGER_KERNELS]
+    rows = []
+    rand = torch.rand
+    try:
+        for make in (bench_mc.water_cylinder, bench_mc.demo_phantom):
+            geo, _, name = make()
+            src = _source(geo)
+            simulate(geo, src, 40_000, estimator="collision")  # warm-up: compilation
+            key = "cpu"
+            compiled = kernels._COMPILED.get(key)
+            if compiled is None:
+                raise RuntimeError("the compiled kernels are not available here (CTDOSE_MC_COMPILE=0?)")
+            stats: dict = {}
+            kernels._COMPILED[key] = tuple(_Timed(nm, f, stats) for nm, f in zip(names, compiled))
+            torch.rand = _Timed("torch.rand", rand, stats)
+            try:
+                t0 = time.perf_counter()
+                simulate(geo, src, n, estimator="collision")
+                wall = time.perf_counter() - t0
+            finally:
+                kernels._COMPILED[key] = compiled
+                torch.rand = rand
+            rows.append(dict(benchmark=f"collision run, {name}", value=round(n / wall), unit="histories/s",
+                             note=f"{n} histories, 1 core, {wall:.2f} s"))
+            timed = 0.0
+            for part, (calls, dt, elements) in sorted(stats.items(), key=lambda kv: -kv[1][1]):
+                timed += dt
+                rows.append(dict(benchmark=f"  {part}", value=round(100 * dt / wall, 1), unit="% of the run",
+                                 note=f"{calls} calls, {elements / n:.2f} elements per history, "
+                                      f"{dt / elements * 1e9:.0f} ns per element"))
+            rows.append(dict(benchmark="  the rest (scatter_add_, gathers, compaction, source, Python)",
+                             value=round(100 * (wall - timed) / wall, 1), unit="% of the run",
+                             note=f"{(wall - timed) / n * 1e9:.0f} ns per history"))
+    finally:
+        torch.set_num_threads(threads)
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--breakdown", action="store_true", help="where a collision run's time goes, per kernel")
     a = p.parse_args(argv)
     import pandas as pd
 
     pd.set_option("display.width", 220)
     pd.set_option("display.max_colwidth", 120)
-    print(pd.DataFrame(run(a.quick, a.rounds)).to_string(index=False))
+    rows = breakdown(a.quick) if a.breakdown else run(a.quick, a.rounds)
+    print(pd.DataFrame(rows).to_string(index=False))
     return 0
 
 

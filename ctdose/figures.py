@@ -54,6 +54,8 @@ COHORT_NAMES = {
 _FIG_DPI = 150
 _FOOTNOTE_CHARS_PER_INCH = 21  # 6-pt footnote text, wrapped to the figure width
 _VECTOR = "svg"
+#: Figure file metadata: no creation date (PNG and SVG), so that the bytes depend on the content only.
+_NO_DATE = {"Date": None}
 _PERCENT = 100.0
 _CI_LEVEL = 0.95
 _COMPONENTS = (
@@ -114,8 +116,14 @@ def _save(fig: Figure, out_dir: str | Path, name: str, title: str, context: Figu
     fig.text(0.01, 0.005, _wrap(context.footnote(), width_chars), fontsize=6, va="bottom", ha="left", color="0.3")
     out = _out(out_dir)
     paths = [out / f"{name}.png", out / f"{name}.{_VECTOR}"]
-    fig.savefig(paths[0], dpi=_FIG_DPI)
-    fig.savefig(paths[1])
+    # the same figure gives the same bytes: no time stamp, and the SVG's element ids hashed
+    # with a fixed salt instead of a random one (a rerun changes a committed figure only
+    # where its content changes)
+    import matplotlib
+
+    with matplotlib.rc_context({"svg.hashsalt": name}):
+        fig.savefig(paths[0], dpi=_FIG_DPI, metadata=_NO_DATE)
+        fig.savefig(paths[1], metadata=_NO_DATE)
     return paths
 
 
