@@ -60,6 +60,8 @@ __all__ = [
     "advance_block_collision",
     "advance_collision_sites",
     "collide_interact",
+    "counter_key",
+    "counter_uniforms",
     "segment_points",
     "score_points",
     "interact",
@@ -85,6 +87,73 @@ _log = logging.getLogger(__name__)
 _LOCK = threading.Lock()
 _COMPILED: dict[str, tuple] = {}
 _FAILED: set[str] = set()
+
+
+#: Counter-based uniform numbers (:func:`counter_uniforms`): the increment of SplitMix64's Weyl
+#: sequence and the two multipliers of its output function (Steele, Lea and Flood 2014), as
+#: signed 64-bit integers (torch has no unsigned 64-bit arithmetic; the bits are the same).
+_SPLITMIX_GAMMA = 0x9E3779B97F4A7C15 - (1 << 64)
+_SPLITMIX_M1 = 0xBF58476D1CE4E5B9 - (1 << 64)
+_SPLITMIX_M2 = 0x94D049BB133111EB - (1 << 64)
+#: Mantissa bits of a float32 uniform number in [0, 1).
+_UNIFORM_BITS = 24
+
+
+def _shift_right(z, bits: int):
+    """Logical right shift of int64 ``z`` (torch's ``>>`` is arithmetic: it copies the sign bit)."""
+    return (z >> bits) & ((1 << (64 - bits)) - 1)
+
+
+_COUNTER_CONSTANTS: dict[torch.device, torch.Tensor] = {}
+
+
+def counter_key(gen: torch.Generator, device) -> torch.Tensor:
+    """A key for :func:`counter_uniforms`: ``[seed, gamma, m1, m2]`` (int64, on ``device``), the
+    seed a random 62-bit number from ``gen``.
+
+    The constants travel in the tensor because, as literals, Inductor folds their products in
+    Python integers and overflows. The key stays on the device (no synchronisation with a GPU).
+    """
+    device = torch.device(device)
+    consts = _COUNTER_CONSTANTS.get(device)
+    if consts is None:
+        consts = torch.tensor([_SPLITMIX_GAMMA, _SPLITMIX_M1, _SPLITMIX_M2], dtype=torch.int64, device=device)
+        _COUNTER_CONSTANTS[device] = consts
+    seed = torch.randint(0, 1 << 62, (1,), generator=gen, device=device, dtype=torch.int64)
+    return torch.cat([seed, consts])
+
+
+def counter_uniforms(key: torch.Tensor, rows: int, n) -> torch.Tensor:
+    """``(rows, n)`` uniform numbers in [0, 1) (float32, multiples of 2^-24) from an int64
+    ``key`` (:func:`counter_key`).
+
+    Number ``i`` (row-major) is SplitMix64's output function (Steele, Lea and Flood 2014) of
+    the state ``seed + (i + 1) gamma``, its top ``_UNIFORM_BITS`` bits: a counter-based
+    generator, so a compiled kernel computes the numbers where it reads them, with no array
+    of random numbers written and read back. The same key gives the same numbers on any
+    device and thread count, compiled or eager.
+
+    Examples
+    --------
+    >>> key = counter_key(torch.Generator().manual_seed(1), "cpu")
+    >>> r = counter_uniforms(key, 2, 1000)
+    >>> r.shape, bool((r >= 0).all() and (r < 1).all())
+    (torch.Size([2, 1000]), True)
+    """
+    i = torch.arange(rows * n, device=key.device, dtype=torch.int64).view(rows, n)
+    z = key[0] + (i + 1) * key[1]
+    z = (z ^ _shift_right(z, 30)) * key[2]
+    z = (z ^ _shift_right(z, 27)) * key[3]
+    z = z ^ _shift_right(z, 31)
+    return _shift_right(z, 64 - _UNIFORM_BITS).to(torch.float32) * (1.0 / (1 << _UNIFORM_BITS))
+
+
+def _rows(rnd, rows: int, n):
+    """``rnd`` itself (an array of uniform numbers) or, for an int64 key, ``rows`` x ``n``
+    counter-based ones (:func:`counter_uniforms`)."""
+    if rnd.dtype == torch.int64:
+        return counter_uniforms(rnd, rows, n)
+    return rnd
 
 
 def _energy_index(e, energy_f):
@@ -341,7 +410,8 @@ def advance_collision_sites(
     Parameters
     ----------
     rnd : Tensor (2 K, n)
-        Uniform numbers in [0, 1).
+        Uniform numbers in [0, 1), or an int64 key (:func:`counter_key`) for the kernel's own
+        (:func:`counter_uniforms`).
     void_ab : Tensor (n_e, 2)
         Majorant of the void voxels (1/mm) at the energy grid points and its slope per step.
     void_table : Tensor (n_vox, 4) float32
@@ -364,6 +434,7 @@ def advance_collision_sites(
     n_sites : Tensor (n,) int32
         Flights flown (1 to K).
     """
+    rnd = _rows(rnd, 2 * COLLISION_SITES_PER_CALL, x.shape[0])
     ie, fe = _energy_index(e, energy_f)
     maj_all = maj_ab[ie, 0] + fe * maj_ab[ie, 1]
     maj_void = void_ab[ie, 0] + fe * void_ab[ie, 1]
@@ -440,6 +511,7 @@ def collide_interact(
         rejection test, rows 2.. those of the lean samplers (``R = interaction_uniforms(lean=True)``:
         the branch and energy ratio of an incoherent proposal from one number, the azimuth
         from the accepted proposal's acceptance number; both exact, see :func:`_incoherent`).
+        Or an int64 key (:func:`counter_key`) for the kernel's own (:func:`counter_uniforms`).
     cutoff_kev, xs_ab, sf_ratio, coh_x2_inv, coh_frac, scatter_f, scatter_i
         As in :func:`interact`.
 
@@ -464,6 +536,7 @@ def collide_interact(
         The collision estimator's score at the site plus the energy deposited there at the
         cutoff (keV x weight).
     """
+    rnd = _rows(rnd, 2 + interaction_uniforms(lean=True), x.shape[0])
     ie, fe, maj, _, x1, y1, z1 = _global_flight(x, y, z, u, v, w, e, 1.0 - rnd[0], energy_f, maj_ab)
     x1, y1, z1, ie, fe, rr, real, inside, index, score, med, mi, rho = _collision_site(
         x1, y1, z1, ie, fe, maj, rnd[1], ew, offset, grid_f, grid_i, voxel_table, total_tr_ab
@@ -675,7 +748,8 @@ def interact(idx, rnd, e, u, v, w, weight, x1, y1, z1, ie, fe, rr, offset, cutof
     idx : Tensor (m,) int64
         The photons (indices into the per-photon arrays) that interact.
     rnd : Tensor (R, m)
-        Uniform numbers in [0, 1), ``R = interaction_uniforms()``.
+        Uniform numbers in [0, 1), ``R = interaction_uniforms()``; or an int64 key
+        (:func:`counter_key`) for the kernel's own (:func:`counter_uniforms`).
     e, u, v, w, weight : Tensor (n,)
         Energy (keV), unit direction and statistical weight of every photon.
     x1, y1, z1, ie, fe, rr : Tensor (n,)
@@ -710,6 +784,7 @@ def interact(idx, rnd, e, u, v, w, weight, x1, y1, z1, ie, fe, rr, offset, cutof
     done : Tensor (m,) bool
         The interaction was sampled.
     """
+    rnd = _rows(rnd, interaction_uniforms(), idx.shape[0])
     e0 = e[idx]
     _, flat, m, row, d = _voxel(x1[idx], y1[idx], z1[idx], ie[idx], grid_f, grid_i, voxel_table)
     e1, u1, v1, w1, alive, deposit, done = _sample_interaction(

@@ -734,3 +734,86 @@ def test_worker_processes_are_reproducible_and_agree_with_one_process():
     t2, s2 = two.sum_with_sigma(np.ones(geo.shape))
     assert abs(t1 - t2) < 4 * math.hypot(s1, s2)
     assert two.emitted_energy_ev == pytest.approx(60e3, rel=1e-9)
+
+
+# -- counter-based uniform numbers ------------------------------------------------------------
+#: SplitMix64 (Steele, Lea and Flood 2014; Vigna's reference C code): the Weyl increment and the
+#: output function's multipliers, typed here as unsigned 64-bit numbers.
+_GAMMA, _M1, _M2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+_U64 = (1 << 64) - 1
+
+
+def _splitmix64(seed: int, i: int) -> int:
+    """The ``i + 1``-th output of SplitMix64 seeded with ``seed``, in Python's exact integers."""
+    z = (seed + (i + 1) * _GAMMA) & _U64
+    z = ((z ^ (z >> 30)) * _M1) & _U64
+    z = ((z ^ (z >> 27)) * _M2) & _U64
+    return z ^ (z >> 31)
+
+
+def _key(seed: int) -> torch.Tensor:
+    """A key of kernels.counter_uniforms from the constants above (as signed 64-bit numbers)."""
+    signed = [c - (1 << 64) if c >= 1 << 63 else c for c in (seed, _GAMMA, _M1, _M2)]
+    return torch.tensor(signed, dtype=torch.int64)
+
+
+def test_counter_uniforms_are_splitmix64_bit_for_bit():
+    """Every number is the top 24 bits of SplitMix64's output at its counter, computed here in
+    exact unsigned integers: torch's signed 64-bit arithmetic (wrapping products, arithmetic
+    shifts masked to logical ones) gives the same bits, for seeds whose states wrap around.
+    SplitMix64 seeded with 0 starts with 0xE220A8397B1DCDAF (the reference code's output)."""
+    assert _splitmix64(0, 0) == 0xE220A8397B1DCDAF
+    rows, n = 3, 700
+    for seed in (0, 12345, (1 << 62) - 1):
+        r = kernels.counter_uniforms(_key(seed), rows, n).numpy().ravel()
+        expected = np.array([(_splitmix64(seed, i) >> 40) / 2.0**24 for i in range(rows * n)])
+        np.testing.assert_array_equal(r, expected.astype(np.float32))
+    gen = torch.Generator().manual_seed(3)
+    key = kernels.counter_key(gen, "cpu")
+    assert key.dtype == torch.int64 and 0 <= int(key[0]) < 1 << 62
+    assert torch.equal(key[1:], _key(0)[1:])
+    assert not torch.equal(kernels.counter_key(gen, "cpu")[0], key[0])  # a new seed per call
+
+
+def test_counter_uniforms_compiled_give_the_same_bits():
+    """The compiled kernels compute the numbers in Inductor's C++ (vectorised 64-bit products):
+    the same bits as eager PyTorch, whatever the length (vector body and scalar tail)."""
+    if not kernels.compile_enabled():
+        pytest.skip("compilation is switched off (CTDOSE_MC_COMPILE=0)")
+    compiled = torch.compile(kernels.counter_uniforms, dynamic=True, fullgraph=True)
+    key = _key(987654321987654321)
+    try:
+        with kernels.shape_settings():
+            for n in (64, 1001):
+                assert torch.equal(compiled(key, 4, n), kernels.counter_uniforms(key, 4, n))
+    except Exception as exc:  # no compiler here
+        if "compil" in type(exc).__name__.lower() or "Inductor" in type(exc).__name__:
+            pytest.skip(f"torch.compile is not available here: {exc}")
+        raise
+
+
+def test_counter_uniforms_are_uniform_and_independent():
+    """2e6 numbers: the histogram of 100 bins, consecutive pairs along a row and pairs across
+    rows (20 x 20 bins) are flat within 5 sigma of their chi-square; two keys' streams are
+    uncorrelated; the numbers lie in [0, 1) with 1 - r > 0 (finite free paths)."""
+    rows, n = 8, 250_000
+    r = kernels.counter_uniforms(_key(2024), rows, n).double().numpy()
+    assert r.min() >= 0.0 and r.max() < 1.0
+    assert abs(r.mean() - 0.5) < 5 * math.sqrt(1 / 12 / r.size)
+    assert abs(r.var() - 1 / 12) < 5 * math.sqrt(1 / 180 / r.size)
+
+    def flat(counts):
+        expected = counts.sum() / counts.size
+        chi2 = float(((counts - expected) ** 2 / expected).sum())
+        dof = counts.size - 1
+        return chi2 < dof + 5 * math.sqrt(2 * dof), chi2, dof
+
+    ok, chi2, dof = flat(np.histogram(r, 100, (0.0, 1.0))[0])
+    assert ok, ("one-dimensional", chi2, dof)
+    for a, b, name in ((r[:, :-1], r[:, 1:], "along a row"), (r[:-1], r[1:], "across rows")):
+        counts = np.histogram2d(a.ravel(), b.ravel(), 20, [[0.0, 1.0], [0.0, 1.0]])[0]
+        ok, chi2, dof = flat(counts)
+        assert ok, (name, chi2, dof)
+    other = kernels.counter_uniforms(_key(2025), rows, n).double().numpy()
+    corr = np.corrcoef(r.ravel(), other.ravel())[0, 1]
+    assert abs(corr) < 5 / math.sqrt(r.size), corr
