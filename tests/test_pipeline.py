@@ -111,6 +111,24 @@ def test_bad_mc_settings_stop_the_chain_before_notebook_01(chain, tmp_path, over
     assert not out.exists()  # nothing ran, no run directory
 
 
+def test_bad_scanner_files_stop_the_chain_before_notebook_01(chain, tmp_path):
+    """A spectrum file that is missing or has a negative weight, and a bowtie file with no
+    angle >= 0, are refused before the first notebook runs, naming the file."""
+    bad_weight = tmp_path / "spectrum.csv"
+    bad_weight.write_text("energy_kev,weight\n20,1.0\n40,-0.5\n60,0.2\n")
+    bowtie = tmp_path / "bowtie.csv"
+    bowtie.write_text("fan_angle_deg,al_thickness_mm\n-20,10\n-10,5\n")
+    out = tmp_path / "run"
+    for override, text in [
+        (f"scanner.spectrum_file={tmp_path / 'missing.csv'}", r"missing\.csv"),
+        (f"scanner.spectrum_file={bad_weight}", r"spectrum\.csv"),
+        (f"scanner.bowtie={bowtie}", r"no fan angle >= 0"),
+    ]:
+        with pytest.raises(ConfigError, match=text):
+            run_chain("smoke", out, [override], notebooks=chain, progress=False)
+        assert not out.exists()
+
+
 def test_profile_command_refuses_bad_mc_settings(capsys):
     assert main(["profile", "smoke", "--set", "mc.n_photons=-5"]) == 2
     captured = capsys.readouterr()
