@@ -24,6 +24,7 @@ import math
 import numbers
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -584,6 +585,13 @@ def simulate(
         )
     dev = resolve_device(device)
     geometry.validate()
+    if not np.any(np.asarray(geometry.density_g_cm3) > 0):
+        warnings.warn(
+            f"simulate: the voxel grid {tuple(geometry.shape)} has no matter (every density is 0 g/cm^3): every "
+            "photon crosses it unscattered and the dose is 0 everywhere",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     if majorant == "auto":
         # the expected-track-length flights need no majorant; its weight window needs the blocks
         wants_block = estimator == "track_length" or (estimator == "expected_track_length" and weight_window)

@@ -161,3 +161,13 @@ def test_sum_with_sigma_of_known_batches():
     assert total == pytest.approx(5.0, rel=1e-12)
     assert sigma == pytest.approx(np.sqrt(5.0 / 3.0), rel=1e-12)
     assert np.isnan(replace(r, batch_energy_ev=None).sum_with_sigma(np.ones((1, 1, 1)))[1])
+
+
+def test_a_grid_without_matter_warns_and_gives_zero_dose():
+    """Vacuum everywhere is legal input but almost surely a mistake (densities in kg/m^3 read
+    as g/cm^3 and clipped, a wrong mask): the run warns, and every photon escapes."""
+    geo = _geo(density_g_cm3=np.zeros((4, 4, 4), np.float32))
+    with pytest.warns(RuntimeWarning, match=r"the voxel grid \(4, 4, 4\) has no matter"):
+        res = simulate(geo, _src(), 2000, n_batches=4, seed=1, device="cpu", compile=False)
+    assert res.deposited_energy_ev == 0.0 and not res.dose_gy.any()
+    assert res.escaped_energy_ev == pytest.approx(res.emitted_energy_ev)
