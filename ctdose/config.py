@@ -18,7 +18,7 @@ import yaml
 
 from .errors import ConfigError
 
-__all__ = ["Profile", "available_profiles", "load_profile", "parse_override"]
+__all__ = ["Profile", "available_profiles", "load_profile", "number_from_text", "parse_override"]
 
 
 def available_profiles() -> list[str]:
@@ -72,15 +72,23 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def number_from_text(value: Any) -> Any:
+    """A number written as text as a float (YAML 1.1 reads ``1e6`` as a string); anything else
+    as given."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _coerce(key: str, old: Any, new: Any) -> Any:
     """Check that an override has the type of the profile's value (ints may become floats)."""
     if old is None or new is None:
         return new
-    if isinstance(old, (int, float)) and not isinstance(old, bool) and isinstance(new, str):
-        try:  # YAML reads "1e6" as a string
-            new = float(new)
-        except ValueError:
-            pass
+    if isinstance(old, (int, float)) and not isinstance(old, bool):
+        new = number_from_text(new)
     if isinstance(old, bool):
         if isinstance(new, bool):
             return new

@@ -32,19 +32,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..config import number_from_text
 from ..errors import ConfigError, InputError
 
 __all__ = ["cases_to_run", "check_mc_profile", "run_cohort_mc", "simulate_case"]
-
-
-def _number(value: Any) -> Any:
-    """A number written as text (YAML 1.1 reads ``1e6`` as a string) as a float; anything else as given."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
 
 
 def _mc_cfg(cfg: Mapping[str, Any]) -> dict:
@@ -65,12 +56,13 @@ def _mc_cfg(cfg: Mapping[str, Any]) -> dict:
         raise ConfigError(f"{where}weight_window must be true or false, got {mc['weight_window']!r}")
     try:
         mc["n_photons"], mc["n_batches"], mc["estimator"], mc["energy_cutoff_kev"] = check_run_settings(
-            _number(mc["n_photons"]), _number(mc["n_batches"]), mc["estimator"], _number(mc["energy_cutoff_kev"]),
+            number_from_text(mc["n_photons"]), number_from_text(mc["n_batches"]), mc["estimator"],
+            number_from_text(mc["energy_cutoff_kev"]),
             where=where,
         )
     except InputError as exc:
         raise ConfigError(str(exc)) from None
-    n_workers = _as_int(_number(mc["n_workers"]))
+    n_workers = _as_int(number_from_text(mc["n_workers"]))
     if n_workers is None or n_workers < 1:
         raise ConfigError(f"{where}n_workers must be an integer >= 1, got {mc['n_workers']!r}")
     mc["n_workers"] = n_workers
