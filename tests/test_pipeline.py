@@ -102,6 +102,10 @@ def test_profile_command_prints_overridden_yaml(capsys):
         ("mc.n_batches=1", r"mc\.n_batches must be in \[2, n_photons\], got 1"),
         ("mc.energy_cutoff_kev=.nan", r"mc\.energy_cutoff_kev must be a finite number >= 1 keV, got nan"),
         ("device=tpu", r"profile 'smoke': device must be 'cpu', 'cuda', 'cuda:<n>' or 'auto', got 'tpu'"),
+        ("mc.ambient=unobtanium", r"profile 'smoke': mc\.ambient: medium 'unobtanium' unknown"),
+        ("mc.ctdi_photons=-5", r"mc\.ctdi_photons must be a positive integer, got -5"),
+        ("scanner.mode=spiral", r"mode must be 'axial' or 'helical', got 'spiral'"),
+        ("scanner.projections_per_rotation=0", r"projections_per_rotation must be a positive integer, got 0"),
     ],
 )
 def test_bad_mc_settings_stop_the_chain_before_notebook_01(chain, tmp_path, override, text):

@@ -40,7 +40,8 @@ __all__ = ["cases_to_run", "check_mc_profile", "run_cohort_mc", "simulate_case"]
 
 def _mc_cfg(cfg: Mapping[str, Any]) -> dict:
     """The profile's ``mc`` section with defaults, checked (:func:`ctdose.physics.mc.check_run_settings`)."""
-    from .mc import DEFAULT_CUTOFF_KEV, DEFAULT_ESTIMATOR, _as_int, check_run_settings
+    from .mc import (DEFAULT_CUTOFF_KEV, DEFAULT_ESTIMATOR, WINDOW_ESTIMATORS, _ambient_medium, _as_int,
+                     check_run_settings)
 
     mc = dict(cfg.get("mc", {}) or {})
     mc.setdefault("n_photons", 200000)
@@ -62,10 +63,22 @@ def _mc_cfg(cfg: Mapping[str, Any]) -> dict:
         )
     except InputError as exc:
         raise ConfigError(str(exc)) from None
+    if mc["weight_window"] and mc["estimator"] not in WINDOW_ESTIMATORS:
+        raise ConfigError(f"{where}weight_window needs the estimator {' or '.join(WINDOW_ESTIMATORS)}, got "
+                          f"{mc['estimator']!r}")
     n_workers = _as_int(number_from_text(mc["n_workers"]))
     if n_workers is None or n_workers < 1:
         raise ConfigError(f"{where}n_workers must be an integer >= 1, got {mc['n_workers']!r}")
     mc["n_workers"] = n_workers
+    if "ctdi_photons" in mc:  # notebook 02's CTDI check
+        ctdi_photons = _as_int(number_from_text(mc["ctdi_photons"]))
+        if ctdi_photons is None or ctdi_photons < 1:
+            raise ConfigError(f"{where}ctdi_photons must be a positive integer, got {mc['ctdi_photons']!r}")
+        mc["ctdi_photons"] = ctdi_photons
+    try:
+        _ambient_medium(mc["ambient"])
+    except InputError as exc:
+        raise ConfigError(f"{where}ambient: {str(exc).removeprefix('simulate: ambient ')}") from None
     return mc
 
 
@@ -76,7 +89,9 @@ def check_mc_profile(cfg: Mapping[str, Any], device_available: bool = False) -> 
     ----------
     cfg : Profile
         Uses ``mc.*`` (``n_photons``, ``n_batches``, ``estimator``, ``energy_cutoff_kev``,
-        ``n_workers``, ``weight_window``) and ``device``.
+        ``n_workers``, ``weight_window`` and the estimator it needs, ``ambient``, ``ctdi_photons``)
+        and ``device``. The protocol keys are checked by
+        :func:`ctdose.physics.scanner.check_protocol_profile`.
     device_available : bool
         Also require the device to be present on this machine (``cuda`` needs a GPU);
         otherwise only its name is checked.

@@ -394,7 +394,8 @@ def _ambient_medium(ambient):
         from ..materials import get_medium, media_names
 
         if ambient not in media_names():
-            raise InputError(f"simulate: ambient medium {ambient!r} unknown; use one of {', '.join(media_names())}")
+            raise InputError(f"simulate: ambient medium {ambient!r} unknown; use 'vacuum' (or None) or one of "
+                             f"{', '.join(media_names())}")
         return get_medium(ambient)
     if not getattr(ambient, "mass_fractions", None) or not ambient.density_g_cm3 > 0:
         raise InputError(f"simulate: ambient medium {getattr(ambient, 'name', ambient)!r} needs a composition and a density")

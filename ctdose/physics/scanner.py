@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from .._data import read_table
+from ..config import number_from_text
 from ..errors import ConfigError, InputError
 from ..materials import filter_medium
 from .spectrum import Spectrum, spectrum_from_csv, spekpy_spectrum
@@ -478,7 +479,16 @@ def scanner_from_profile(cfg: Mapping[str, Any]) -> CTScanner:
 
 
 def protocol_for_case(cfg: Mapping[str, Any], roi_z_mm: Sequence[float]) -> Protocol:
-    """The profile's protocol over a case's ROI ``(z_lo, z_hi)`` in mm."""
+    """The profile's protocol over a case's ROI ``(z_lo, z_hi)`` in mm.
+
+    Keys used (defaults in :data:`DEFAULT_SCANNER`): ``mode``, ``pitch``, ``start_angle_deg``,
+    ``tube_current_ma``, ``rotation_time_s``, ``projections_per_rotation``, ``rotation``.
+
+    Raises
+    ------
+    ConfigError
+        A value that cannot be used; the message names the key.
+    """
     s = _scanner_cfg(cfg)
     try:
         lo, hi = (float(v) for v in roi_z_mm)
@@ -489,12 +499,34 @@ def protocol_for_case(cfg: Mapping[str, Any], roi_z_mm: Sequence[float]) -> Prot
             mode=str(s["mode"]),
             z_start_mm=min(lo, hi),
             z_end_mm=max(lo, hi),
-            pitch=float(s["pitch"]),
-            start_angle_deg=float(s["start_angle_deg"]),
-            tube_current_ma=float(s["tube_current_ma"]),
-            rotation_time_s=float(s["rotation_time_s"]),
-            projections_per_rotation=int(s["projections_per_rotation"]),
+            pitch=_profile_number(s, "pitch"),
+            start_angle_deg=_profile_number(s, "start_angle_deg"),
+            tube_current_ma=_profile_number(s, "tube_current_ma"),
+            rotation_time_s=_profile_number(s, "rotation_time_s"),
+            projections_per_rotation=_profile_count(s, "projections_per_rotation"),
             rotation=str(s["rotation"]),
         )
     except InputError as exc:
         raise ConfigError(f"profile scanner section: {exc}") from None
+
+
+def check_protocol_profile(cfg: Mapping[str, Any]) -> None:
+    """Check a profile's protocol keys before any work (``ctdose run``, ``ctdose profile``):
+    :func:`protocol_for_case` over an empty ROI. Raises ConfigError naming the key."""
+    protocol_for_case(cfg, (0.0, 0.0))
+
+
+def _profile_number(s: Mapping[str, Any], key: str) -> float:
+    """``s[key]`` as a float (numbers written as text too); ConfigError naming the key."""
+    value = number_from_text(s[key])
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"profile scanner section: {key} must be a number, got {s[key]!r}")
+    return float(value)
+
+
+def _profile_count(s: Mapping[str, Any], key: str) -> int:
+    """``s[key]`` as a positive int (16, 16.0 or "16"; not 16.5); ConfigError naming the key."""
+    value = _profile_number(s, key)
+    if not (math.isfinite(value) and value.is_integer() and value >= 1):
+        raise ConfigError(f"profile scanner section: {key} must be a positive integer, got {s[key]!r}")
+    return int(value)

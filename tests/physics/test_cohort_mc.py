@@ -145,6 +145,11 @@ def test_shipped_profiles_pass_the_up_front_check(name):
         ({"mc.energy_cutoff_kev": 0.5}, r"mc\.energy_cutoff_kev must be a finite number >= 1 keV, got 0\.5"),
         ({"mc.n_workers": 0}, r"mc\.n_workers must be an integer >= 1, got 0"),
         ({"device": "tpu"}, r"profile 'smoke': device must be 'cpu', 'cuda', 'cuda:<n>' or 'auto', got 'tpu'"),
+        ({"mc.ambient": "unobtanium"}, r"profile 'smoke': mc\.ambient: medium 'unobtanium' unknown; use 'vacuum'"),
+        ({"mc.ctdi_photons": -5}, r"profile 'smoke': mc\.ctdi_photons must be a positive integer, got -5"),
+        ({"mc.ctdi_photons": 0}, r"mc\.ctdi_photons must be a positive integer, got 0"),
+        ({"mc.weight_window": True, "mc.estimator": "collision"},
+         r"mc\.weight_window needs the estimator expected_track_length or track_length, got 'collision'"),
     ],
 )
 def test_bad_mc_settings_are_refused_up_front_naming_the_key(override, message):
@@ -154,8 +159,20 @@ def test_bad_mc_settings_are_refused_up_front_naming_the_key(override, message):
 
 def test_profile_numbers_written_as_text_are_read():
     # YAML 1.1 reads 1e6 (without a dot) as a string
-    cfg = {"name": "file", "mc": {"n_photons": "1e6", "n_batches": "10"}}
+    cfg = {"name": "file", "mc": {"n_photons": "1e6", "n_batches": "10", "ctdi_photons": "1e6"}}
     check_mc_profile(cfg)
+
+
+@pytest.mark.parametrize("ambient", [None, "vacuum", "air", "lung"])
+def test_vacuum_and_known_ambient_media_are_accepted(ambient):
+    check_mc_profile(load_profile("smoke", {"mc.ambient": ambient}))
+
+
+def test_a_profile_file_with_a_fractional_ctdi_photon_count_is_refused():
+    """A YAML file is not type-checked against a shipped profile as ``--set`` is."""
+    cfg = {"name": "file", "mc": {"n_photons": 1000, "ctdi_photons": 2.5}}
+    with pytest.raises(ConfigError, match=r"profile 'file': mc\.ctdi_photons must be a positive integer, got 2\.5"):
+        check_mc_profile(cfg)
 
 
 def test_a_missing_cuda_device_is_refused_only_when_asked():

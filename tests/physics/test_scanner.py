@@ -13,6 +13,7 @@ from ctdose.physics.scanner import (
     CTScanner,
     Protocol,
     bowtie_from_csv,
+    check_protocol_profile,
     generic_body_bowtie,
     protocol_for_case,
     scanner_from_profile,
@@ -147,6 +148,40 @@ def test_scanner_and_protocol_from_profile():
     p = protocol_for_case(cfg, (50.0, -30.0))
     assert (p.z_start_mm, p.z_end_mm) == (-30.0, 50.0)
     assert p.projections_per_rotation == cfg["scanner"]["projections_per_rotation"]
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("projections_per_rotation", 2.5, r"projections_per_rotation must be a positive integer, got 2\.5"),
+        ("projections_per_rotation", 0, r"projections_per_rotation must be a positive integer, got 0"),
+        ("projections_per_rotation", "many", r"projections_per_rotation must be a number, got 'many'"),
+        ("pitch", "abc", r"pitch must be a number, got 'abc'"),
+        ("pitch", True, r"pitch must be a number, got True"),
+        ("pitch", 0.0, r"pitch must be > 0, got 0\.0"),
+        ("rotation_time_s", -1.0, r"rotation_time_s must be > 0"),
+        ("tube_current_ma", float("nan"), r"tube_current_ma must be > 0, got nan"),
+        ("start_angle_deg", float("inf"), r"start_angle_deg must be finite"),
+        ("mode", "spiral", r"mode must be 'axial' or 'helical', got 'spiral'"),
+        ("rotation", "stepwise", r"rotation must be 'continuous' or 'discrete', got 'stepwise'"),
+    ],
+)
+def test_bad_protocol_keys_of_a_profile_file_are_refused_naming_the_key(key, value, message):
+    """Values a YAML file may hold (``--set`` checks types against the shipped profile; a file
+    does not): each is refused up front, naming the key. A fractional projection count used to
+    be truncated (2.5 projections ran as 2)."""
+    cfg = load_profile("smoke")
+    cfg["scanner"][key] = value
+    with pytest.raises(ConfigError, match=message):
+        check_protocol_profile(cfg)
+
+
+def test_protocol_numbers_written_as_text_are_read():
+    cfg = load_profile("smoke")
+    cfg["scanner"].update(pitch="1.5", projections_per_rotation="8", mode="helical")
+    check_protocol_profile(cfg)
+    p = protocol_for_case(cfg, (0.0, 100.0))
+    assert p.pitch == 1.5 and p.projections_per_rotation == 8 and type(p.projections_per_rotation) is int
 
 
 def test_bad_profile_values():
