@@ -37,7 +37,6 @@ compaction, the source and Python.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -53,7 +52,6 @@ from ctdose.materials import get_medium  # noqa: E402
 from ctdose.physics import transport, void  # noqa: E402
 from ctdose.physics.mc import simulate  # noqa: E402
 from ctdose.physics.sources import PointSource  # noqa: E402
-from ctdose.physics.tg195 import tg195_spectrum  # noqa: E402
 from ctdose.physics.xsection import mass_coefficients  # noqa: E402
 
 #: ``(_FUSED_INTERACTION_MIN_REAL, _SITES_PER_CALL_MAX_REAL, void flights)`` that force each step
@@ -66,12 +64,7 @@ _REFERENCE_ENERGY_KEV = 60.0
 
 def _source(geo) -> PointSource:
     """The one-projection fan source of ``bench_mc`` for ``geo``."""
-    _, ssd, hx, hz = bench_mc._opening(geo)
-    z_mid = geo.origin_mm[0] + (geo.shape[0] - 1) / 2 * geo.spacing_mm[0]
-    x_mid = geo.origin_mm[2] + (geo.shape[2] - 1) / 2 * geo.spacing_mm[2]
-    return PointSource((x_mid, -bench_mc.SOURCE_TO_AXIS_MM, z_mid), (0, 1, 0), spectrum=tg195_spectrum(),
-                       collimation="fan", half_angles_rad=(math.atan(hx / ssd), math.atan(hz / ssd)),
-                       fan_axis=(1, 0, 0), sampling="plane")
+    return bench_mc.projection_source(geo)
 
 
 _VOID_DISTANCE = void.void_distance_mm

@@ -115,12 +115,20 @@ def _opening(geo: VoxelGeometry):
     return y_face, ssd, half_x, half_z
 
 
-def ours(geo, body, n, workers, device="cpu", seed=0, estimator="expected_track_length", weight_window=False):
-    y_face, ssd, hx, hz = _opening(geo)
+def projection_source(geo: VoxelGeometry) -> PointSource:
+    """The benchmark's one projection: a 120 kVp (TG-195) point source ``SOURCE_TO_AXIS_MM``
+    from the grid's axis whose rectangular opening on the entrance face covers the grid
+    (sampled by area, as ompMC's collimated source is)."""
+    _, ssd, hx, hz = _opening(geo)
     z_mid = geo.origin_mm[0] + (geo.shape[0] - 1) / 2 * geo.spacing_mm[0]
     x_mid = geo.origin_mm[2] + (geo.shape[2] - 1) / 2 * geo.spacing_mm[2]
-    src = PointSource((x_mid, -SOURCE_TO_AXIS_MM, z_mid), (0, 1, 0), spectrum=tg195_spectrum(), collimation="fan",
-                      half_angles_rad=(math.atan(hx / ssd), math.atan(hz / ssd)), fan_axis=(1, 0, 0), sampling="plane")
+    return PointSource((x_mid, -SOURCE_TO_AXIS_MM, z_mid), (0, 1, 0), spectrum=tg195_spectrum(), collimation="fan",
+                       half_angles_rad=(math.atan(hx / ssd), math.atan(hz / ssd)), fan_axis=(1, 0, 0),
+                       sampling="plane")
+
+
+def ours(geo, body, n, workers, device="cpu", seed=0, estimator="expected_track_length", weight_window=False):
+    src = projection_source(geo)
     # warm-up: tables, kernel compilation, worker processes
     kw = dict(n_batches=10, seed=seed, device=device, workers=workers, estimator=estimator, weight_window=weight_window)
     simulate(geo, src, min(n, 40000), **kw)
