@@ -171,3 +171,43 @@ def test_a_grid_without_matter_warns_and_gives_zero_dose():
         res = simulate(geo, _src(), 2000, n_batches=4, seed=1, device="cpu", compile=False)
     assert res.deposited_energy_ev == 0.0 and not res.dose_gy.any()
     assert res.escaped_energy_ev == pytest.approx(res.emitted_energy_ev)
+
+
+@pytest.mark.parametrize("estimator, weight_window", [("expected_track_length", False), ("expected_track_length", True),
+                                                       ("collision", False), ("track_length", False)])
+def test_batch_uncertainty_matches_the_spread_between_independent_runs(estimator, weight_window):
+    """The batch method's standard error is only right if the batches are independent (though
+    they share one photon pool, the kernels' random numbers, one scrambled Sobol' sequence per
+    batch and, with weight windows, one pilot run) and if a region's error keeps the voxels'
+    covariance. 100 runs with their own seeds: the spread of the energy in a bone core and in
+    the water around it across the runs (standard deviation) equals the runs' own batch
+    standard error (root mean square) within the statistics of 100 runs (the sample standard
+    deviation's relative error is about 0.07, more for the skewed deposits in bone; these seeds
+    give 0.91-1.18; 800 runs of the default estimator gave 0.92-1.04 over five regions). Summing
+    the voxels' errors in quadrature instead (no covariance) gives 1.99 and fails; all batches
+    of a run sharing one Sobol' scramble gave 1.06-1.26 in 30-60 runs, too little to resolve."""
+    from ctdose.physics.tg195 import tg195_spectrum
+
+    mi = np.zeros((12, 12, 12), np.uint8)
+    mi[4:8, 4:8, 4:8] = 1
+    media = [get_medium("water"), get_medium("spine_bone")]
+    rho = np.array([m.density_g_cm3 for m in media], np.float32)[mi]
+    geo = VoxelGeometry(mi, rho, media, (4.0, 4.0, 4.0), (-22.0, -22.0, -22.0))
+    src = PointSource((0, 0, -300.0), (0, 0, 1), spectrum=tg195_spectrum(), collimation="fan",
+                      half_angles_rad=(0.08, 0.08), fan_axis=(1, 0, 0))
+    regions = {"bone": mi == 1, "water": mi == 0}
+    sums = {k: [] for k in regions}
+    sigmas = {k: [] for k in regions}
+    for seed in range(100):
+        res = simulate(geo, src, 10_000, n_batches=10, seed=seed, estimator=estimator, weight_window=weight_window,
+                       keep_batches=True, device="cpu")
+        for name, mask in regions.items():
+            total, sigma = res.sum_with_sigma(mask.astype(float))
+            sums[name].append(total)
+            sigmas[name].append(sigma)
+    for name in regions:
+        spread = float(np.std(sums[name], ddof=1))
+        reported = float(np.sqrt(np.mean(np.square(sigmas[name]))))
+        print(f"{estimator}{' + window' if weight_window else ''}, {name}: spread between runs {spread:.4g}, "
+              f"batch standard error {reported:.4g} eV per photon, ratio {spread / reported:.2f}")
+        assert 0.7 < spread / reported < 1.4, (name, spread, reported)
