@@ -185,7 +185,8 @@ def test_batch_uncertainty_matches_the_spread_between_independent_runs(estimator
     deviation's relative error is about 0.07, more for the skewed deposits in bone; these seeds
     give 0.91-1.18; 800 runs of the default estimator gave 0.92-1.04 over five regions). Summing
     the voxels' errors in quadrature instead (no covariance) gives 1.99 and fails; all batches
-    of a run sharing one Sobol' scramble gave 1.06-1.26 in 30-60 runs, too little to resolve."""
+    of a run sharing one Sobol' scramble gave 1.06-1.26 in 30-60 runs, too little to resolve
+    here (``test_quasi_random`` catches that one directly)."""
     from ctdose.physics.tg195 import tg195_spectrum
 
     mi = np.zeros((12, 12, 12), np.uint8)
