@@ -23,6 +23,8 @@ in the body.
 
 from __future__ import annotations
 
+import math
+import numbers
 import sys
 import time
 import zlib
@@ -89,8 +91,9 @@ def check_mc_profile(cfg: Mapping[str, Any], device_available: bool = False) -> 
     ----------
     cfg : Profile
         Uses ``mc.*`` (``n_photons``, ``n_batches``, ``estimator``, ``energy_cutoff_kev``,
-        ``n_workers``, ``weight_window`` and the estimator it needs, ``ambient``, ``ctdi_photons``)
-        and ``device``. The protocol keys are checked by
+        ``n_workers``, ``weight_window`` and the estimator it needs, ``ambient``, ``ctdi_photons``),
+        the kerma inputs (``inputs.kerma_modes``, ``kerma_grid_mm``, ``kerma_ray_step_mm``,
+        ``kerma_density_set``) and ``device``. The protocol keys are checked by
         :func:`ctdose.physics.scanner.check_protocol_profile`.
     device_available : bool
         Also require the device to be present on this machine (``cuda`` needs a GPU);
@@ -106,6 +109,8 @@ def check_mc_profile(cfg: Mapping[str, Any], device_available: bool = False) -> 
     from .mc import check_device_name, resolve_device
 
     _mc_cfg(cfg)
+    _kerma_modes(cfg)
+    _check_kerma_inputs(cfg)
     device = cfg.get("device", "auto")
     where = f"profile {cfg['name']!r}: " if cfg.get("name") else ""
     try:
@@ -117,11 +122,37 @@ def check_mc_profile(cfg: Mapping[str, Any], device_available: bool = False) -> 
 
 
 def _kerma_modes(cfg: Mapping[str, Any]) -> list[str]:
-    modes = list((cfg.get("inputs", {}) or {}).get("kerma_modes", []) or [])
+    modes = (cfg.get("inputs", {}) or {}).get("kerma_modes", []) or []
+    if isinstance(modes, str) or not isinstance(modes, Sequence):
+        raise ConfigError(f"{_inputs_where(cfg)}kerma_modes must be a list of modes (cylinder, patient), "
+                          f"got {modes!r}")
     for m in modes:
         if m not in ("cylinder", "patient"):
-            raise ConfigError(f"inputs.kerma_modes: unknown mode {m!r} (cylinder, patient)")
-    return modes
+            raise ConfigError(f"{_inputs_where(cfg)}kerma_modes: unknown mode {m!r} (cylinder, patient)")
+    return list(modes)
+
+
+def _inputs_where(cfg: Mapping[str, Any]) -> str:
+    return f"profile {cfg['name']!r}: inputs." if cfg.get("name") else "inputs."
+
+
+def _check_kerma_inputs(cfg: Mapping[str, Any]) -> None:
+    """``inputs.kerma_grid_mm`` (null or > 0), ``kerma_ray_step_mm`` (null or > 0) and
+    ``kerma_density_set`` (one of :data:`ctdose.materials.DENSITY_SETS`, null for paper):
+    ConfigError naming the key."""
+    from ..materials import DENSITY_SETS
+
+    inputs = cfg.get("inputs", {}) or {}
+    where = _inputs_where(cfg)
+    for key in ("kerma_grid_mm", "kerma_ray_step_mm"):
+        value = number_from_text(inputs.get(key))
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{where}{key} must be a number > 0 (mm) or null, got {inputs.get(key)!r}")
+    density_set = inputs.get("kerma_density_set") or "paper"
+    if density_set not in DENSITY_SETS:
+        raise ConfigError(f"{where}kerma_density_set must be one of {', '.join(DENSITY_SETS)}, got {density_set!r}")
 
 
 def case_seed(base_seed: int, case_id: str) -> int:
@@ -227,7 +258,7 @@ def simulate_case(
                     device=device,
                     density_set=str(inputs.get("kerma_density_set") or "paper"),
                     grid_mm=float(inputs.get("kerma_grid_mm") or DEFAULT_GRID_MM),
-                    ray_step_mm=inputs.get("kerma_ray_step_mm"),
+                    ray_step_mm=number_from_text(inputs.get("kerma_ray_step_mm")),
                     progress=False,
                 ),
                 dtype=np.float32,

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 import os
 import sys
 from collections.abc import Sequence
@@ -52,6 +53,7 @@ import torch.nn.functional as F
 from scipy.constants import electron_volt
 from tqdm.auto import tqdm
 
+from ..config import number_from_text
 from ..errors import InputError
 from ..materials import Medium, get_medium, medium_of_label as _organs_medium_of_label
 from .scanner import CTScanner, Protocol, SourcePositions
@@ -523,12 +525,15 @@ def kerma_map(
     Raises
     ------
     InputError
-        Unknown mode, bad grid, missing or mismatched labels, labels without a medium.
+        Unknown mode, bad grid or ray step, missing or mismatched labels, labels without a medium.
     """
     if mode not in ("cylinder", "patient"):
         raise InputError(f"kerma_map: mode must be 'cylinder' or 'patient', got {mode!r}")
     if not (math.isfinite(grid_mm) and grid_mm > 0):
         raise InputError(f"kerma_map: grid_mm must be > 0, got {grid_mm}")
+    if ray_step_mm is not None and (isinstance(ray_step_mm, bool) or not isinstance(ray_step_mm, numbers.Real)
+                                    or not (math.isfinite(ray_step_mm) and ray_step_mm > 0)):
+        raise InputError(f"kerma_map: ray_step_mm must be None or a number > 0 (mm), got {ray_step_mm!r}")
     dev = torch.device(device)
     grid = _Grid(shape, spacing_mm, origin_mm, dev)
     if positions is None:
@@ -585,6 +590,6 @@ def case_kerma_map(cfg, case, mode: str, device: str | torch.device = "cpu", pro
         labels=labels, device=device,
         density_set=str(inputs.get("kerma_density_set") or "paper"),
         grid_mm=float(inputs.get("kerma_grid_mm") or DEFAULT_GRID_MM),
-        ray_step_mm=inputs.get("kerma_ray_step_mm"),
+        ray_step_mm=number_from_text(inputs.get("kerma_ray_step_mm")),
         progress=progress,
     )

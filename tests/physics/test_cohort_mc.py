@@ -148,6 +148,13 @@ def test_shipped_profiles_pass_the_up_front_check(name):
         ({"mc.ambient": "unobtanium"}, r"profile 'smoke': mc\.ambient: medium 'unobtanium' unknown; use 'vacuum'"),
         ({"mc.ctdi_photons": -5}, r"profile 'smoke': mc\.ctdi_photons must be a positive integer, got -5"),
         ({"mc.ctdi_photons": 0}, r"mc\.ctdi_photons must be a positive integer, got 0"),
+        ({"inputs.kerma_modes": ["cylinder", "sphere"]},
+         r"profile 'smoke': inputs\.kerma_modes: unknown mode 'sphere'"),
+        ({"inputs.kerma_grid_mm": -2.0}, r"profile 'smoke': inputs\.kerma_grid_mm must be a number > 0 \(mm\) or null"),
+        ({"inputs.kerma_ray_step_mm": -1.0}, r"inputs\.kerma_ray_step_mm must be a number > 0 \(mm\) or null, got -1"),
+        ({"inputs.kerma_ray_step_mm": "abc"}, r"inputs\.kerma_ray_step_mm must be a number > 0 \(mm\) or null"),
+        ({"inputs.kerma_density_set": "icru44"},
+         r"inputs\.kerma_density_set must be one of paper, icru46, got 'icru44'"),
         ({"mc.weight_window": True, "mc.estimator": "collision"},
          r"mc\.weight_window needs the estimator expected_track_length or track_length, got 'collision'"),
     ],
@@ -166,6 +173,14 @@ def test_profile_numbers_written_as_text_are_read():
 @pytest.mark.parametrize("ambient", [None, "vacuum", "air", "lung"])
 def test_vacuum_and_known_ambient_media_are_accepted(ambient):
     check_mc_profile(load_profile("smoke", {"mc.ambient": ambient}))
+
+
+def test_a_profile_file_with_one_kerma_mode_not_in_a_list_is_refused():
+    """A YAML file's ``kerma_modes: patient`` (``--set`` refuses it by type) would be read as
+    the modes 'p', 'a', 't', ..."""
+    cfg = {"name": "file", "mc": {"n_photons": 1000}, "inputs": {"kerma_modes": "patient"}}
+    with pytest.raises(ConfigError, match=r"profile 'file': inputs\.kerma_modes must be a list of modes"):
+        check_mc_profile(cfg)
 
 
 def test_a_profile_file_with_a_fractional_ctdi_photon_count_is_refused():

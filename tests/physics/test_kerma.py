@@ -142,6 +142,10 @@ def test_bad_input(scanner):
                   medium_of_label=["air"])
     with pytest.raises(InputError, match="spacing"):
         kerma_map("cylinder", (1, 1, 1), (0, 1, 1), (0, 0, 0), scanner, p)
+    for step in (-1.0, 0.0, float("nan"), "2"):  # a negative step used to fail deep in the ray set-up
+        with pytest.raises(InputError, match=r"ray_step_mm must be None or a number > 0 \(mm\), got"):
+            kerma_map("patient", (1, 1, 1), (1, 1, 1), (0, 0, 0), scanner, p, labels=np.zeros((1, 1, 1), np.uint8),
+                      medium_of_label=["air"], ray_step_mm=step)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
