@@ -209,14 +209,17 @@ def run_chain(
 
 
 def _check_values(cfg, device_available: bool) -> None:
-    """Refuse out-of-range Monte Carlo settings, protocol keys and unknown devices of a loaded
-    profile (ConfigError). ``device_available`` (the chain runs here): the device must exist, and the
-    scanner is built (its spectrum and bowtie files read and checked)."""
+    """Refuse out-of-range Monte Carlo settings, protocol keys, training settings and unknown
+    devices of a loaded profile (ConfigError). ``device_available`` (the chain runs here): the
+    device must exist, and the scanner is built (its spectrum and bowtie files read and
+    checked)."""
+    from .learn.settings import check_train_profile
     from .physics.cohort_mc import check_mc_profile
     from .physics.scanner import check_protocol_profile
 
     check_mc_profile(cfg, device_available=device_available)
     check_protocol_profile(cfg)
+    check_train_profile(cfg)
     if device_available:
         from .physics.scanner import scanner_from_profile
 

@@ -107,6 +107,7 @@ def test_profile_command_prints_overridden_yaml(capsys):
         ("scanner.mode=spiral", r"mode must be 'axial' or 'helical', got 'spiral'"),
         ("scanner.projections_per_rotation=0", r"projections_per_rotation must be a positive integer, got 0"),
         ("inputs.kerma_density_set=icru44", r"inputs\.kerma_density_set must be one of paper, icru46"),
+        ("train.epochs=0", r"profile 'smoke': train\.epochs must be a positive integer, got 0"),
     ],
 )
 def test_bad_mc_settings_stop_the_chain_before_notebook_01(chain, tmp_path, override, text):

@@ -29,12 +29,10 @@ import torch
 
 from ..errors import ConfigError
 from .loss import MC_UNCERTAINTY_FRACTION, masked_nll_loss
+from .settings import LR_SCHEDULES
 from .unet import UNet3d
 
 __all__ = ["LR_SCHEDULES", "DoseModule"]
-
-LR_SCHEDULES = ("constant", "cosine")
-"""Learning-rate schedules: constant, or cosine annealing from the initial rate to 0 over the epochs."""
 
 
 class DoseModule(L.LightningModule):
