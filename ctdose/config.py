@@ -9,16 +9,19 @@ Unknown keys and values of the wrong type are refused with a :class:`ConfigError
 from __future__ import annotations
 
 import copy
+import math
+import numbers
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from .errors import ConfigError
 
-__all__ = ["Profile", "available_profiles", "load_profile", "number_from_text", "parse_override"]
+__all__ = ["Profile", "as_int", "as_real", "available_profiles", "load_profile", "number_from_text", "parse_override"]
 
 
 def available_profiles() -> list[str]:
@@ -81,6 +84,32 @@ def number_from_text(value: Any) -> Any:
         except ValueError:
             return value
     return value
+
+
+def as_int(value: Any) -> int | None:
+    """``value`` as an int if it is an integer (Python, numpy, or an integral finite float), else
+    None (text too: pass it through :func:`number_from_text` first to read it)."""
+    value = _scalar(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    v = float(value)
+    return int(v) if math.isfinite(v) and v.is_integer() else None
+
+
+def as_real(value: Any) -> float | None:
+    """``value`` as a finite float if it is a real number (not a bool), else None."""
+    value = _scalar(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    v = float(value)
+    return v if math.isfinite(v) else None
+
+
+def _scalar(value: Any) -> Any:
+    """A 0-d numpy array's item; anything else as given."""
+    return value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value
 
 
 def _coerce(key: str, old: Any, new: Any) -> Any:

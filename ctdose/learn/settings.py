@@ -8,12 +8,10 @@ integers, fractions lie in their intervals, the schedule is a known one) and nam
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Mapping
 from typing import Any
 
-from ..config import number_from_text
+from ..config import as_int, as_real, number_from_text
 from ..errors import ConfigError
 
 __all__ = ["LR_SCHEDULES", "check_train_profile"]
@@ -80,17 +78,12 @@ def check_train_profile(cfg: Mapping[str, Any]) -> None:
 
 def _real(value: Any) -> float | None:
     """``value`` (a number, or one written as text) as a finite float, else None."""
-    value = number_from_text(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+    return as_real(number_from_text(value))
 
 
 def _integer(value: Any) -> int | None:
     """``value`` as an int if it is integral (16, 16.0, "16"; not 16.5), else None."""
-    real = _real(value)
-    return int(real) if real is not None and real.is_integer() else None
+    return as_int(number_from_text(value))
 
 
 def _in_range(value: Any, low: float, high: float, upper_closed: bool = False) -> bool:

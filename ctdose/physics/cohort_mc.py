@@ -23,8 +23,6 @@ in the body.
 
 from __future__ import annotations
 
-import math
-import numbers
 import sys
 import time
 import zlib
@@ -92,9 +90,9 @@ def check_mc_profile(cfg: Mapping[str, Any], device_available: bool = False) -> 
     cfg : Profile
         Uses ``mc.*`` (``n_photons``, ``n_batches``, ``estimator``, ``energy_cutoff_kev``,
         ``n_workers``, ``weight_window`` and the estimator it needs, ``ambient``, ``ctdi_photons``),
-        the kerma inputs (``inputs.kerma_modes``, ``kerma_grid_mm``, ``kerma_ray_step_mm``,
-        ``kerma_density_set``) and ``device``. The protocol keys are checked by
-        :func:`ctdose.physics.scanner.check_protocol_profile`.
+        the kerma inputs (``inputs.kerma_modes``; ``kerma_grid_mm``, ``kerma_ray_step_mm`` and
+        ``kerma_density_set`` by :func:`ctdose.physics.kerma.kerma_settings`) and ``device``.
+        The protocol keys are checked by :func:`ctdose.physics.scanner.check_protocol_profile`.
     device_available : bool
         Also require the device to be present on this machine (``cuda`` needs a GPU);
         otherwise only its name is checked.
@@ -109,8 +107,10 @@ def check_mc_profile(cfg: Mapping[str, Any], device_available: bool = False) -> 
     from .mc import check_device_name, resolve_device
 
     _mc_cfg(cfg)
+    from .kerma import kerma_settings
+
     _kerma_modes(cfg)
-    _check_kerma_inputs(cfg)
+    kerma_settings(cfg)
     device = cfg.get("device", "auto")
     where = f"profile {cfg['name']!r}: " if cfg.get("name") else ""
     try:
@@ -134,25 +134,6 @@ def _kerma_modes(cfg: Mapping[str, Any]) -> list[str]:
 
 def _inputs_where(cfg: Mapping[str, Any]) -> str:
     return f"profile {cfg['name']!r}: inputs." if cfg.get("name") else "inputs."
-
-
-def _check_kerma_inputs(cfg: Mapping[str, Any]) -> None:
-    """``inputs.kerma_grid_mm`` (null or > 0), ``kerma_ray_step_mm`` (null or > 0) and
-    ``kerma_density_set`` (one of :data:`ctdose.materials.DENSITY_SETS`, null for paper):
-    ConfigError naming the key."""
-    from ..materials import DENSITY_SETS
-
-    inputs = cfg.get("inputs", {}) or {}
-    where = _inputs_where(cfg)
-    for key in ("kerma_grid_mm", "kerma_ray_step_mm"):
-        value = number_from_text(inputs.get(key))
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
-            raise ConfigError(f"{where}{key} must be a number > 0 (mm) or null, got {inputs.get(key)!r}")
-    density_set = inputs.get("kerma_density_set") or "paper"
-    if density_set not in DENSITY_SETS:
-        raise ConfigError(f"{where}kerma_density_set must be one of {', '.join(DENSITY_SETS)}, got {density_set!r}")
 
 
 def case_seed(base_seed: int, case_id: str) -> int:
@@ -194,7 +175,7 @@ def simulate_case(
     """
     import xarray as xr
 
-    from .kerma import DEFAULT_GRID_MM, kerma_map
+    from .kerma import kerma_map, kerma_settings
     from .mc import geometry_from_case, simulate
     from .scanner import protocol_for_case, scanner_from_profile
     from .sources import CTSource
@@ -242,7 +223,6 @@ def simulate_case(
             mc_mean_rel_sigma_body=rel_body,
             mc_unit="Gy per mAs of one rotation (tube current x rotation time)",
         )
-    inputs = cfg.get("inputs", {})
     for name in missing:
         if name.startswith("kerma_"):
             mode = name[len("kerma_"):]
@@ -256,9 +236,7 @@ def simulate_case(
                     protocol,
                     labels=np.asarray(labels),
                     device=device,
-                    density_set=str(inputs.get("kerma_density_set") or "paper"),
-                    grid_mm=float(inputs.get("kerma_grid_mm") or DEFAULT_GRID_MM),
-                    ray_step_mm=number_from_text(inputs.get("kerma_ray_step_mm")),
+                    **kerma_settings(cfg),
                     progress=False,
                 ),
                 dtype=np.float32,

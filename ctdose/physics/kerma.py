@@ -44,8 +44,9 @@ import math
 import numbers
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,8 +54,8 @@ import torch.nn.functional as F
 from scipy.constants import electron_volt
 from tqdm.auto import tqdm
 
-from ..config import number_from_text
-from ..errors import InputError
+from ..config import as_real, number_from_text
+from ..errors import ConfigError, InputError
 from ..materials import Medium, get_medium, medium_of_label as _organs_medium_of_label
 from .scanner import CTScanner, Protocol, SourcePositions
 from .spectrum import Spectrum
@@ -66,6 +67,7 @@ __all__ = [
     "case_kerma_map",
     "kerma_map",
     "kerma_per_mas_unattenuated",
+    "kerma_settings",
 ]
 
 #: radius of the paper's water cylinder (32 cm body CTDI phantom diameter)
@@ -583,13 +585,40 @@ def case_kerma_map(cfg, case, mode: str, device: str | torch.device = "cpu", pro
     roi = attrs.get("roi_z_mm")
     if roi is None:
         roi = (origin[0], origin[0] + spacing[0] * (shape[0] - 1))
-    inputs = cfg.get("inputs", {}) if hasattr(cfg, "get") else {}
     labels = np.asarray(case["labels"].values) if mode == "patient" else None
     return kerma_map(
         mode, shape, spacing, origin, scanner_from_profile(cfg), protocol_for_case(cfg, roi),
         labels=labels, device=device,
-        density_set=str(inputs.get("kerma_density_set") or "paper"),
-        grid_mm=float(inputs.get("kerma_grid_mm") or DEFAULT_GRID_MM),
-        ray_step_mm=number_from_text(inputs.get("kerma_ray_step_mm")),
+        **kerma_settings(cfg),
         progress=progress,
     )
+
+
+def kerma_settings(cfg: Mapping[str, Any]) -> dict:
+    """The profile's ``inputs.kerma_density_set`` (null: ``paper``), ``kerma_grid_mm`` (null:
+    :data:`DEFAULT_GRID_MM`) and ``kerma_ray_step_mm`` (null: the smallest voxel spacing) as
+    :func:`kerma_map`'s ``density_set``, ``grid_mm`` and ``ray_step_mm``; numbers written as
+    text are read.
+
+    Raises
+    ------
+    ConfigError
+        A density set that is not one of :data:`ctdose.materials.DENSITY_SETS`, or a length
+        that is not a number > 0; the message names the profile and the key.
+    """
+    from ..materials import DENSITY_SETS
+
+    inputs = cfg.get("inputs", {}) or {}
+    where = f"profile {cfg['name']!r}: inputs." if cfg.get("name") else "inputs."
+    lengths = {}
+    for key in ("kerma_grid_mm", "kerma_ray_step_mm"):
+        value = number_from_text(inputs.get(key))
+        real = None if value is None else as_real(value)
+        if value is not None and (real is None or real <= 0):
+            raise ConfigError(f"{where}{key} must be a number > 0 (mm) or null, got {inputs.get(key)!r}")
+        lengths[key] = real
+    density_set = inputs.get("kerma_density_set") or "paper"
+    if density_set not in DENSITY_SETS:
+        raise ConfigError(f"{where}kerma_density_set must be one of {', '.join(DENSITY_SETS)}, got {density_set!r}")
+    return dict(density_set=str(density_set), grid_mm=lengths["kerma_grid_mm"] or DEFAULT_GRID_MM,
+                ray_step_mm=lengths["kerma_ray_step_mm"])

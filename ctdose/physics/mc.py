@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..config import as_int as _as_int, as_real as _as_real
 from ..errors import InputError
 from .transport import WINDOW_ESTIMATORS, TransportGrid, TransportTally, enter_grid, prepare_transport, run_transport
 from .quasi_random import SOURCE_SAMPLING
@@ -348,28 +349,6 @@ def check_run_settings(
             f"{where}energy_cutoff_kev must be a finite number >= {MIN_CUTOFF_KEV:g} keV, got {energy_cutoff_kev!r}"
         )
     return n_photons, n_batches, estimator, cutoff
-
-
-def _as_int(value) -> int | None:
-    """``value`` as an int if it is an integer (Python, numpy, or an integral finite float), else None."""
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    v = float(value)
-    return int(v) if math.isfinite(v) and v.is_integer() else None
-
-
-def _as_real(value) -> float | None:
-    """``value`` as a finite float if it is a real number (not a bool), else None."""
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    v = float(value)
-    return v if math.isfinite(v) else None
 
 
 def _check_source_reaches(geometry: VoxelGeometry, grid: TransportGrid, source, device) -> None:

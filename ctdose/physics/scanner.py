@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from .._data import read_table
-from ..config import number_from_text
+from ..config import as_int, number_from_text
 from ..errors import ConfigError, InputError
 from ..materials import filter_medium
 from .spectrum import Spectrum, spectrum_from_csv, spekpy_spectrum
@@ -526,7 +526,7 @@ def _profile_number(s: Mapping[str, Any], key: str) -> float:
 
 def _profile_count(s: Mapping[str, Any], key: str) -> int:
     """``s[key]`` as a positive int (16, 16.0 or "16"; not 16.5); ConfigError naming the key."""
-    value = _profile_number(s, key)
-    if not (math.isfinite(value) and value.is_integer() and value >= 1):
+    value = as_int(_profile_number(s, key))
+    if value is None or value < 1:
         raise ConfigError(f"profile scanner section: {key} must be a positive integer, got {s[key]!r}")
-    return int(value)
+    return value
