@@ -2,8 +2,10 @@
 
 One case folder ``<dir>/<case>/`` holds ``ct.nii.gz`` (or a ``dicom/`` folder) and
 ``seg.nii.gz`` (TotalSegmentator ``total``: v1 with 104 classes as in the paper, or v2 with
-117), optionally ``tissue_types/{subcutaneous_fat,torso_fat,skeletal_muscle}.nii.gz`` and a
-``meta.json`` with ``{"sex": "M", "height_m": 1.8}``. :func:`load_clinical_case` turns it
+117), optionally ``tissue_types/{subcutaneous_fat,torso_fat,skeletal_muscle}.nii.gz``, a
+``meta.json`` with ``{"sex": "M", "height_m": 1.8}`` and a ``tube_current.csv`` (columns
+``z_mm``, ``tube_current_ma``: the scan's tube-current modulation; a DICOM series carries its
+own per slice, which the CSV, where given, replaces). :func:`load_clinical_case` turns it
 into a case of cohort ``clinical``; :func:`ctdose.anatomy.cohort.build_cohorts` imports every
 case of ``cohort.clinical_dir``.
 
@@ -33,8 +35,11 @@ Steps (:func:`import_ct`)
 8. Objects outside the body denser than ``body_threshold`` (table, cushions) get the label
    ``table``.
 
-No DICOM header field other than geometry and rescale values is read; attributes name the
-source type only.
+No DICOM header field other than geometry, rescale values and the per-slice tube current is
+read; attributes name the source type only. The tube-current record is stored with the case
+(attributes ``tube_current_z_mm``, ``tube_current_ma``, ``tube_current_source``; see
+:mod:`ctdose.physics.tube_current`) and followed by the Monte Carlo and the kerma inputs when
+the profile sets ``scanner.tube_current_modulation: ct``.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from scipy import ndimage
 from .._data import read_table
 from ..errors import InputError
 from ..io.nifti import CanonicalVolume, read_nifti, to_canonical
+from ..physics.tube_current import TUBE_CURRENT_CSV, TubeCurrentProfile, read_tube_current_csv
 from ..store import make_case
 from .cohort import case_variables
 from .organs import label_id
@@ -316,6 +322,7 @@ def load_clinical_case(
             meta = json.loads((case_dir / "meta.json").read_text())
         except json.JSONDecodeError as exc:
             raise InputError(f"{case_dir / 'meta.json'}: not valid JSON ({exc})") from None
+    tube_current = _tube_current(case_dir, source, ct)
     out = import_ct(ct, seg, spacing_mm, margin_mm, case_id, superior, ts_version, tissue, roi)
     labels = out["labels"]
     return make_case(
@@ -324,8 +331,34 @@ def load_clinical_case(
         height_m=meta.get("height_m"), fat_scale=None, roi_z_mm=out["roi_z_mm"],
         roi_rule=f"{superior} top to adrenal bottom +- {margin_mm} mm" if roi else "none",
         ts_version=out["ts_version"], source=source, tissue_types=sorted(tissue),
-        provenance=dict(prov or {}),
+        provenance=dict(prov or {}), **({} if tube_current is None else tube_current.to_attrs()),
     )
+
+
+def _tube_current(case_dir: Path, source: str, ct: CanonicalVolume) -> TubeCurrentProfile | None:
+    """The case's tube-current record: ``tube_current.csv`` where given, else the DICOM
+    series' per-slice currents, else None. A record that lies wholly outside the CT's z range
+    (positions in another frame) is refused."""
+    csv = case_dir / TUBE_CURRENT_CSV
+    if csv.is_file():
+        profile, where = read_tube_current_csv(csv), csv
+    elif source == "dicom":
+        from ..io.dicom import read_tube_current
+
+        profile, where = read_tube_current(case_dir / "dicom"), case_dir / "dicom"
+    else:
+        return None
+    if profile is None:
+        return None
+    z = ct.axis_mm(0)
+    half = 0.5 * ct.spacing_mm[0]
+    lo, hi = float(z.min()) - half, float(z.max()) + half
+    if profile.z_mm[-1] < lo or profile.z_mm[0] > hi:
+        raise InputError(
+            f"{where}: tube-current positions {profile.z_mm[0]:g} to {profile.z_mm[-1]:g} mm lie outside the CT's "
+            f"z range {lo:g} to {hi:g} mm; give z in patient coordinates (DICOM ImagePositionPatient z)"
+        )
+    return profile
 
 
 def import_clinical_cohort(

@@ -6,7 +6,9 @@ normal, converts stored values to HU (RescaleSlope/RescaleIntercept) and builds 
 from ImagePositionPatient, ImageOrientationPatient and PixelSpacing.
 
 Only geometry and pixel values are read: no identifying header field (names, ids, dates,
-UIDs, institution) is returned or copied anywhere.
+UIDs, institution) is returned or copied anywhere. :func:`read_tube_current` reads the
+per-slice tube current (XRayTubeCurrentInuA (0018,8151) or XRayTubeCurrent (0018,1151)), a
+technical field, for the scan's tube-current modulation (:mod:`ctdose.physics.tube_current`).
 """
 
 from __future__ import annotations
@@ -18,16 +20,22 @@ import numpy as np
 from ..errors import InputError
 from .nifti import check_volume
 
-__all__ = ["read_dicom_series"]
+__all__ = ["read_dicom_series", "read_tube_current"]
 
 _SLICE_TOL = 0.01  # relative tolerance of the slice spacing
 
 
-def _read(path: Path):
+#: A slice counts as transverse (its tube current belongs to one z) when its normal's z
+#: component is at least this (a gantry tilt of up to about 25 degrees).
+_TRANSVERSE_MIN_NORMAL_Z = 0.9
+_UA_PER_MA = 1000.0
+
+
+def _read(path: Path, pixels: bool = True):
     import pydicom
 
     try:
-        return pydicom.dcmread(str(path), force=False)
+        return pydicom.dcmread(str(path), force=False, stop_before_pixels=not pixels)
     except Exception:
         return None
 
@@ -106,3 +114,68 @@ def read_dicom_series(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
     lps[:3, 3] = pos[0]
     ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
     return np.ascontiguousarray(hu, dtype=np.float32), ras
+
+
+def read_tube_current(folder: str | Path):
+    """The tube current of every slice of a DICOM CT series: the scan's longitudinal
+    tube-current modulation as the scanner recorded it.
+
+    Reads the headers only: XRayTubeCurrentInuA (0018,8151, uA) where a slice has it, else
+    XRayTubeCurrent (0018,1151, mA), and the slice position ``ImagePositionPatient[2]`` (mm,
+    superior positive: the z of the case, see :mod:`ctdose.physics.tube_current`).
+
+    Parameters
+    ----------
+    folder : directory with the slice files (non-DICOM files are ignored)
+
+    Returns
+    -------
+    ctdose.physics.tube_current.TubeCurrentProfile or None
+        Sorted by z; None when no slice records a tube current.
+
+    Raises
+    ------
+    InputError
+        No image slices, several series, slices that are not transverse, a slice without a
+        current where others have one (the message names the file), or a profile that
+        :class:`~ctdose.physics.tube_current.TubeCurrentProfile` refuses.
+    """
+    from ..physics.tube_current import TubeCurrentProfile
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such DICOM folder")
+    slices = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        ds = _read(path, pixels=False)
+        if ds is None or "Rows" not in ds or "ImagePositionPatient" not in ds:
+            continue
+        slices.append((path, ds))
+    if not slices:
+        raise InputError(f"{folder}: no DICOM image slices with a position found")
+    if len({str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}) > 1:
+        raise InputError(f"{folder}: several DICOM series in one folder; put each series in its own folder")
+    tags = [("XRayTubeCurrentInuA", 1.0 / _UA_PER_MA), ("XRayTubeCurrent", 1.0)]
+    recorded = [any(ds.get(tag) is not None for tag, _ in tags) for _, ds in slices]
+    if not any(recorded):
+        return None
+    z_mm, current_ma, used = [], [], set()
+    for (path, ds), has in zip(slices, recorded):
+        if not has:
+            raise InputError(f"{path}: no tube current (XRayTubeCurrent) where the other slices of {folder} have one")
+        if "ImageOrientationPatient" in ds:
+            orient = np.asarray(ds.ImageOrientationPatient, float)
+            normal = np.cross(orient[:3], orient[3:])
+            if abs(normal[2]) < _TRANSVERSE_MIN_NORMAL_Z * np.linalg.norm(normal):
+                raise InputError(f"{path}: not a transverse slice; a tube current per slice needs a transverse "
+                                 "series")
+        tag, factor = next((t, f) for t, f in tags if ds.get(t) is not None)
+        try:
+            current_ma.append(float(ds.get(tag)) * factor)
+        except (TypeError, ValueError):
+            raise InputError(f"{path}: {tag} {ds.get(tag)!r} is not a number") from None
+        z_mm.append(float(ds.ImagePositionPatient[2]))
+        used.add(tag)
+    order = np.argsort(z_mm, kind="stable")
+    return TubeCurrentProfile(np.asarray(z_mm)[order], np.asarray(current_ma)[order],
+                              f"DICOM {' and '.join(sorted(used))} of {folder.name}/")

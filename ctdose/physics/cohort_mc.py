@@ -17,8 +17,10 @@ inputs travel with the task, results come back to this process).
 
 Stored variables: ``dose_mc`` and ``dose_mc_sigma`` (Gy per mAs of one rotation, float32; the
 sigma is the batch-method standard error) and ``kerma_<mode>`` (air kerma, Gy per mAs); case
-attributes ``mc_*`` record photons, estimator, seed, device and the mean relative uncertainty
-in the body.
+attributes ``mc_*`` record photons, estimator, seed, device, the tube current
+(``mc_tube_current``: constant, or the case's own modulation with
+``scanner.tube_current_modulation: ct``, :mod:`ctdose.physics.tube_current`) and the mean
+relative uncertainty in the body.
 """
 
 from __future__ import annotations
@@ -163,11 +165,15 @@ def simulate_case(
     missing: Sequence[str],
     device: str = "cpu",
     scanner=None,
+    tube_current=None,
 ) -> dict:
     """Compute the missing variables of one case (the Dask task; pure function of its inputs).
 
     ``scanner`` (a :class:`~ctdose.physics.scanner.CTScanner`) may be passed to avoid building
-    the profile's spectrum again for every case.
+    the profile's spectrum again for every case. ``tube_current`` (a
+    :class:`~ctdose.physics.tube_current.TubeCurrentProfile`, the case's CT record) is
+    followed by the dose and the kerma maps when the profile sets
+    ``scanner.tube_current_modulation: ct`` (:func:`ctdose.physics.scanner.case_protocol`).
 
     Returns
     -------
@@ -177,14 +183,14 @@ def simulate_case(
 
     from .kerma import kerma_map, kerma_settings
     from .mc import geometry_from_case, simulate
-    from .scanner import protocol_for_case, scanner_from_profile
+    from .scanner import case_protocol, scanner_from_profile
     from .sources import CTSource
 
     t0 = time.perf_counter()
     mc = _mc_cfg(cfg)
     if scanner is None:
         scanner = scanner_from_profile(cfg)
-    protocol = protocol_for_case(cfg, roi_z_mm)
+    protocol, tube_note = case_protocol(cfg, roi_z_mm, tube_current)
     arrays: dict[str, np.ndarray] = {}
     attrs: dict[str, Any] = {}
     if "dose_mc" in missing:
@@ -217,6 +223,7 @@ def simulate_case(
             mc_weight_window=int(mc["weight_window"]),
             mc_ambient=str(mc["ambient"] or "vacuum"),
             mc_rotation=f"{protocol.rotation}, {int(protocol.projections_per_rotation)} positions per rotation",
+            mc_tube_current=tube_note,
             mc_seed=seed,
             mc_device=res.device,
             mc_wall_s=round(res.wall_s, 3),
@@ -342,6 +349,7 @@ def run_cohort_mc(cfg: Mapping[str, Any], store, progress: bool = True, case_ids
         # threads on few cores (and do not oversubscribe a shared machine)
         torch.set_num_threads(1)
     from .scanner import scanner_from_profile
+    from .tube_current import TubeCurrentProfile
 
     scanner = scanner_from_profile(cfg)
     client, cluster = _client(mc, n_workers, device)
@@ -361,7 +369,7 @@ def run_cohort_mc(cfg: Mapping[str, Any], store, progress: bool = True, case_ids
             futures.append(
                 client.submit(
                     simulate_case, labels, spacing, origin, roi, dict(cfg), cid, missing, device, scanner,
-                    key=f"mc-{cid}", pure=False,
+                    TubeCurrentProfile.from_attrs(attrs), key=f"mc-{cid}", pure=False,
                 )
             )
         if progress and sys.stderr.isatty():

@@ -561,7 +561,8 @@ def case_kerma_map(cfg, case, mode: str, device: str | torch.device = "cpu", pro
         ``inputs.kerma_density_set`` (defaults 2 mm, smallest voxel spacing, ``paper``).
     case : xarray.Dataset
         A case from :class:`ctdose.store.CaseStore` (``labels`` and the attributes
-        ``spacing_mm``, ``origin_mm``, ``roi_z_mm``; without ``roi_z_mm`` the whole z extent).
+        ``spacing_mm``, ``origin_mm``, ``roi_z_mm``; without ``roi_z_mm`` the whole z extent;
+        a clinical case's tube-current record is followed with ``scanner.tube_current_modulation: ct``).
     mode : {"cylinder", "patient"}
     device : str or torch.device
 
@@ -571,6 +572,7 @@ def case_kerma_map(cfg, case, mode: str, device: str | torch.device = "cpu", pro
         Air kerma in Gy per mAs of one rotation.
     """
     from .scanner import protocol_for_case, scanner_from_profile
+    from .tube_current import TubeCurrentProfile
 
     attrs = dict(case.attrs)
     cid = attrs.get("case_id", "?")
@@ -587,7 +589,8 @@ def case_kerma_map(cfg, case, mode: str, device: str | torch.device = "cpu", pro
         roi = (origin[0], origin[0] + spacing[0] * (shape[0] - 1))
     labels = np.asarray(case["labels"].values) if mode == "patient" else None
     return kerma_map(
-        mode, shape, spacing, origin, scanner_from_profile(cfg), protocol_for_case(cfg, roi),
+        mode, shape, spacing, origin, scanner_from_profile(cfg),
+        protocol_for_case(cfg, roi, TubeCurrentProfile.from_attrs(attrs)),
         labels=labels, device=device,
         **kerma_settings(cfg),
         progress=progress,

@@ -44,6 +44,7 @@ __all__ = [
     "Protocol",
     "SourcePositions",
     "bowtie_from_csv",
+    "case_protocol",
     "generic_body_bowtie",
     "protocol_for_case",
     "scanner_from_profile",
@@ -70,7 +71,13 @@ DEFAULT_SCANNER = {
     "rotation_time_s": 1.0,
     "projections_per_rotation": 16,
     "rotation": "continuous",
+    "tube_current_modulation": "none",
 }
+
+#: Values of the profile key ``scanner.tube_current_modulation``: ``none``, a constant
+#: ``tube_current_ma`` for every case (the paper's normalisation); ``ct``, each case that
+#: carries its CT's tube-current record (:mod:`ctdose.physics.tube_current`) follows it.
+TUBE_CURRENT_MODULATIONS = ("none", "ct")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,11 +485,28 @@ def scanner_from_profile(cfg: Mapping[str, Any]) -> CTScanner:
         raise ConfigError(f"profile scanner section: bad value ({exc})") from None
 
 
-def protocol_for_case(cfg: Mapping[str, Any], roi_z_mm: Sequence[float]) -> Protocol:
-    """The profile's protocol over a case's ROI ``(z_lo, z_hi)`` in mm.
+def protocol_for_case(cfg: Mapping[str, Any], roi_z_mm: Sequence[float], tube_current=None) -> Protocol:
+    """The profile's protocol over a case's ROI ``(z_lo, z_hi)`` in mm (see :func:`case_protocol`)."""
+    return case_protocol(cfg, roi_z_mm, tube_current)[0]
+
+
+def case_protocol(cfg: Mapping[str, Any], roi_z_mm: Sequence[float], tube_current=None) -> tuple[Protocol, str]:
+    """The profile's protocol over a case's ROI ``(z_lo, z_hi)`` in mm, and a line that says
+    which tube current it runs.
 
     Keys used (defaults in :data:`DEFAULT_SCANNER`): ``mode``, ``pitch``, ``start_angle_deg``,
-    ``tube_current_ma``, ``rotation_time_s``, ``projections_per_rotation``, ``rotation``.
+    ``tube_current_ma``, ``rotation_time_s``, ``projections_per_rotation``, ``rotation``,
+    ``tube_current_modulation`` and, for the modulation, ``collimation_mm``.
+
+    Parameters
+    ----------
+    cfg : Profile
+    roi_z_mm : (float, float)
+        The scan range (mm).
+    tube_current : ctdose.physics.tube_current.TubeCurrentProfile, optional
+        The case's own record (clinical cases). With ``tube_current_modulation: ct`` the
+        protocol follows it at the same total mAs as the constant ``tube_current_ma``
+        (:func:`ctdose.physics.tube_current.modulated_protocol`); otherwise it is not used.
 
     Raises
     ------
@@ -494,8 +518,12 @@ def protocol_for_case(cfg: Mapping[str, Any], roi_z_mm: Sequence[float]) -> Prot
         lo, hi = (float(v) for v in roi_z_mm)
     except (TypeError, ValueError):
         raise InputError(f"roi_z_mm: expected (lo, hi) in mm, got {roi_z_mm!r}") from None
+    modulation = s["tube_current_modulation"]
+    if modulation not in TUBE_CURRENT_MODULATIONS:
+        raise ConfigError(f"profile scanner section: tube_current_modulation must be one of "
+                          f"{', '.join(TUBE_CURRENT_MODULATIONS)}, got {modulation!r}")
     try:
-        return Protocol(
+        protocol = Protocol(
             mode=str(s["mode"]),
             z_start_mm=min(lo, hi),
             z_end_mm=max(lo, hi),
@@ -508,6 +536,14 @@ def protocol_for_case(cfg: Mapping[str, Any], roi_z_mm: Sequence[float]) -> Prot
         )
     except InputError as exc:
         raise ConfigError(f"profile scanner section: {exc}") from None
+    constant = f"constant {protocol.tube_current_ma:g} mA"
+    if modulation == "none" or tube_current is None:
+        return protocol, constant + (" (the case's tube-current record not used)" if tube_current is not None else "")
+    from .tube_current import modulated_protocol
+
+    modulated, mean_ma = modulated_protocol(protocol, tube_current, _profile_number(s, "collimation_mm"))
+    return modulated, (f"the case's tube-current modulation ({tube_current.source}; mean {mean_ma:.4g} mA "
+                       f"over the scan), scaled to a mean of {protocol.tube_current_ma:g} mA")
 
 
 def check_protocol_profile(cfg: Mapping[str, Any]) -> None:

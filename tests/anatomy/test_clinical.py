@@ -95,6 +95,10 @@ def test_dicom_series_import_without_identifiers(shared_dir, tmp_path):
     text = json.dumps(ds.attrs)
     for word in ("1.3.12.2.1107", "Patient", "Siemens", "SIEMENS", "Br38f"):
         assert word not in text
+    # the scanner's per-slice tube current (614-616 mA) comes with the case, by slice position
+    assert ds.attrs["tube_current_z_mm"] == [-804.5 + 2.0 * k for k in range(20)]
+    assert all(614.0 <= v <= 616.0 for v in ds.attrs["tube_current_ma"])
+    assert ds.attrs["tube_current_source"] == "DICOM XRayTubeCurrent of dicom/"
 
 
 def test_phantom_written_as_clinical_case_round_trips(tmp_path):
@@ -177,3 +181,19 @@ def test_clinical_folder_becomes_a_cohort_in_one_call(tmp_path):
     assert store.case_ids(cohort="clinical") == ["clinical_p1", "clinical_p2"]
     ds = store.read_case("clinical_p1")
     assert {"labels", "body_mask", "density_e"} <= set(ds.data_vars)
+
+
+def test_a_tube_current_file_comes_with_the_case_and_must_lie_on_the_ct(tmp_path):
+    _, lab, origin = _write_phantom_case(tmp_path / "clin" / "p1")
+    z_top = origin[0] + 6.0 * (lab.shape[0] - 1)
+    csv = tmp_path / "clin" / "p1" / "tube_current.csv"
+    csv.write_text(f"z_mm,tube_current_ma\n{z_top},350\n{origin[0]},120\n")
+    ds = load_clinical_case(tmp_path / "clin" / "p1", 6.0, 30.0)
+    assert ds.attrs["tube_current_z_mm"] == [origin[0], z_top]
+    assert ds.attrs["tube_current_ma"] == [120.0, 350.0]
+    assert ds.attrs["tube_current_source"] == "tube_current.csv"
+    csv.write_text(f"z_mm,tube_current_ma\n{z_top + 500},350\n{z_top + 900},120\n")  # another frame
+    with pytest.raises(InputError, match=r"tube_current\.csv: tube-current positions .* outside the CT's z range"):
+        load_clinical_case(tmp_path / "clin" / "p1", 6.0, 30.0)
+    csv.unlink()
+    assert "tube_current_ma" not in load_clinical_case(tmp_path / "clin" / "p1", 6.0, 30.0).attrs

@@ -200,3 +200,41 @@ def test_a_missing_cuda_device_is_refused_only_when_asked():
     else:
         with pytest.raises(ConfigError, match=r"profile 'smoke': device 'cuda' requested but no CUDA device"):
             check_mc_profile(cfg, device_available=True)
+
+
+def test_a_clinical_case_follows_its_tube_current_record_when_asked(tmp_path):
+    """A step record (50 mA below z = 50 mm, 350 mA above) over a 120 mm scan: with
+    ``tube_current_modulation: ct`` the dose and the kerma input of the top slab rise and those
+    of the bottom slab fall against the constant 200 mA, at the same mean current; a case
+    without a record runs at the constant current either way."""
+    from ctdose.physics.tube_current import TubeCurrentProfile
+
+    record = TubeCurrentProfile([-10.0, 49.0, 51.0, 110.0], [50.0, 50.0, 350.0, 350.0], "step")
+    doses = {}
+    for modulation in ("none", "ct"):
+        store = CaseStore.for_run(tmp_path / modulation)
+        case = _case("clinical_000", 100.0)
+        case.attrs.update(record.to_attrs())
+        store.write_case(case)
+        store.write_case(_case("synthetic_000", 100.0))
+        cfg = _cfg()
+        cfg["scanner"]["tube_current_modulation"] = modulation
+        run_cohort_mc(cfg, store, progress=False)
+        doses[modulation] = {cid: store.read_case(cid).load() for cid in ("clinical_000", "synthetic_000")}
+    plain, followed = doses["none"]["clinical_000"], doses["ct"]["clinical_000"]
+    assert plain.attrs["mc_tube_current"] == "constant 200 mA (the case's tube-current record not used)"
+    assert followed.attrs["mc_tube_current"].startswith("the case's tube-current modulation (step; mean 200 mA")
+    body = plain["labels"].values > 0
+    # three rotations at 10, 50 and 90 mm get 50, 200 and 350 mA (mean 200): the end slabs'
+    # primary kerma, which only their own rotation reaches, scales by exactly 1/4 and 7/4; their
+    # dose (scatter from the middle rotation included) about 0.37 and 1.64 in this run
+    ratio = {name: [float(followed[name].values[k][body[k]].sum() / plain[name].values[k][body[k]].sum())
+                    for k in (0, 5)] for name in ("dose_mc", "kerma_cylinder")}
+    assert ratio["kerma_cylinder"] == pytest.approx([0.25, 1.75], rel=1e-5)
+    assert ratio["dose_mc"][0] < 0.5 and ratio["dose_mc"][1] > 1.4, ratio
+    # the total load is unchanged, so the whole-body energy stays within the MC noise
+    total = float(followed["dose_mc"].values[body].sum() / plain["dose_mc"].values[body].sum())
+    assert total == pytest.approx(1.0, abs=0.1)
+    assert doses["ct"]["synthetic_000"].attrs["mc_tube_current"] == "constant 200 mA"
+    np.testing.assert_array_equal(doses["ct"]["synthetic_000"]["dose_mc"].values,
+                                  doses["none"]["synthetic_000"]["dose_mc"].values)

@@ -197,3 +197,43 @@ def test_cylinder_single_projection_is_shared_by_similar_grids_only(scanner):
     kerma._SINGLE_MAPS.clear()
     fresh = kerma_map("cylinder", (2, 30, 40), (5.0, 6.0, 6.0), (0.0, -87.0, -117.0), scanner, prot)
     np.testing.assert_array_equal(fresh, a)
+
+
+def test_kerma_follows_the_case_tube_current_exactly(scanner):
+    """Two axial rotations (z = -20 and +20 mm, 40 mm beams) under a step profile of 100 and
+    300 mA: the beam of one rotation does not reach the other's centre plane (its divergent
+    width at y = +160 mm is 52 mm), so there the kerma is the constant protocol's times
+    100/200 and 300/200 (the mean current over the scan stays 200 mA)."""
+    from ctdose.physics.tube_current import TubeCurrentProfile, modulated_protocol
+
+    constant = Protocol("axial", -40.0, 40.0, tube_current_ma=200.0, projections_per_rotation=8)
+    profile = TubeCurrentProfile([-40.0, -1.0, 1.0, 40.0], [100.0, 100.0, 300.0, 300.0], "step")
+    modulated, mean_ma = modulated_protocol(constant, profile, scanner.collimation_mm)
+    assert mean_ma == pytest.approx(200.0)
+    for z_mm, ratio in ((-20.0, 0.5), (20.0, 1.5)):  # one 1 mm slice in each centre plane
+        shape, spacing, origin = (1, 9, 9), (1.0, 40.0, 40.0), (z_mm, -160.0, -160.0)
+        for mode in ("cylinder", "patient"):
+            labels = np.full(shape, 2, np.uint8) if mode == "patient" else None
+            a = kerma_map(mode, shape, spacing, origin, scanner, constant, labels=labels)
+            b = kerma_map(mode, shape, spacing, origin, scanner, modulated, labels=labels)
+            assert np.all(a > 0)
+            np.testing.assert_allclose(b / a, ratio, rtol=1e-5)
+
+
+def test_case_kerma_map_follows_the_case_record_only_when_asked():
+    from ctdose.config import load_profile
+    from ctdose.physics.kerma import case_kerma_map
+    from ctdose.physics.tube_current import TubeCurrentProfile
+    from ctdose.store import make_case
+
+    profile = TubeCurrentProfile([-40.0, -1.0, 1.0, 40.0], [100.0, 100.0, 300.0, 300.0], "step")
+    labels = np.zeros((3, 8, 8), np.uint8)  # slices at z = -20, 0, +20 mm
+    ds = make_case(labels, (20.0, 40.0, 40.0), (-20.0, -140.0, -140.0), case_id="clinical_t", roi_z_mm=[-40.0, 40.0],
+                   **profile.to_attrs())
+    over = {"scanner.projections_per_rotation": 4, "inputs.kerma_grid_mm": 8.0}
+    constant = case_kerma_map(load_profile("smoke", over), ds, "cylinder")
+    followed = case_kerma_map(load_profile("smoke", {**over, "scanner.tube_current_modulation": "ct"}), ds, "cylinder")
+    # the outer 20 mm slices lie beyond the other rotation's beam; the middle one (z = 0)
+    # gets the two halves of both beams alike: (0.5 + 1.5) / 2
+    for k, ratio in enumerate((0.5, 1.0, 1.5)):
+        assert float(followed[k].sum() / constant[k].sum()) == pytest.approx(ratio, rel=1e-5)

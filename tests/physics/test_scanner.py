@@ -164,6 +164,7 @@ def test_scanner_and_protocol_from_profile():
         ("start_angle_deg", float("inf"), r"start_angle_deg must be finite"),
         ("mode", "spiral", r"mode must be 'axial' or 'helical', got 'spiral'"),
         ("rotation", "stepwise", r"rotation must be 'continuous' or 'discrete', got 'stepwise'"),
+        ("tube_current_modulation", "auto", r"tube_current_modulation must be one of none, ct, got 'auto'"),
     ],
 )
 def test_bad_protocol_keys_of_a_profile_file_are_refused_naming_the_key(key, value, message):
@@ -213,3 +214,23 @@ def test_bowtie_csv_with_only_negative_angles_names_the_file(tmp_path):
     f.write_text("fan_angle_deg,al_thickness_mm\n-20,5\n-10,2\n")
     with pytest.raises(InputError, match=r"bowtie file .*neg\.csv: no fan angle >= 0"):
         bowtie_from_csv(f)
+
+
+def test_case_protocol_follows_a_tube_current_record_only_with_modulation_ct():
+    from ctdose.physics.scanner import case_protocol
+    from ctdose.physics.tube_current import TubeCurrentProfile
+
+    record = TubeCurrentProfile([0.0, 120.0], [300.0, 500.0], "DICOM XRayTubeCurrent of dicom/")
+    cfg = load_profile("smoke")
+    plain, note = case_protocol(cfg, (0.0, 120.0))
+    assert plain.current_profile_ma is None and note == "constant 200 mA"
+    ignored, note = case_protocol(cfg, (0.0, 120.0), record)
+    assert ignored.current_profile_ma is None and "record not used" in note
+    cfg["scanner"]["tube_current_modulation"] = "ct"
+    followed, note = case_protocol(cfg, (0.0, 120.0), record)
+    np.testing.assert_array_equal(followed.current_profile_z_mm, record.z_mm)
+    # three 40 mm rotations centred at 20, 60, 100 mm: recorded 333.3, 400, 466.7 mA, mean 400
+    np.testing.assert_allclose(followed.current_profile_ma, record.current_ma * 200.0 / 400.0)
+    assert note.startswith("the case's tube-current modulation (DICOM XRayTubeCurrent of dicom/; mean 400 mA")
+    assert note.endswith("scaled to a mean of 200 mA")
+    assert case_protocol(cfg, (0.0, 120.0))[0].current_profile_ma is None  # cases without a record
