@@ -100,7 +100,20 @@ def figure_context(store, profile: str) -> FigureContext:
     test_cohorts = ", ".join(f"{n} {c}" for c, n in test["cohort"].value_counts().sort_index().items())
     train_text = " + ".join(COHORT_NAMES.get(c, c) for c in train)
     sources = f"training {train_text}; test set {test_cohorts} cases (not the paper's XCAT/clinical data)"
+    modulated = _modulated_cases(store, splits["case_id"].unique())
+    if modulated:
+        sources += (f"; MC dose of {modulated} clinical case{'s' if modulated > 1 else ''} with the CT's own "
+                    "tube-current modulation (scaled to the mean current)")
     return FigureContext(str(profile), run_dir, sources)
+
+
+def _modulated_cases(store, case_ids) -> int:
+    """How many of ``case_ids`` had their MC follow their CT's tube-current record
+    (``mc_tube_current``, :func:`ctdose.physics.scanner.case_protocol`)."""
+    from .physics.scanner import MODULATED_TUBE_CURRENT
+
+    return sum(str(store.case_attrs(c).get("mc_tube_current", "")).startswith(MODULATED_TUBE_CURRENT)
+               for c in case_ids if c in store)
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -78,6 +78,9 @@ DEFAULT_SCANNER = {
 #: ``tube_current_ma`` for every case (the paper's normalisation); ``ct``, each case that
 #: carries its CT's tube-current record (:mod:`ctdose.physics.tube_current`) follows it.
 TUBE_CURRENT_MODULATIONS = ("none", "ct")
+#: How :func:`case_protocol` begins its line for a case that follows its own record (the case
+#: attribute ``mc_tube_current``; figure captions look for it).
+MODULATED_TUBE_CURRENT = "the case's tube-current modulation"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -542,7 +545,7 @@ def case_protocol(cfg: Mapping[str, Any], roi_z_mm: Sequence[float], tube_curren
     from .tube_current import modulated_protocol
 
     modulated, mean_ma = modulated_protocol(protocol, tube_current, _profile_number(s, "collimation_mm"))
-    return modulated, (f"the case's tube-current modulation ({tube_current.source}; mean {mean_ma:.4g} mA "
+    return modulated, (f"{MODULATED_TUBE_CURRENT} ({tube_current.source}; mean {mean_ma:.4g} mA "
                        f"over the scan), scaled to a mean of {protocol.tube_current_ma:g} mA")
 
 
