@@ -100,20 +100,27 @@ def figure_context(store, profile: str) -> FigureContext:
     test_cohorts = ", ".join(f"{n} {c}" for c, n in test["cohort"].value_counts().sort_index().items())
     train_text = " + ".join(COHORT_NAMES.get(c, c) for c in train)
     sources = f"training {train_text}; test set {test_cohorts} cases (not the paper's XCAT/clinical data)"
-    modulated = _modulated_cases(store, splits["case_id"].unique())
+    egsnrc, modulated = _mc_notes(store, splits["case_id"].unique())
+    if egsnrc:
+        sources += (f"; MC dose of {egsnrc} case{'s' if egsnrc > 1 else ''} from the user's EGSnrc results (.3ddose), "
+                    "of the others from the ctdose MC")
     if modulated:
         sources += (f"; MC dose of {modulated} clinical case{'s' if modulated > 1 else ''} with the CT's own "
                     "tube-current modulation (scaled to the mean current)")
     return FigureContext(str(profile), run_dir, sources)
 
 
-def _modulated_cases(store, case_ids) -> int:
-    """How many of ``case_ids`` had their MC follow their CT's tube-current record
-    (``mc_tube_current``, :func:`ctdose.physics.scanner.case_protocol`)."""
+def _mc_notes(store, case_ids) -> tuple[int, int]:
+    """How many of ``case_ids`` took their MC dose from EGSnrc (``mc_engine``,
+    :mod:`ctdose.physics.egsnrc_results`), and how many followed their CT's tube-current
+    record (``mc_tube_current``, :func:`ctdose.physics.scanner.case_protocol`)."""
+    from .physics.egsnrc_results import EGSNRC_ENGINE
     from .physics.scanner import MODULATED_TUBE_CURRENT
 
-    return sum(str(store.case_attrs(c).get("mc_tube_current", "")).startswith(MODULATED_TUBE_CURRENT)
-               for c in case_ids if c in store)
+    attrs = [store.case_attrs(c) for c in case_ids if c in store]
+    egsnrc = sum(str(a.get("mc_engine", "")).startswith(EGSNRC_ENGINE) for a in attrs)
+    modulated = sum(str(a.get("mc_tube_current", "")).startswith(MODULATED_TUBE_CURRENT) for a in attrs)
+    return egsnrc, modulated
 
 
 # -- helpers ---------------------------------------------------------------------------------

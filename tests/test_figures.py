@@ -28,13 +28,18 @@ def test_context_names_sources_profile_run(run):
     assert "synthetic" in note and "surrogate" in note and "smoke" in note and store.run_dir.name in note
 
 
-def test_context_says_when_cases_followed_their_tube_current(tmp_path):
+def test_context_says_when_cases_followed_their_tube_current_or_came_from_egsnrc(tmp_path):
     store = make_fake_run(tmp_path / "run")
     assert "tube-current" not in figures.figure_context(store, "smoke").footnote()
     cid = store.case_ids()[0]
     store.add_variables(cid, {}, attrs={"mc_tube_current": "the case's tube-current modulation (DICOM ...)"})
     note = figures.figure_context(store, "smoke").footnote()
     assert "MC dose of 1 clinical case with the CT's own tube-current modulation" in note
+    assert "EGSnrc" not in note
+    for c in store.case_ids()[1:3]:
+        store.add_variables(c, {}, attrs={"mc_engine": "EGSnrc (x.3ddose; read as Gy per mAs of one rotation)"})
+    note = figures.figure_context(store, "smoke").footnote()
+    assert "MC dose of 2 cases from the user's EGSnrc results (.3ddose), of the others from the ctdose MC" in note
 
 
 def test_tables_csv_and_markdown(run, tmp_path):

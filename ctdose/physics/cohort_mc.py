@@ -3,7 +3,9 @@
 For each case without ``dose_mc`` (or without one of the configured ``kerma_<mode>`` maps)
 one Dask task simulates the profile's CT protocol over the case ROI
 (:func:`ctdose.physics.scanner.protocol_for_case`) and computes the kerma input maps
-(:func:`ctdose.physics.kerma.kerma_map`). Results are written by the calling process as they
+(:func:`ctdose.physics.kerma.kerma_map`). A case with an EGSnrc result in ``mc.egsnrc_dir``
+(``<case_id>.3ddose``) takes its ``dose_mc`` from that file instead
+(:mod:`ctdose.physics.egsnrc_results`). Results are written by the calling process as they
 arrive, one case at a time, atomically (:meth:`ctdose.store.CaseStore.add_variables`): an
 interrupted run keeps every finished case and a re-run resumes with the rest.
 
@@ -17,7 +19,8 @@ inputs travel with the task, results come back to this process).
 
 Stored variables: ``dose_mc`` and ``dose_mc_sigma`` (Gy per mAs of one rotation, float32; the
 sigma is the batch-method standard error) and ``kerma_<mode>`` (air kerma, Gy per mAs); case
-attributes ``mc_*`` record photons, estimator, seed, device, the tube current
+attributes ``mc_*`` record the engine (``mc_engine``: ctdose or the EGSnrc file), photons,
+estimator, seed, device, the tube current
 (``mc_tube_current``: constant, or the case's own modulation with
 ``scanner.tube_current_modulation: ct``, :mod:`ctdose.physics.tube_current`) and the mean
 relative uncertainty in the body.
@@ -29,6 +32,7 @@ import sys
 import time
 import zlib
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,6 +58,8 @@ def _mc_cfg(cfg: Mapping[str, Any]) -> dict:
     mc.setdefault("energy_cutoff_kev", DEFAULT_CUTOFF_KEV)
     mc.setdefault("ambient", "air")
     mc.setdefault("weight_window", False)
+    mc.setdefault("egsnrc_dir", None)
+    mc.setdefault("egsnrc_particles_per_mas", None)
     where = f"profile {cfg['name']!r}: mc." if cfg.get("name") else "mc."
     if not isinstance(mc["weight_window"], bool):
         raise ConfigError(f"{where}weight_window must be true or false, got {mc['weight_window']!r}")
@@ -91,7 +97,8 @@ def check_mc_profile(cfg: Mapping[str, Any], device_available: bool = False) -> 
     ----------
     cfg : Profile
         Uses ``mc.*`` (``n_photons``, ``n_batches``, ``estimator``, ``energy_cutoff_kev``,
-        ``n_workers``, ``weight_window`` and the estimator it needs, ``ambient``, ``ctdi_photons``),
+        ``n_workers``, ``weight_window`` and the estimator it needs, ``ambient``, ``ctdi_photons``,
+        ``egsnrc_dir`` and ``egsnrc_particles_per_mas``),
         the kerma inputs (``inputs.kerma_modes``; ``kerma_grid_mm``, ``kerma_ray_step_mm`` and
         ``kerma_density_set`` by :func:`ctdose.physics.kerma.kerma_settings`) and ``device``.
         The protocol keys are checked by :func:`ctdose.physics.scanner.check_protocol_profile`.
@@ -106,9 +113,11 @@ def check_mc_profile(cfg: Mapping[str, Any], device_available: bool = False) -> 
         the rule of :func:`ctdose.physics.mc.check_run_settings` or
         :func:`ctdose.physics.mc.resolve_device`.
     """
+    from .egsnrc_results import egsnrc_settings
     from .mc import check_device_name, resolve_device
 
     _mc_cfg(cfg)
+    egsnrc_settings(cfg)
     from .kerma import kerma_settings
 
     _kerma_modes(cfg)
@@ -166,6 +175,7 @@ def simulate_case(
     device: str = "cpu",
     scanner=None,
     tube_current=None,
+    egsnrc_path=None,
 ) -> dict:
     """Compute the missing variables of one case (the Dask task; pure function of its inputs).
 
@@ -174,6 +184,8 @@ def simulate_case(
     :class:`~ctdose.physics.tube_current.TubeCurrentProfile`, the case's CT record) is
     followed by the dose and the kerma maps when the profile sets
     ``scanner.tube_current_modulation: ct`` (:func:`ctdose.physics.scanner.case_protocol`).
+    ``egsnrc_path`` (a ``.3ddose`` on the case's grid): ``dose_mc`` comes from that EGSnrc result
+    instead of the compendium's Monte Carlo (:mod:`ctdose.physics.egsnrc_results`).
 
     Returns
     -------
@@ -193,7 +205,12 @@ def simulate_case(
     protocol, tube_note = case_protocol(cfg, roi_z_mm, tube_current)
     arrays: dict[str, np.ndarray] = {}
     attrs: dict[str, Any] = {}
-    if "dose_mc" in missing:
+    if "dose_mc" in missing and egsnrc_path is not None:
+        arrays["dose_mc"], arrays["dose_mc_sigma"], attrs = _egsnrc_dose(
+            egsnrc_path, labels, spacing_mm, origin_mm, cfg, protocol, scanner
+        )
+        attrs["mc_tube_current"] = tube_note
+    elif "dose_mc" in missing:
         ds = xr.Dataset({"labels": (("z", "y", "x"), np.asarray(labels))})
         ds.attrs.update(case_id=case_id, spacing_mm=list(spacing_mm), origin_mm=list(origin_mm))
         geometry = geometry_from_case(ds)
@@ -217,6 +234,7 @@ def simulate_case(
         arrays["dose_mc"] = dose.astype(np.float32)
         arrays["dose_mc_sigma"] = (dose * res.rel_sigma).astype(np.float32)
         attrs.update(
+            mc_engine="ctdose Monte Carlo",
             mc_n_photons=res.n_photons,
             mc_n_batches=res.n_batches,
             mc_estimator=res.estimator,
@@ -249,6 +267,27 @@ def simulate_case(
                 dtype=np.float32,
             )
     return {"case_id": case_id, "arrays": arrays, "attrs": attrs, "wall_s": time.perf_counter() - t0}
+
+
+def _egsnrc_dose(path, labels, spacing_mm, origin_mm, cfg, protocol, scanner) -> tuple:
+    """``dose_mc``, ``dose_mc_sigma`` and the attributes of a case from its EGSnrc ``.3ddose``."""
+    from .egsnrc_results import EGSNRC_ENGINE, case_dose_from_3ddose, egsnrc_settings, gy_per_mas_per_unit
+
+    _, particles = egsnrc_settings(cfg)
+    total_mas = protocol.source_positions(scanner).total_mas
+    mas_per_rotation = float(protocol.tube_current_ma) * float(protocol.rotation_time_s)
+    scale = gy_per_mas_per_unit(particles, total_mas, mas_per_rotation)
+    dose, sigma = case_dose_from_3ddose(path, np.shape(labels), spacing_mm, origin_mm, scale)
+    body = _body_mask(np.asarray(labels))
+    rel = np.divide(sigma, dose, out=np.zeros_like(dose), where=dose > 0)
+    unit = (f"dose per particle x {particles:g} particles per mAs x {total_mas / mas_per_rotation:.4g} rotations"
+            if particles is not None else "read as Gy per mAs of one rotation")
+    attrs = dict(
+        mc_engine=f"{EGSNRC_ENGINE} ({Path(path).name}; {unit})",
+        mc_mean_rel_sigma_body=float(np.mean(rel[body])) if body.any() else float("nan"),
+        mc_unit="Gy per mAs of one rotation (tube current x rotation time)",
+    )
+    return dose, sigma, attrs
 
 
 def _body_mask(labels: np.ndarray) -> np.ndarray:
@@ -348,9 +387,15 @@ def run_cohort_mc(cfg: Mapping[str, Any], store, progress: bool = True, case_ids
         # one torch thread per concurrent case: independent cases scale better than intra-op
         # threads on few cores (and do not oversubscribe a shared machine)
         torch.set_num_threads(1)
+    from .egsnrc_results import egsnrc_file, egsnrc_settings
     from .scanner import scanner_from_profile
     from .tube_current import TubeCurrentProfile
 
+    folder, _ = egsnrc_settings(cfg)
+    egsnrc = {cid: egsnrc_file(folder, cid) if "dose_mc" in missing else None for cid, missing in todo.items()}
+    n_egsnrc = sum(p is not None for p in egsnrc.values())
+    if n_egsnrc:
+        print(f"MC: {n_egsnrc} of {len(todo)} cases take their dose from EGSnrc .3ddose files in {folder}")
     scanner = scanner_from_profile(cfg)
     client, cluster = _client(mc, n_workers, device)
     rows = []
@@ -369,7 +414,7 @@ def run_cohort_mc(cfg: Mapping[str, Any], store, progress: bool = True, case_ids
             futures.append(
                 client.submit(
                     simulate_case, labels, spacing, origin, roi, dict(cfg), cid, missing, device, scanner,
-                    TubeCurrentProfile.from_attrs(attrs), key=f"mc-{cid}", pure=False,
+                    TubeCurrentProfile.from_attrs(attrs), egsnrc[cid], key=f"mc-{cid}", pure=False,
                 )
             )
         if progress and sys.stderr.isatty():
