@@ -40,6 +40,27 @@ def _read(path: Path, pixels: bool = True):
         return None
 
 
+def _series_slices(folder: Path, pixels: bool) -> list:
+    """``(path, dataset)`` of every image slice with a position in ``folder`` (file-name order),
+    with the pixel data (``pixels``) or the headers only; InputError for a missing folder, no
+    such slice, or several series."""
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such DICOM folder")
+    image_tag = "PixelData" if pixels else "Rows"  # read without pixels, a slice has no PixelData
+    slices = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        ds = _read(path, pixels=pixels)
+        if ds is None or image_tag not in ds or "ImagePositionPatient" not in ds:
+            continue
+        slices.append((path, ds))
+    if not slices:
+        raise InputError(f"{folder}: no DICOM image slices with a position found")
+    series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
+    if len(series) > 1:
+        raise InputError(f"{folder}: {len(series)} DICOM series in one folder; put each series in its own folder")
+    return slices
+
+
 def read_dicom_series(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Read a DICOM CT series from a folder.
 
@@ -58,19 +79,7 @@ def read_dicom_series(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
         Missing folder, no CT slices, several series, inconsistent geometry, undecodable pixels.
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"{folder}: no such DICOM folder")
-    slices = []
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        ds = _read(path)
-        if ds is None or "PixelData" not in ds or "ImagePositionPatient" not in ds:
-            continue
-        slices.append((path, ds))
-    if not slices:
-        raise InputError(f"{folder}: no DICOM image slices with a position found")
-    series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
-    if len(series) > 1:
-        raise InputError(f"{folder}: {len(series)} DICOM series in one folder; put each series in its own folder")
+    slices = _series_slices(folder, pixels=True)
     if len(slices) < 2:
         raise InputError(f"{folder}: a single DICOM slice is a 2D image, need a 3D series")
     orient = np.asarray(slices[0][1].ImageOrientationPatient, float)
@@ -143,18 +152,7 @@ def read_tube_current(folder: str | Path):
     from ..physics.tube_current import TubeCurrentProfile
 
     folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"{folder}: no such DICOM folder")
-    slices = []
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        ds = _read(path, pixels=False)
-        if ds is None or "Rows" not in ds or "ImagePositionPatient" not in ds:
-            continue
-        slices.append((path, ds))
-    if not slices:
-        raise InputError(f"{folder}: no DICOM image slices with a position found")
-    if len({str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}) > 1:
-        raise InputError(f"{folder}: several DICOM series in one folder; put each series in its own folder")
+    slices = _series_slices(folder, pixels=False)
     tags = [("XRayTubeCurrentInuA", 1.0 / _UA_PER_MA), ("XRayTubeCurrent", 1.0)]
     recorded = [any(ds.get(tag) is not None for tag, _ in tags) for _, ds in slices]
     if not any(recorded):

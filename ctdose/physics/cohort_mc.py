@@ -272,10 +272,11 @@ def simulate_case(
 def _egsnrc_dose(path, labels, spacing_mm, origin_mm, cfg, protocol, scanner) -> tuple:
     """``dose_mc``, ``dose_mc_sigma`` and the attributes of a case from its EGSnrc ``.3ddose``."""
     from .egsnrc_results import EGSNRC_ENGINE, case_dose_from_3ddose, egsnrc_settings, gy_per_mas_per_unit
+    from .sources import CTSource
 
     _, particles = egsnrc_settings(cfg)
-    total_mas = protocol.source_positions(scanner).total_mas
-    mas_per_rotation = float(protocol.tube_current_ma) * float(protocol.rotation_time_s)
+    source = CTSource(scanner, protocol)  # the scan's load as the compendium's own source counts it
+    total_mas, mas_per_rotation = float(source.mas.sum()), source.mas_per_rotation
     scale = gy_per_mas_per_unit(particles, total_mas, mas_per_rotation)
     dose, sigma = case_dose_from_3ddose(path, np.shape(labels), spacing_mm, origin_mm, scale)
     body = _body_mask(np.asarray(labels))

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..config import as_real, number_from_text
 from ..errors import ConfigError, InputError
+from ..io.egsphant import _bounds_cm
 from ..io.threeddose import read_3ddose
 
 __all__ = ["EGSNRC_ENGINE", "case_dose_from_3ddose", "egsnrc_file", "egsnrc_settings", "gy_per_mas_per_unit"]
@@ -43,7 +44,6 @@ EGSNRC_ENGINE = "EGSnrc"
 #: Largest difference (cm) between a file's voxel boundaries and the case's: the precision
 #: with which DOSXYZnrc echoes the phantom's boundaries, far below a voxel.
 _BOUNDS_TOLERANCE_CM = 1e-3
-_MM_PER_CM = 10.0
 
 
 def egsnrc_settings(cfg: Mapping[str, Any]) -> tuple[Path | None, float | None]:
@@ -121,7 +121,7 @@ def case_dose_from_3ddose(
         raise InputError(f"{path}: {nx} x {ny} x {nz} voxels (x, y, z), the case has {cx} x {cy} x {cz}; run "
                          "DOSXYZnrc on the case's .egsphant (ctdose.io.egsphant.egsphant_from_case)")
     for axis, bounds, n, spacing, origin in zip("zyx", result._bounds_zyx(), shape, spacing_mm, origin_mm):
-        case_bounds = (float(origin) + (np.arange(int(n) + 1) - 0.5) * float(spacing)) / _MM_PER_CM
+        case_bounds = _bounds_cm(int(n), float(spacing), float(origin))
         off = float(np.max(np.abs(bounds - case_bounds)))
         if off > _BOUNDS_TOLERANCE_CM:
             raise InputError(f"{path}: {axis} voxel boundaries differ from the case's by up to {off:.4g} cm; run "
