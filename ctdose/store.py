@@ -23,7 +23,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -321,11 +321,14 @@ class CaseStore:
         *,
         overwrite: bool = True,
         manifest: bool = True,
+        drop_attrs: Iterable[str] = (),
     ) -> None:
         """Add (or replace) volumes of a case atomically.
 
         The case is copied into a hidden group, the variables are written there, and the
         copy is renamed into place: an interruption leaves the previous complete case.
+        ``drop_attrs`` names attributes removed before ``attrs`` are merged (those of a
+        result being replaced that the new result may not set again).
         """
         path = self._require(case_id)
         shape = tuple(self.read_case(case_id)["labels"].shape)
@@ -338,7 +341,9 @@ class CaseStore:
             if name in existing and not overwrite:
                 raise InputError(f"case {case_id!r}: variable {name!r} exists (overwrite=False)")
             new[name] = values
-        merged_attrs = {**self.case_attrs(case_id), **_jsonable(dict(attrs or {}))}
+        dropped = set(drop_attrs)
+        kept = {k: v for k, v in self.case_attrs(case_id).items() if k not in dropped}
+        merged_attrs = {**kept, **_jsonable(dict(attrs or {}))}
         tmp = path.with_name(f".tmp-{case_id}-{uuid.uuid4().hex[:8]}")
         try:
             shutil.copytree(path, tmp)

@@ -1,13 +1,21 @@
 """Monte Carlo dose (and network input maps) for every case of a store, through Dask.
 
-For each case without ``dose_mc`` (or without one of the configured ``kerma_<mode>`` maps)
-one Dask task simulates the profile's CT protocol over the case ROI
+For each case without ``dose_mc`` (or without one of the configured ``kerma_<mode>`` maps), or
+whose stored one was computed with other settings than the profile's now, one Dask task simulates the profile's CT protocol over the case ROI
 (:func:`ctdose.physics.scanner.protocol_for_case`) and computes the kerma input maps
 (:func:`ctdose.physics.kerma.kerma_map`). A case with an EGSnrc result in ``mc.egsnrc_dir``
 (``<case_id>.3ddose``) takes its ``dose_mc`` from that file instead
 (:mod:`ctdose.physics.egsnrc_results`). Results are written by the calling process as they
 arrive, one case at a time, atomically (:meth:`ctdose.store.CaseStore.add_variables`): an
 interrupted run keeps every finished case and a re-run resumes with the rest.
+
+Each stored variable keeps the digest of what it was computed from in the case attribute
+``<variable>_settings_sha1`` (:func:`case_digests`, :mod:`ctdose.provenance`): the scanner, the
+case's protocol and tube current, the MC settings and seed or the EGSnrc file, the kerma map
+settings. A re-run computes a variable again where that digest differs (another ``mc.n_photons``,
+``scanner.*``, ``tube_current_modulation``, a new or changed ``.3ddose``), and names those cases;
+the worker count, the scheduler and the device change no digest. Variables stored without a
+digest (by an older ctdose) are kept and named.
 
 Scheduling: ``cfg["mc"]["scheduler"]`` = ``null`` runs an embedded local Dask cluster (no
 set-up) with ``cfg["mc"]["n_workers"]`` concurrent cases, each on one torch thread: worker
@@ -41,7 +49,7 @@ import pandas as pd
 from ..config import number_from_text
 from ..errors import ConfigError, InputError
 
-__all__ = ["cases_to_run", "check_mc_profile", "run_cohort_mc", "simulate_case"]
+__all__ = ["case_digests", "cases_to_run", "check_mc_profile", "run_cohort_mc", "settings_attr", "simulate_case"]
 
 
 def _mc_cfg(cfg: Mapping[str, Any]) -> dict:
@@ -152,16 +160,100 @@ def case_seed(base_seed: int, case_id: str) -> int:
     return (int(base_seed) * 1000003 + zlib.crc32(case_id.encode("utf-8"))) % (2**63 - 1)
 
 
-def cases_to_run(cfg: Mapping[str, Any], store) -> dict[str, list[str]]:
-    """Per case id, the variables still missing (``dose_mc`` and/or ``kerma_<mode>``)."""
-    wanted = ["dose_mc"] + [f"kerma_{m}" for m in _kerma_modes(cfg)]
-    out = {}
-    for cid in store.case_ids():
-        have = set(store.case_variables(cid))
-        missing = [v for v in wanted if v not in have]
-        if missing:
-            out[cid] = missing
+#: The ``mc`` settings that change a case's own Monte Carlo dose (with the seed, the scanner
+#: and the case's protocol); the scheduler, the worker count and the device do not.
+_MC_DOSE_KEYS = ("n_photons", "n_batches", "estimator", "energy_cutoff_kev", "ambient", "weight_window")
+
+
+def settings_attr(variable: str) -> str:
+    """The case attribute that holds the digest of what ``variable`` was computed from
+    (``dose_mc_settings_sha1``, ``kerma_cylinder_settings_sha1``, ...; :mod:`ctdose.provenance`)."""
+    return f"{variable}_settings_sha1"
+
+
+def case_digests(cfg: Mapping[str, Any], scanner, protocol, case_id: str, egsnrc_path=None) -> dict[str, str]:
+    """Per variable a case's MC step computes (``dose_mc``, ``kerma_<mode>``), the digest of
+    what it is computed from (:func:`ctdose.provenance.digest`).
+
+    Both cover the scanner (spectrum, bowtie, geometry) and the case's protocol (scan range,
+    mode, tube current: a modulation followed is part of it). ``dose_mc`` adds the MC settings
+    that change the dose (:data:`_MC_DOSE_KEYS`) and the case's seed, or, for a case with an
+    EGSnrc result, that file's bytes and its unit conversion; ``kerma_<mode>`` adds the mode and
+    the kerma map settings (:func:`ctdose.physics.kerma.kerma_settings`).
+    """
+    from ..provenance import digest, file_digest
+    from .egsnrc_results import EGSNRC_ENGINE, egsnrc_settings
+    from .kerma import kerma_settings
+
+    mc = _mc_cfg(cfg)
+    beam = {"scanner": scanner, "protocol": protocol}
+    if egsnrc_path is not None:
+        dose = {"engine": EGSNRC_ENGINE, "file_sha1": file_digest(egsnrc_path),
+                "particles_per_mas": egsnrc_settings(cfg)[1]}
+    else:
+        dose = {"engine": "ctdose", "seed": case_seed(int(cfg.get("seed", 0)), case_id),
+                **{k: mc[k] for k in _MC_DOSE_KEYS}}
+    out = {"dose_mc": digest({**beam, **dose})}
+    for mode in _kerma_modes(cfg):
+        out[f"kerma_{mode}"] = digest({**beam, "mode": mode, **kerma_settings(cfg)})
     return out
+
+
+def _plan(cfg: Mapping[str, Any], store, scanner, case_ids: Sequence[str]) -> tuple[dict, dict, dict]:
+    """What the MC step has to do for ``case_ids``.
+
+    Returns ``todo`` (case id -> variables to compute: missing, or stored with a digest other
+    than the current one), ``inputs`` (case id -> ``roi``, ``tube_current``, ``egsnrc``,
+    ``digests``) and ``notes`` (``"stale"``/``"unrecorded"`` -> variable -> case ids: stored
+    with other settings, or stored before digests were recorded and kept).
+    """
+    from .egsnrc_results import egsnrc_file, egsnrc_settings
+    from .scanner import case_protocol
+    from .tube_current import TubeCurrentProfile
+
+    folder, _ = egsnrc_settings(cfg)
+    wanted = ["dose_mc"] + [f"kerma_{m}" for m in _kerma_modes(cfg)]
+    todo, inputs, notes = {}, {}, {"stale": {}, "unrecorded": {}}
+    for cid in case_ids:
+        attrs = store.case_attrs(cid)
+        shape = store.read_case(cid, variables=["labels"])["labels"].shape
+        spacing = tuple(float(v) for v in attrs.get("spacing_mm", (1.0, 1.0, 1.0)))
+        origin = tuple(float(v) for v in attrs.get("origin_mm", (0.0, 0.0, 0.0)))
+        roi = _roi_of(attrs, shape, spacing, origin)
+        tube_current = TubeCurrentProfile.from_attrs(attrs)
+        egsnrc = egsnrc_file(folder, cid)
+        protocol, _ = case_protocol(cfg, roi, tube_current)
+        digests = case_digests(cfg, scanner, protocol, cid, egsnrc)
+        have = set(store.case_variables(cid))
+        redo = []
+        for v in wanted:
+            stored = attrs.get(settings_attr(v))
+            if v not in have:
+                redo.append(v)
+            elif stored is None:
+                notes["unrecorded"].setdefault(v, []).append(cid)
+            elif stored != digests[v]:
+                redo.append(v)
+                notes["stale"].setdefault(v, []).append(cid)
+        if redo:
+            todo[cid] = redo
+        inputs[cid] = dict(roi=roi, tube_current=tube_current, egsnrc=egsnrc if "dose_mc" in redo else None,
+                           digests=digests)
+    return todo, inputs, notes
+
+
+def cases_to_run(cfg: Mapping[str, Any], store, scanner=None) -> dict[str, list[str]]:
+    """Per case id, the variables to compute (``dose_mc`` and/or ``kerma_<mode>``): those
+    missing, and those stored with other settings than the profile's now (their digest,
+    :func:`case_digests`, differs from the one recorded with them).
+
+    ``scanner`` (the profile's :class:`~ctdose.physics.scanner.CTScanner`) is built from the
+    profile when not given.
+    """
+    from .scanner import scanner_from_profile
+
+    scanner = scanner_from_profile(cfg) if scanner is None else scanner
+    return _plan(cfg, store, scanner, store.case_ids())[0]
 
 
 def simulate_case(
@@ -291,6 +383,22 @@ def _egsnrc_dose(path, labels, spacing_mm, origin_mm, cfg, protocol, scanner) ->
     return dose, sigma, attrs
 
 
+def _print_notes(notes: Mapping[str, Mapping[str, list[str]]]) -> None:
+    """Say which stored results are computed again (other settings) or kept unchecked."""
+    for variable, ids in notes["stale"].items():
+        print(f"MC: {variable} of {_count_cases(ids)} was computed with other settings (scanner, protocol, MC or "
+              f"kerma settings, EGSnrc file); computing it again")
+    for variable, ids in notes["unrecorded"].items():
+        print(f"MC: {variable} of {_count_cases(ids)} was stored without a record of its settings; kept as it is "
+              f"(use a new run directory to compute it with the profile's settings)")
+
+
+def _count_cases(ids: Sequence[str], shown: int = 3) -> str:
+    """``"2 cases (a, b)"``, ``"5 cases (a, b, c, ...)"``."""
+    names = ", ".join(ids[:shown]) + (", ..." if len(ids) > shown else "")
+    return f"{len(ids)} case{'s' if len(ids) != 1 else ''} ({names})"
+
+
 def _body_mask(labels: np.ndarray) -> np.ndarray:
     """Voxels of the patient (``in_body`` of ``ctdose/data/organs.csv``; labels > 0 without it)."""
     from .._data import read_table
@@ -362,14 +470,18 @@ def run_cohort_mc(cfg: Mapping[str, Any], store, progress: bool = True, case_ids
     from .mc import resolve_device
 
     mc = _mc_cfg(cfg)
-    todo = cases_to_run(cfg, store)
     all_ids = store.case_ids()
     if case_ids is not None:
         unknown = sorted(set(case_ids) - set(all_ids))
         if unknown:
             raise InputError(f"run_cohort_mc: unknown case ids {unknown}")
-        todo = {c: v for c, v in todo.items() if c in set(case_ids)}
-    n_total = len(all_ids) if case_ids is None else len(case_ids)
+    ids = all_ids if case_ids is None else [c for c in all_ids if c in set(case_ids)]
+    from .scanner import scanner_from_profile
+
+    scanner = scanner_from_profile(cfg)
+    todo, inputs, notes = _plan(cfg, store, scanner, ids)
+    _print_notes(notes)
+    n_total = len(ids)
     done = n_total - len(todo)
     if not todo:
         print(f"MC: all {n_total} cases already have dose_mc and the kerma inputs; nothing to do")
@@ -388,16 +500,12 @@ def run_cohort_mc(cfg: Mapping[str, Any], store, progress: bool = True, case_ids
         # one torch thread per concurrent case: independent cases scale better than intra-op
         # threads on few cores (and do not oversubscribe a shared machine)
         torch.set_num_threads(1)
-    from .egsnrc_results import egsnrc_file, egsnrc_settings
-    from .scanner import scanner_from_profile
-    from .tube_current import TubeCurrentProfile
-
-    folder, _ = egsnrc_settings(cfg)
-    egsnrc = {cid: egsnrc_file(folder, cid) if "dose_mc" in missing else None for cid, missing in todo.items()}
-    n_egsnrc = sum(p is not None for p in egsnrc.values())
+    n_egsnrc = sum(inputs[cid]["egsnrc"] is not None for cid in todo)
     if n_egsnrc:
-        print(f"MC: {n_egsnrc} of {len(todo)} cases take their dose from EGSnrc .3ddose files in {folder}")
-    scanner = scanner_from_profile(cfg)
+        from .egsnrc_results import egsnrc_settings
+
+        print(f"MC: {n_egsnrc} of {len(todo)} cases take their dose from EGSnrc .3ddose files in "
+              f"{egsnrc_settings(cfg)[0]}")
     client, cluster = _client(mc, n_workers, device)
     rows = []
     bar = None
@@ -406,16 +514,15 @@ def run_cohort_mc(cfg: Mapping[str, Any], store, progress: bool = True, case_ids
 
         futures = []
         for cid, missing in todo.items():
-            ds = store.read_case(cid, variables=["labels"])
             attrs = store.case_attrs(cid)
-            labels = np.asarray(ds["labels"].values)
+            labels = np.asarray(store.read_case(cid, variables=["labels"])["labels"].values)
             spacing = tuple(float(v) for v in attrs.get("spacing_mm", (1.0, 1.0, 1.0)))
             origin = tuple(float(v) for v in attrs.get("origin_mm", (0.0, 0.0, 0.0)))
-            roi = _roi_of(attrs, labels.shape, spacing, origin)
+            case = inputs[cid]
             futures.append(
                 client.submit(
-                    simulate_case, labels, spacing, origin, roi, dict(cfg), cid, missing, device, scanner,
-                    TubeCurrentProfile.from_attrs(attrs), egsnrc[cid], key=f"mc-{cid}", pure=False,
+                    simulate_case, labels, spacing, origin, case["roi"], dict(cfg), cid, missing, device, scanner,
+                    case["tube_current"], case["egsnrc"], key=f"mc-{cid}", pure=False,
                 )
             )
         if progress and sys.stderr.isatty():
@@ -424,7 +531,11 @@ def run_cohort_mc(cfg: Mapping[str, Any], store, progress: bool = True, case_ids
             bar = tqdm(total=len(futures), desc="MC cases", unit="case")
         for fut in as_completed(futures):
             out = fut.result()
-            store.add_variables(out["case_id"], out["arrays"], attrs=out["attrs"])
+            cid = out["case_id"]
+            digests = {settings_attr(v): inputs[cid]["digests"][v] for v in out["arrays"] if v in inputs[cid]["digests"]}
+            # a dose computed again replaces every attribute of the one before (engine, photons, ...)
+            stale = [k for k in store.case_attrs(cid) if k.startswith("mc_")] if "dose_mc" in out["arrays"] else []
+            store.add_variables(cid, out["arrays"], attrs={**out["attrs"], **digests}, drop_attrs=stale)
             rows.append(
                 dict(
                     case_id=out["case_id"],

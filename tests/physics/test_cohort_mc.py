@@ -238,3 +238,76 @@ def test_a_clinical_case_follows_its_tube_current_record_when_asked(tmp_path):
     assert doses["ct"]["synthetic_000"].attrs["mc_tube_current"] == "constant 200 mA"
     np.testing.assert_array_equal(doses["ct"]["synthetic_000"]["dose_mc"].values,
                                   doses["none"]["synthetic_000"]["dose_mc"].values)
+
+
+def _digests(store, cid):
+    return {k: v for k, v in store.case_attrs(cid).items() if k.endswith("_settings_sha1")}
+
+
+def test_results_made_with_other_settings_are_computed_again_and_only_those(tmp_path, capsys):
+    """Each stored variable keeps the digest of what it was computed from; a re-run computes a
+    variable again where the profile now says otherwise, and keeps the rest bit for bit."""
+    from ctdose.physics.cohort_mc import settings_attr
+
+    store = CaseStore.for_run(tmp_path / "run")
+    store.write_case(_case("synthetic_000", 100.0))
+    cfg = _cfg()
+    run_cohort_mc(cfg, store, progress=False)
+    first = store.read_case("synthetic_000").load()
+    assert set(_digests(store, "synthetic_000")) == {settings_attr("dose_mc"), settings_attr("kerma_cylinder")}
+    capsys.readouterr()
+    # settings that do not change a number: nothing to do
+    for key, value in (("mc.n_workers", 2), ("device", "cpu")):
+        assert cases_to_run(load_profile("smoke", {**_overrides(), key: value}), store) == {}
+    # more photons: the dose again, the kerma map kept
+    more = load_profile("smoke", {**_overrides(), "mc.n_photons": 8000})
+    assert cases_to_run(more, store) == {"synthetic_000": ["dose_mc"]}
+    run_cohort_mc(more, store, progress=False)
+    out = capsys.readouterr().out
+    assert "MC: dose_mc of 1 case (synthetic_000) was computed with other settings" in out
+    second = store.read_case("synthetic_000").load()
+    assert second.attrs["mc_n_photons"] == 8000
+    assert not np.array_equal(second["dose_mc"].values, first["dose_mc"].values)
+    np.testing.assert_array_equal(second["kerma_cylinder"].values, first["kerma_cylinder"].values)
+    assert cases_to_run(more, store) == {}
+    # another tube voltage changes the beam: dose and kerma map again
+    hard = load_profile("smoke", {**_overrides(), "mc.n_photons": 8000, "scanner.kvp": 100.0})
+    assert cases_to_run(hard, store) == {"synthetic_000": ["dose_mc", "kerma_cylinder"]}
+    # the first settings again: the same numbers as the first run (same seed)
+    run_cohort_mc(cfg, store, progress=False)
+    np.testing.assert_array_equal(store.read_case("synthetic_000")["dose_mc"].values, first["dose_mc"].values)
+    assert store.read_case("synthetic_000").attrs["mc_n_photons"] == 6000
+
+
+def _overrides() -> dict:
+    return {"mc.n_photons": 6000, "mc.n_batches": 4, "device": "cpu", "scanner.projections_per_rotation": 4,
+            "inputs.kerma_modes": ["cylinder"]}
+
+
+def test_switching_the_tube_current_modulation_on_redoes_only_cases_with_a_record(tmp_path):
+    from ctdose.physics.tube_current import TubeCurrentProfile
+
+    store = CaseStore.for_run(tmp_path / "run")
+    case = _case("clinical_000", 100.0)
+    case.attrs.update(TubeCurrentProfile([-10.0, 110.0], [100.0, 300.0], "ramp").to_attrs())
+    store.write_case(case)
+    store.write_case(_case("synthetic_000", 100.0))
+    run_cohort_mc(_cfg(), store, progress=False)
+    followed = load_profile("smoke", {**_overrides(), "scanner.tube_current_modulation": "ct"})
+    assert cases_to_run(followed, store) == {"clinical_000": ["dose_mc", "kerma_cylinder"]}
+
+
+def test_results_stored_without_a_digest_are_kept_and_named(tmp_path, capsys):
+    """A store written before the digests were recorded: its results are kept, not recomputed
+    on a guess, and the run says so."""
+    from ctdose.physics.cohort_mc import settings_attr
+
+    store = CaseStore.for_run(tmp_path / "run")
+    store.write_case(_case("synthetic_000", 100.0))
+    run_cohort_mc(_cfg(), store, progress=False)
+    store.add_variables("synthetic_000", {}, drop_attrs=[settings_attr("dose_mc"), settings_attr("kerma_cylinder")])
+    capsys.readouterr()
+    more = load_profile("smoke", {**_overrides(), "mc.n_photons": 8000})
+    assert run_cohort_mc(more, store, progress=False).empty
+    out = capsys.readouterr().out
+    assert "MC: dose_mc of 1 case (synthetic_000) was stored without a record of its settings; kept" in out

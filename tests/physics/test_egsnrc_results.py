@@ -104,3 +104,16 @@ def test_cases_with_an_egsnrc_file_take_their_dose_from_it(tmp_path, capsys):
     assert a.attrs["mc_tube_current"] == "constant 200 mA" and "mc_n_photons" not in a.attrs
     assert "kerma_cylinder" in a.data_vars  # the inputs still come from ctdose
     assert b.attrs["mc_engine"] == "ctdose Monte Carlo" and b.attrs["mc_n_photons"] == 4000
+    # a file added later, or changed, replaces that case's ctdose dose (and all its mc_* record)
+    write_3ddose(folder / "clinical_001.3ddose", dose, rel, SPACING, ORIGIN)
+    kerma = b["kerma_cylinder"].values.copy()
+    run_cohort_mc(cfg, store, progress=False)
+    assert "MC: dose_mc of 1 case (clinical_001) was computed with other settings" in capsys.readouterr().out
+    b = store.read_case("clinical_001").load()
+    np.testing.assert_allclose(b["dose_mc"].values, dose * particles * 3.0, rtol=1e-6)
+    assert b.attrs["mc_engine"].startswith("EGSnrc (clinical_001.3ddose") and "mc_n_photons" not in b.attrs
+    np.testing.assert_array_equal(b["kerma_cylinder"].values, kerma)
+    write_3ddose(folder / "clinical_001.3ddose", 2.0 * dose, rel, SPACING, ORIGIN)
+    run_cohort_mc(cfg, store, progress=False)
+    np.testing.assert_allclose(store.read_case("clinical_001")["dose_mc"].values, 2.0 * dose * particles * 3.0,
+                               rtol=1e-6)
