@@ -332,19 +332,48 @@ def _device(cfg) -> str:
 
 
 def _ensure_predictions(store, model_ids, case_ids, cfg, progress: bool, predict: bool) -> None:
+    """Predict the test cases a model has no prediction for, or one made from other members or
+    inputs than now (:func:`_stale_predictions`); with ``predict=False`` either is an error."""
     for model_id in model_ids:
-        missing = [c for c in case_ids if c not in set(store.prediction_case_ids(model_id))]
-        if not missing:
-            continue
-        if predict:
+        have = set(store.prediction_case_ids(model_id))
+        stale = _stale_predictions(store, model_id, [c for c in case_ids if c in have])
+        missing = [c for c in case_ids if c not in have]
+        if predict and (missing or stale):
             from .learn.inference import predict_model
 
-            predict_model(store, model_id, missing, _device(cfg), bool(progress and sys.stderr.isatty()))
-            missing = [c for c in case_ids if c not in set(store.prediction_case_ids(model_id))]
+            if stale:
+                print(f"note: {len(stale)} prediction(s) of {model_id} were made by other members or from other "
+                      f"inputs ({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}); predicting them again")
+            predict_model(store, model_id, missing + stale, _device(cfg), bool(progress and sys.stderr.isatty()))
+            missing, stale = [c for c in case_ids if c not in set(store.prediction_case_ids(model_id))], []
         if missing:
             raise MissingStepError(
                 f"model {model_id!r} has no prediction for test case(s) {', '.join(missing)}; {_STEP_PREDICT}"
             )
+        if stale:
+            raise MissingStepError(
+                f"model {model_id!r}: the prediction(s) for test case(s) {', '.join(stale)} were made by other "
+                f"members or from other inputs than now; {_STEP_PREDICT}"
+            )
+
+
+def _stale_predictions(store, model_id: str, case_ids: Sequence[str]) -> list[str]:
+    """The cases whose stored prediction records a digest other than the model's members and the
+    case's kerma input give now (:func:`ctdose.learn.inference.prediction_digest`). Predictions
+    without a digest (hand-made, or from an older ctdose) are kept."""
+    from .learn.inference import PREDICTION_SETTINGS_ATTR, model_digest, prediction_digest
+
+    recorded = {}
+    for c in case_ids:
+        value = store.prediction_attrs(model_id, c).get(PREDICTION_SETTINGS_ATTR)
+        if value is not None:
+            recorded[c] = value
+    if not recorded:
+        return []
+    model_sha1 = model_digest(store.run_dir, model_id)
+    mode = parse_model_id(model_id)[0]
+    return [c for c, value in recorded.items()
+            if value != prediction_digest(model_sha1, store.case_attrs(c), mode)]
 
 
 def organ_volume_table(store, case_ids: Iterable[str], groups: Mapping[str, Iterable[int]]) -> pd.DataFrame:

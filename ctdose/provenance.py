@@ -12,8 +12,8 @@ differs from the current one:
   kerma map settings;
 - an ensemble member: its checkpoint's ``settings_sha1``; the training settings, seed and
   cases, and the digests of those cases' targets and inputs;
-- a prediction: its attribute ``model_sha1``; the members' checkpoint files and the case's
-  kerma input digest.
+- a prediction: its attribute ``settings_sha1``; the bytes of the members' checkpoint files and
+  the digest of the case's kerma input.
 
 A digest covers settings and data, not the code's version.
 
@@ -35,7 +35,7 @@ from typing import Any
 
 from ._plain import to_plain
 
-__all__ = ["digest", "file_digest"]
+__all__ = ["digest", "file_digest", "settings_attr"]
 
 #: Bytes read at a time when a file is digested.
 _CHUNK_BYTES = 1 << 20
@@ -52,6 +52,12 @@ def _fields(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_fields(v) for v in value]
     return value
+
+
+def settings_attr(variable: str) -> str:
+    """The attribute that holds the digest of what ``variable`` was computed from
+    (``dose_mc_settings_sha1``, ``kerma_cylinder_settings_sha1``, ...)."""
+    return f"{variable}_settings_sha1"
 
 
 def digest(value: Any) -> str:

@@ -389,6 +389,13 @@ class CaseStore:
     def prediction_case_ids(self, model_id: str) -> list[str]:
         return self._children(f"predictions/{model_id}")
 
+    def prediction_attrs(self, model_id: str, case_id: str) -> dict:
+        """Attributes of a stored prediction (read from its metadata only)."""
+        path = self.root / "predictions" / model_id / case_id / "zarr.json"
+        if not path.is_file():
+            raise MissingStepError(f"no prediction of model {model_id!r} for case {case_id!r}")
+        return dict(json.loads(path.read_text()).get("attributes", {}))
+
     def write_prediction(self, model_id: str, case_id: str, ds: xr.Dataset, *, overwrite: bool = True) -> None:
         """Write a model's prediction for one case atomically (dims ``member, z, y, x``)."""
         _check_id("model id", model_id)

@@ -16,7 +16,9 @@ Written under ``<run_dir>/models/``::
 
 with ``model_id = f"{kerma_mode}_mix{percent_real:03d}"``, and the splits table
 ``<run_dir>/tables/splits.csv``. Training is resumable: a member whose checkpoint exists
-and was trained with the same settings, seed and cases is reused (a note is printed).
+and was trained with the same settings, seed and cases, from the same MC doses and kerma
+inputs (the digests those cases record, :mod:`ctdose.provenance`), is reused (a note is
+printed). The registry lists the members of each model's latest training only.
 
 On several GPUs Lightning trains data-parallel (``ddp``; ``ddp_notebook`` inside a
 notebook kernel); rank 0 writes the files.
@@ -25,8 +27,6 @@ notebook kernel); rank 0 writes the files.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import math
 import warnings
@@ -42,11 +42,12 @@ from tqdm.auto import tqdm
 from .._atomic import atomic_write_csv
 from ..errors import InputError
 from ..paths import resolve_path
+from ..provenance import digest, settings_attr
 from .checkpoint import load_checkpoint, save_checkpoint
 from .inference import resolve_device, show_progress
 from .loss import MC_UNCERTAINTY_FRACTION
 from .module import DoseModule
-from .normalise import fit_normaliser
+from .normalise import fit_normaliser, kerma_variable
 from .patches import PatchDataModule
 from .splits import cases_of, mix_name, write_splits
 from .unet import UNet3d
@@ -77,10 +78,6 @@ def model_id(kerma_mode: str, percent_real: int) -> str:
 def member_seed(base_seed: int, member: int) -> int:
     """Seed of ensemble member `member` derived from the run seed (same in every mix)."""
     return int(np.random.SeedSequence([int(base_seed), int(member)]).generate_state(1)[0])
-
-
-def _sha1(obj) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _grid_spacing(store, case_ids: Iterable[str]) -> list[float]:
@@ -125,9 +122,16 @@ def _trainer_kwargs(device: torch.device, epochs: int, progress: bool) -> dict:
     )
 
 
-def _train_settings_sha1(cfg, kerma_mode: str, percent_real, train_ids, val_ids) -> str:
-    return _sha1({"train": cfg["train"], "seed": cfg["seed"], "kerma_mode": kerma_mode,
-                  "percent_real": percent_real, "train_ids": list(train_ids), "val_ids": list(val_ids)})
+def _train_settings_sha1(cfg, store, kerma_mode: str, percent_real, train_ids, val_ids) -> str:
+    """Digest of what a member is trained from: the training settings, seed, mode, mix and
+    cases, and the digests recorded with those cases' MC dose and kerma input
+    (:mod:`ctdose.provenance`), so that a dose or input computed again trains the member again."""
+    variables = ("dose_mc", kerma_variable(kerma_mode))
+    data = {cid: [store.case_attrs(cid).get(settings_attr(v)) for v in variables]
+            for cid in (*train_ids, *val_ids)}
+    return digest({"train": cfg["train"], "seed": cfg["seed"], "kerma_mode": kerma_mode,
+                   "percent_real": percent_real, "train_ids": list(train_ids), "val_ids": list(val_ids),
+                   "data": data})
 
 
 def read_curves(run_dir: str | Path, model: str, member: int) -> pd.DataFrame:
@@ -159,7 +163,7 @@ def train_member(
     ckpt_path = folder / f"member{member}.pt"
     curves_path = folder / f"member{member}_curves.csv"
     seed = member_seed(cfg["seed"], member)
-    settings = _train_settings_sha1(cfg, kerma_mode, percent_real, train_ids, val_ids)
+    settings = _train_settings_sha1(cfg, store, kerma_mode, percent_real, train_ids, val_ids)
     row = {"model_id": mid, "kerma_mode": kerma_mode, "percent_real": percent_real, "real_source": real_source,
            "member": member, "seed": seed, "checkpoint": str(ckpt_path.relative_to(store.run_dir)),
            "n_train": len(train_ids), "n_val": len(val_ids)}
@@ -274,12 +278,13 @@ def train_all(
 
 
 def _write_registry(path: Path, rows: list[dict]) -> None:
-    """Merge `rows` into the registry file (rows of the same model and member are replaced)."""
+    """Merge `rows` into the registry file: the rows of a model replace all its earlier rows
+    (a model trained again with fewer members keeps no member of the earlier ensemble); other
+    models' rows stay."""
     new = pd.DataFrame(rows, columns=REGISTRY_COLUMNS)
     if path.is_file():
         old = pd.read_csv(path)
-        keys = set(zip(new["model_id"], new["member"]))
-        old = old[[(m, k) not in keys for m, k in zip(old["model_id"], old["member"])]]
+        old = old[~old["model_id"].isin(set(new["model_id"]))]
         new = pd.concat([old, new], ignore_index=True) if len(old) else new
     atomic_write_csv(new.sort_values(["model_id", "member"]).reset_index(drop=True), path)
 

@@ -33,15 +33,19 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError, MissingStepError
 from ..paths import resolve_path
+from ..provenance import digest, file_digest, settings_attr
 from .checkpoint import Member, check_compatible, load_checkpoint
 from .normalise import NORMALISED_LOW, kerma_variable
 
 __all__ = [
     "blending_weights",
     "load_ensemble",
+    "member_checkpoints",
+    "model_digest",
     "predict_case",
     "predict_members",
     "predict_model",
+    "prediction_digest",
     "registry",
     "resolve_device",
     "show_progress",
@@ -55,6 +59,9 @@ MIN_WEIGHT = 1e-3
 """Smallest blending weight relative to the centre (keeps border voxels covered)."""
 BODY_VARIABLE = "body_mask"
 DENSITY_VARIABLE = "density_e"
+#: Prediction attribute with the digest of the members and input it was made from
+#: (:func:`prediction_digest`); a prediction whose digest differs is made again.
+PREDICTION_SETTINGS_ATTR = "settings_sha1"
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -271,6 +278,47 @@ def models_dir(run_dir: str | Path) -> Path:
     return resolve_path(run_dir) / "models"
 
 
+def member_checkpoints(run_dir: str | Path, model_id: str) -> list[Path]:
+    """The checkpoint files of a model's members, in member order.
+
+    Those the registry (``models/registry.csv``) lists for the model: the members of its
+    latest training, even where files of an earlier, larger ensemble are still there. Without
+    a registry entry, every ``models/<model_id>/member<k>.pt``.
+
+    Raises
+    ------
+    MissingStepError
+        No member, or a registered checkpoint file that is not there (run notebook 03_training).
+    """
+    run_dir = resolve_path(run_dir)
+    folder = models_dir(run_dir) / model_id
+    step = "run notebook 03_training (ctdose run --only 03_training)"
+    table = models_dir(run_dir) / "registry.csv"
+    rows = pd.read_csv(table) if table.is_file() else pd.DataFrame(columns=["model_id", "member", "checkpoint"])
+    rows = rows[rows["model_id"].astype(str) == model_id].sort_values("member")
+    if len(rows):
+        paths = [run_dir / str(c) for c in rows["checkpoint"]]
+        for path in paths:
+            if not path.is_file():
+                raise MissingStepError(f"{table}: member checkpoint {path} of model {model_id!r} is missing; {step}")
+        return paths
+    paths = sorted(folder.glob("member*.pt"), key=lambda p: int("".join(ch for ch in p.stem if ch.isdigit()) or 0))
+    if not paths:
+        raise MissingStepError(f"model {model_id!r} has no trained members in {folder}; {step}")
+    return paths
+
+
+def model_digest(run_dir: str | Path, model_id: str) -> str:
+    """Digest of a model's member checkpoint files (their bytes, in member order)."""
+    return digest([file_digest(p) for p in member_checkpoints(run_dir, model_id)])
+
+
+def prediction_digest(model_sha1: str, case_attrs: dict, kerma_mode: str) -> str:
+    """Digest of what a prediction is made from: the model (:func:`model_digest`) and the digest
+    recorded with the case's kerma input (:mod:`ctdose.provenance`; None where none is)."""
+    return digest({"model": model_sha1, "kerma": case_attrs.get(settings_attr(kerma_variable(kerma_mode)))})
+
+
 def load_ensemble(
     run_dir: str | Path,
     model_id: str,
@@ -285,13 +333,7 @@ def load_ensemble(
     MissingStepError
         No trained member of `model_id` (run notebook 03_training).
     """
-    folder = models_dir(run_dir) / model_id
-    paths = sorted(folder.glob("member*.pt"), key=lambda p: int("".join(ch for ch in p.stem if ch.isdigit()) or 0))
-    if not paths:
-        raise MissingStepError(
-            f"model {model_id!r} has no trained members in {folder}; run notebook 03_training "
-            "(ctdose run --only 03_training)"
-        )
+    paths = member_checkpoints(run_dir, model_id)
     device = resolve_device(device)
     if kerma_mode is None:
         kerma_mode = model_id.split("_mix")[0]
@@ -382,8 +424,11 @@ def predict_model(
         The model has not been trained (notebook 03_training).
     """
     members = load_ensemble(store.run_dir, model_id, device=device)
+    model_sha1 = model_digest(store.run_dir, model_id)
     for case_id in tqdm(list(case_ids), desc=f"predict {model_id}", disable=not show_progress(progress)):
         ds = predict_case(store, members, case_id, device, window, overlap, batch_size, blend)
+        ds.attrs[PREDICTION_SETTINGS_ATTR] = prediction_digest(model_sha1, store.case_attrs(case_id),
+                                                               members[0].kerma_mode)
         store.write_prediction(model_id, case_id, ds)
 
 

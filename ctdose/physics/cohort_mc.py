@@ -48,8 +48,9 @@ import pandas as pd
 
 from ..config import number_from_text
 from ..errors import ConfigError, InputError
+from ..provenance import settings_attr
 
-__all__ = ["case_digests", "cases_to_run", "check_mc_profile", "run_cohort_mc", "settings_attr", "simulate_case"]
+__all__ = ["case_digests", "cases_to_run", "check_mc_profile", "run_cohort_mc", "simulate_case"]
 
 
 def _mc_cfg(cfg: Mapping[str, Any]) -> dict:
@@ -163,12 +164,6 @@ def case_seed(base_seed: int, case_id: str) -> int:
 #: The ``mc`` settings that change a case's own Monte Carlo dose (with the seed, the scanner
 #: and the case's protocol); the scheduler, the worker count and the device do not.
 _MC_DOSE_KEYS = ("n_photons", "n_batches", "estimator", "energy_cutoff_kev", "ambient", "weight_window")
-
-
-def settings_attr(variable: str) -> str:
-    """The case attribute that holds the digest of what ``variable`` was computed from
-    (``dose_mc_settings_sha1``, ``kerma_cylinder_settings_sha1``, ...; :mod:`ctdose.provenance`)."""
-    return f"{variable}_settings_sha1"
 
 
 def case_digests(cfg: Mapping[str, Any], scanner, protocol, case_id: str, egsnrc_path=None) -> dict[str, str]:

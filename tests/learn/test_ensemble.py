@@ -86,3 +86,76 @@ def test_prediction_on_another_grid_is_refused(trained, tmp_path):
         predict_case(other, members, "fine")
     with pytest.raises(InputError, match="'cylinder' kerma input"):
         load_ensemble(store.run_dir, "cylinder_mix000", kerma_mode="patient")
+
+
+def test_a_model_trained_again_with_fewer_members_is_that_ensemble_only(tmp_path, capsys):
+    """The registry lists the latest training's members; the files of an earlier, larger
+    ensemble stay on disk but are not loaded (and are reused where their settings come back)."""
+    store = make_learning_store(tmp_path)
+    train_all(tiny_profile(members=2), store, progress=False, groups=GROUPS, mixes=[0])
+    assert len(load_ensemble(store.run_dir, "cylinder_mix000")) == 2
+    train_all(tiny_profile(members=1), store, progress=False, groups=GROUPS, mixes=[0])
+    on_disk = pd.read_csv(store.run_dir / "models" / "registry.csv")
+    assert list(on_disk["member"]) == [0]
+    assert (store.run_dir / "models/cylinder_mix000/member1.pt").is_file()
+    assert [m.meta["member"] for m in load_ensemble(store.run_dir, "cylinder_mix000")] == [0]
+    capsys.readouterr()
+    train_all(tiny_profile(members=2), store, progress=False, groups=GROUPS, mixes=[0])
+    assert "member1.pt); reusing it" in capsys.readouterr().out  # member 0 was trained with members=1
+    assert len(load_ensemble(store.run_dir, "cylinder_mix000")) == 2
+
+
+def test_a_case_whose_dose_was_computed_again_trains_the_members_again(tmp_path, capsys):
+    from ctdose.learn.splits import cases_of
+    from ctdose.provenance import settings_attr
+
+    store = make_learning_store(tmp_path)
+    train_all(tiny_profile(), store, progress=False, groups=GROUPS, mixes=[0])
+    capsys.readouterr()
+    train_all(tiny_profile(), store, progress=False, groups=GROUPS, mixes=[0])
+    assert "already trained" in capsys.readouterr().out
+    # a test case's dose does not enter training; a training case's does
+    splits = store.read_table("splits")
+    test_case = cases_of(splits, 0, "test")[0]
+    store.add_variables(test_case, {}, attrs={settings_attr("dose_mc"): "another"})
+    train_all(tiny_profile(), store, progress=False, groups=GROUPS, mixes=[0])
+    assert "already trained" in capsys.readouterr().out
+    store.add_variables(cases_of(splits, 0, "train")[0], {}, attrs={settings_attr("dose_mc"): "another"})
+    train_all(tiny_profile(), store, progress=False, groups=GROUPS, mixes=[0])
+    assert "trained with other settings; training it again" in capsys.readouterr().out
+
+
+def test_predictions_made_by_other_members_or_inputs_are_made_again(trained, tmp_path, capsys):
+    import shutil
+
+    from ctdose.evaluate import _ensure_predictions
+    from ctdose.provenance import settings_attr
+    from ctdose.store import CaseStore
+
+    shutil.copytree(trained[0].run_dir, tmp_path / "run")
+    store = CaseStore.for_run(tmp_path / "run")
+    model, (a, b) = "cylinder_mix100", store.case_ids()[:2]
+    cfg = tiny_profile(members=2)
+    _ensure_predictions(store, [model], [a, b], cfg, False, True)
+    first = store.read_prediction(model, a)["mu"].values.copy()
+    assert len(store.prediction_attrs(model, a)["settings_sha1"]) == 40
+    stamp = (store.root / "predictions" / model / b / "zarr.json").stat().st_mtime_ns
+    capsys.readouterr()
+    _ensure_predictions(store, [model], [a, b], cfg, False, True)  # up to date: nothing done
+    assert capsys.readouterr().out == ""
+    # the case's kerma input computed again: that case's prediction again, the other kept
+    store.add_variables(a, {}, attrs={settings_attr("kerma_cylinder"): "another"})
+    with pytest.raises(Exception, match=rf"prediction\(s\) for test case\(s\) {a} were made by other members"):
+        _ensure_predictions(store, [model], [a, b], cfg, False, False)
+    _ensure_predictions(store, [model], [a, b], cfg, False, True)
+    assert f"1 prediction(s) of {model} were made by other members or from other inputs ({a})" in capsys.readouterr().out
+    assert (store.root / "predictions" / model / b / "zarr.json").stat().st_mtime_ns == stamp
+    np.testing.assert_array_equal(store.read_prediction(model, a)["mu"].values, first)  # same members, same numbers
+    # a member trained again (other weights): every prediction again
+    ckpt = store.run_dir / "models" / model / "member1.pt"
+    state = torch.load(ckpt, weights_only=True)
+    state["state_dict"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in state["state_dict"].items()}
+    torch.save(state, ckpt)
+    _ensure_predictions(store, [model], [a, b], cfg, False, True)
+    assert "2 prediction(s)" in capsys.readouterr().out
+    assert not np.array_equal(store.read_prediction(model, a)["mu"].values, first)

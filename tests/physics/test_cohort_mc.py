@@ -247,7 +247,7 @@ def _digests(store, cid):
 def test_results_made_with_other_settings_are_computed_again_and_only_those(tmp_path, capsys):
     """Each stored variable keeps the digest of what it was computed from; a re-run computes a
     variable again where the profile now says otherwise, and keeps the rest bit for bit."""
-    from ctdose.physics.cohort_mc import settings_attr
+    from ctdose.provenance import settings_attr
 
     store = CaseStore.for_run(tmp_path / "run")
     store.write_case(_case("synthetic_000", 100.0))
@@ -300,7 +300,7 @@ def test_switching_the_tube_current_modulation_on_redoes_only_cases_with_a_recor
 def test_results_stored_without_a_digest_are_kept_and_named(tmp_path, capsys):
     """A store written before the digests were recorded: its results are kept, not recomputed
     on a guess, and the run says so."""
-    from ctdose.physics.cohort_mc import settings_attr
+    from ctdose.provenance import settings_attr
 
     store = CaseStore.for_run(tmp_path / "run")
     store.write_case(_case("synthetic_000", 100.0))
