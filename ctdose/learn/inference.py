@@ -294,7 +294,7 @@ def member_checkpoints(run_dir: str | Path, model_id: str) -> list[Path]:
     folder = models_dir(run_dir) / model_id
     step = "run notebook 03_training (ctdose run --only 03_training)"
     table = models_dir(run_dir) / "registry.csv"
-    rows = pd.read_csv(table) if table.is_file() else pd.DataFrame(columns=["model_id", "member", "checkpoint"])
+    rows = registry(run_dir) if table.is_file() else pd.DataFrame(columns=["model_id", "member", "checkpoint"])
     rows = rows[rows["model_id"].astype(str) == model_id].sort_values("member")
     if len(rows):
         paths = [run_dir / str(c) for c in rows["checkpoint"]]

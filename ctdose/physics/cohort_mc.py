@@ -1,7 +1,8 @@
 """Monte Carlo dose (and network input maps) for every case of a store, through Dask.
 
 For each case without ``dose_mc`` (or without one of the configured ``kerma_<mode>`` maps), or
-whose stored one was computed with other settings than the profile's now, one Dask task simulates the profile's CT protocol over the case ROI
+whose stored one was computed with other settings than the profile's now, one Dask task
+simulates the profile's CT protocol over the case ROI
 (:func:`ctdose.physics.scanner.protocol_for_case`) and computes the kerma input maps
 (:func:`ctdose.physics.kerma.kerma_map`). A case with an EGSnrc result in ``mc.egsnrc_dir``
 (``<case_id>.3ddose``) takes its ``dose_mc`` from that file instead
@@ -198,8 +199,8 @@ def _plan(cfg: Mapping[str, Any], store, scanner, case_ids: Sequence[str]) -> tu
     """What the MC step has to do for ``case_ids``.
 
     Returns ``todo`` (case id -> variables to compute: missing, or stored with a digest other
-    than the current one), ``inputs`` (case id -> ``roi``, ``tube_current``, ``egsnrc``,
-    ``digests``) and ``notes`` (``"stale"``/``"unrecorded"`` -> variable -> case ids: stored
+    than the current one), ``inputs`` (case id -> ``spacing``, ``origin``, ``roi``,
+    ``tube_current``, ``egsnrc``, ``digests``) and ``notes`` (``"stale"``/``"unrecorded"`` -> variable -> case ids: stored
     with other settings, or stored before digests were recorded and kept).
     """
     from .egsnrc_results import egsnrc_file, egsnrc_settings
@@ -232,8 +233,8 @@ def _plan(cfg: Mapping[str, Any], store, scanner, case_ids: Sequence[str]) -> tu
                 notes["stale"].setdefault(v, []).append(cid)
         if redo:
             todo[cid] = redo
-        inputs[cid] = dict(roi=roi, tube_current=tube_current, egsnrc=egsnrc if "dose_mc" in redo else None,
-                           digests=digests)
+        inputs[cid] = dict(spacing=spacing, origin=origin, roi=roi, tube_current=tube_current,
+                           egsnrc=egsnrc if "dose_mc" in redo else None, digests=digests)
     return todo, inputs, notes
 
 
@@ -509,15 +510,12 @@ def run_cohort_mc(cfg: Mapping[str, Any], store, progress: bool = True, case_ids
 
         futures = []
         for cid, missing in todo.items():
-            attrs = store.case_attrs(cid)
             labels = np.asarray(store.read_case(cid, variables=["labels"])["labels"].values)
-            spacing = tuple(float(v) for v in attrs.get("spacing_mm", (1.0, 1.0, 1.0)))
-            origin = tuple(float(v) for v in attrs.get("origin_mm", (0.0, 0.0, 0.0)))
             case = inputs[cid]
             futures.append(
                 client.submit(
-                    simulate_case, labels, spacing, origin, case["roi"], dict(cfg), cid, missing, device, scanner,
-                    case["tube_current"], case["egsnrc"], key=f"mc-{cid}", pure=False,
+                    simulate_case, labels, case["spacing"], case["origin"], case["roi"], dict(cfg), cid, missing,
+                    device, scanner, case["tube_current"], case["egsnrc"], key=f"mc-{cid}", pure=False,
                 )
             )
         if progress and sys.stderr.isatty():

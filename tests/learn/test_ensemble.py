@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from learn_fakes import GROUPS, make_learning_store, tiny_profile
+from ctdose.errors import MissingStepError
 from ctdose.learn.ensemble import REGISTRY_COLUMNS, member_seed, train_all
 from ctdose.learn.inference import load_ensemble, predict_model
 
@@ -103,6 +104,10 @@ def test_a_model_trained_again_with_fewer_members_is_that_ensemble_only(tmp_path
     train_all(tiny_profile(members=2), store, progress=False, groups=GROUPS, mixes=[0])
     assert "member1.pt); reusing it" in capsys.readouterr().out  # member 0 was trained with members=1
     assert len(load_ensemble(store.run_dir, "cylinder_mix000")) == 2
+    (store.run_dir / "models/cylinder_mix000/member1.pt").unlink()
+    with pytest.raises(MissingStepError, match=r"registry.csv: member checkpoint .*member1.pt of model "
+                                                r"'cylinder_mix000' is missing; run notebook 03_training"):
+        load_ensemble(store.run_dir, "cylinder_mix000")
 
 
 def test_a_case_whose_dose_was_computed_again_trains_the_members_again(tmp_path, capsys):
