@@ -5,11 +5,15 @@ the settings and inputs are those the stored result was made with. So each step 
 to its result, a digest of those settings and inputs, and recomputes a result whose digest
 differs from the current one:
 
-- ``dose_mc`` of a case: attribute ``dose_mc_settings_sha1``; the scanner, the case's protocol
-  (its tube current included), the MC settings and seed, or the EGSnrc file's bytes and unit
-  conversion (:func:`ctdose.physics.cohort_mc.case_digests`);
-- ``kerma_<mode>`` of a case: ``kerma_<mode>_settings_sha1``; the scanner, the protocol and the
-  kerma map settings;
+- a phantom case (its ``labels`` and everything derived from them): case attribute
+  ``labels_settings_sha1``; its sampled parameters, voxel size and ROI settings
+  (:mod:`ctdose.anatomy.cohort`); a case built with other settings is built again, which drops
+  its later variables;
+- ``dose_mc`` of a case: ``dose_mc_settings_sha1``; the case's anatomy digest, the scanner, the
+  case's protocol (its tube current included), the MC settings and seed, or the EGSnrc file's
+  bytes and unit conversion (:func:`ctdose.physics.cohort_mc.case_digests`);
+- ``kerma_<mode>`` of a case: ``kerma_<mode>_settings_sha1``; the anatomy digest, the scanner,
+  the protocol and the kerma map settings;
 - an ensemble member: its checkpoint's ``settings_sha1``; the training settings, seed and
   cases, and the digests of those cases' targets and inputs;
 - a prediction: its attribute ``settings_sha1``; the bytes of the members' checkpoint files and

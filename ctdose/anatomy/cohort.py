@@ -8,7 +8,10 @@ profile names ``cohort.clinical_dir`` (``<dir>/<case>/ct.nii.gz + seg.nii.gz`` o
 ``<dir>/<case>/dicom/``) or ``cohort.xcat_dir`` (``<name>_act_1.bin`` + ``<name>_log``),
 those cases are imported too (cohorts ``clinical`` and ``xcat``).
 
-The run is resumable: cases already in the store are skipped with a printed note.
+The run is resumable: cases already in the store are skipped with a printed note. A phantom
+case records the digest of what it was built from (``labels_settings_sha1``: its sampled
+parameters, ``cohort.spacing_mm``, ``roi_margin_mm``, ``roi_superior``; :mod:`ctdose.provenance`);
+one built with other settings is built again, and its Monte Carlo dose and inputs with it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import pandas as pd
 import xarray as xr
 
 from ..errors import ConfigError
+from ..provenance import digest, settings_attr
 from ..store import CaseStore, make_case, provenance
 from .organs import body_mask, organ_table
 from .phantom import PhantomParams, build_phantom
@@ -128,10 +132,22 @@ def phantom_case(
 
 
 def _build_and_write(run_dir: str, job: tuple) -> str:
-    """Worker: build one phantom case and write it (each case is its own atomic group)."""
+    """Worker: :func:`_write_phantom` into the store of ``run_dir``."""
+    return _write_phantom(CaseStore.for_run(run_dir), job)
+
+
+def _write_phantom(store: CaseStore, job: tuple) -> str:
+    """Build one phantom case and write it (each case is its own atomic group) with the digest
+    of its job, replacing a case built with other settings; returns its id."""
     ds = phantom_case(*job)
-    CaseStore.for_run(run_dir).write_case(ds, manifest=False)
+    ds.attrs[settings_attr("labels")] = _job_digest(job)
+    store.write_case(ds, overwrite=True, manifest=False)
     return ds.attrs["case_id"]
+
+
+def _job_digest(job: tuple) -> str:
+    """Digest of a phantom job: everything :func:`phantom_case` builds from but the provenance."""
+    return digest(job[:-1])
 
 
 def _progress(iterable, total: int, desc: str, progress: bool):
@@ -148,12 +164,17 @@ def _phantom_jobs(cfg, designs, store, prov) -> Iterator[tuple]:
         to_params = synthetic_params if cohort == "synthetic" else surrogate_params
         for row in table.to_dict("records"):
             case_id = row["case_id"]
-            if case_id in store:
-                print(f"{case_id}: already in the store, skipped")
-                continue
             sampled = {k: v for k, v in row.items() if k != "case_id"}
-            yield (to_params(row), case_id, cohort, float(c["spacing_mm"]), float(c["roi_margin_mm"]),
+            job = (to_params(row), case_id, cohort, float(c["spacing_mm"]), float(c["roi_margin_mm"]),
                    str(c.get("roi_superior", "C7")), sampled, prov)
+            if case_id in store:
+                stored = store.case_attrs(case_id).get(settings_attr("labels"))
+                if stored is None or stored == _job_digest(job):
+                    print(f"{case_id}: already in the store, skipped")
+                    continue
+                print(f"{case_id}: built with other anatomy settings; building it again (its Monte Carlo dose and "
+                      f"inputs are computed again)")
+            yield job
 
 
 def build_cohorts(cfg: Mapping, store: CaseStore, progress: bool = True) -> pd.DataFrame:
@@ -185,7 +206,7 @@ def build_cohorts(cfg: Mapping, store: CaseStore, progress: bool = True) -> pd.D
         store.write_table(_DESIGN_TABLES[cohort], table)
     prov = provenance(getattr(cfg, "name", cfg.get("name")), int(cfg["seed"]), generator="ctdose.anatomy")
     jobs = list(_phantom_jobs(cfg, designs, store, prov))
-    skipped = {cid for t in designs.values() for cid in t["case_id"] if cid in store}
+    skipped = {cid for t in designs.values() for cid in t["case_id"] if cid in store} - {job[1] for job in jobs}
     workers = int(c.get("n_workers", 1) or 1)
     written: list[str] = []
     if workers > 1 and len(jobs) > 1:
@@ -195,9 +216,7 @@ def build_cohorts(cfg: Mapping, store: CaseStore, progress: bool = True) -> pd.D
                 written.append(cid)
     else:
         for job in _progress(jobs, len(jobs), "phantoms", progress):
-            ds = phantom_case(*job)
-            store.write_case(ds, manifest=False)
-            written.append(ds.attrs["case_id"])
+            written.append(_write_phantom(store, job))
     store.write_manifest()
     imported = _import_external(cfg, store, prov, progress)
     rows = []

@@ -167,12 +167,15 @@ def case_seed(base_seed: int, case_id: str) -> int:
 _MC_DOSE_KEYS = ("n_photons", "n_batches", "estimator", "energy_cutoff_kev", "ambient", "weight_window")
 
 
-def case_digests(cfg: Mapping[str, Any], scanner, protocol, case_id: str, egsnrc_path=None) -> dict[str, str]:
+def case_digests(cfg: Mapping[str, Any], scanner, protocol, case_id: str, egsnrc_path=None,
+                 anatomy: str | None = None) -> dict[str, str]:
     """Per variable a case's MC step computes (``dose_mc``, ``kerma_<mode>``), the digest of
     what it is computed from (:func:`ctdose.provenance.digest`).
 
-    Both cover the scanner (spectrum, bowtie, geometry) and the case's protocol (scan range,
-    mode, tube current: a modulation followed is part of it). ``dose_mc`` adds the MC settings
+    Both cover the case's anatomy (``anatomy``: the digest its labels were built with, case
+    attribute ``labels_settings_sha1``, None for imported cases), the scanner (spectrum, bowtie,
+    geometry) and the case's protocol (scan range, mode, tube current: a modulation followed is
+    part of it). ``dose_mc`` adds the MC settings
     that change the dose (:data:`_MC_DOSE_KEYS`) and the case's seed, or, for a case with an
     EGSnrc result, that file's bytes and its unit conversion; ``kerma_<mode>`` adds the mode and
     the kerma map settings (:func:`ctdose.physics.kerma.kerma_settings`).
@@ -182,7 +185,7 @@ def case_digests(cfg: Mapping[str, Any], scanner, protocol, case_id: str, egsnrc
     from .kerma import kerma_settings
 
     mc = _mc_cfg(cfg)
-    beam = {"scanner": scanner, "protocol": protocol}
+    beam = {"anatomy": anatomy, "scanner": scanner, "protocol": protocol}
     if egsnrc_path is not None:
         dose = {"engine": EGSNRC_ENGINE, "file_sha1": file_digest(egsnrc_path),
                 "particles_per_mas": egsnrc_settings(cfg)[1]}
@@ -219,7 +222,7 @@ def _plan(cfg: Mapping[str, Any], store, scanner, case_ids: Sequence[str]) -> tu
         tube_current = TubeCurrentProfile.from_attrs(attrs)
         egsnrc = egsnrc_file(folder, cid)
         protocol, _ = case_protocol(cfg, roi, tube_current)
-        digests = case_digests(cfg, scanner, protocol, cid, egsnrc)
+        digests = case_digests(cfg, scanner, protocol, cid, egsnrc, attrs.get(settings_attr("labels")))
         have = set(store.case_variables(cid))
         redo = []
         for v in wanted:

@@ -40,6 +40,32 @@ def test_build_cohorts_writes_resumes_and_is_deterministic(tmp_path, capsys):
     assert all(d1[k].equals(d2[k]) for k in d1)
 
 
+def test_cases_built_with_other_anatomy_settings_are_built_again(tmp_path, capsys):
+    """A case records the digest of what it was built from; another voxel size rebuilds it
+    (its earlier dose with it), and the same settings again rebuild nothing."""
+    from ctdose.provenance import settings_attr
+
+    over = {"cohort.n_synthetic": 1, "cohort.n_surrogate": 1, "cohort.spacing_mm": 20.0}
+    store = CaseStore.for_run(tmp_path / "run")
+    build_cohorts(load_profile("smoke", over), store, progress=False)
+    first = store.read_case("synthetic_000").load()
+    assert len(first.attrs[settings_attr("labels")]) == 40
+    store.add_variables("synthetic_000", {"dose_mc": np.ones(first["labels"].shape, np.float32)})
+    capsys.readouterr()
+    finer = load_profile("smoke", {**over, "cohort.spacing_mm": 15.0})
+    table = build_cohorts(finer, store, progress=False)
+    assert (table["status"] == "written").all()
+    assert "synthetic_000: built with other anatomy settings; building it again" in capsys.readouterr().out
+    again = store.read_case("synthetic_000").load()
+    assert again.attrs["spacing_mm"] == [15.0, 15.0, 15.0] and "dose_mc" not in again
+    assert again.attrs[settings_attr("labels")] != first.attrs[settings_attr("labels")]
+    assert (build_cohorts(finer, store, progress=False)["status"] == "skipped").all()
+    # a case written without a digest (an older ctdose) is kept as it is
+    store.add_variables("surrogate_000", {}, drop_attrs=[settings_attr("labels")])
+    assert build_cohorts(load_profile("smoke", over), store, progress=False).set_index("case_id").loc[
+        "surrogate_000", "status"] == "skipped"
+
+
 def test_parallel_build_equals_serial_and_notebook_helpers(tmp_path):
     from ctdose.anatomy.cohort import cohort_summary, label_colormap, organ_volume_table, slice_views
 

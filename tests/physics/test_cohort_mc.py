@@ -311,3 +311,22 @@ def test_results_stored_without_a_digest_are_kept_and_named(tmp_path, capsys):
     assert run_cohort_mc(more, store, progress=False).empty
     out = capsys.readouterr().out
     assert "MC: dose_mc of 1 case (synthetic_000) was stored without a record of its settings; kept" in out
+
+
+def test_the_case_digests_cover_anatomy_beam_and_seed_but_not_the_worker_count():
+    from ctdose.physics.cohort_mc import case_digests
+    from ctdose.physics.scanner import case_protocol, scanner_from_profile
+
+    cfg = _cfg()
+    scanner = scanner_from_profile(cfg)
+    protocol, _ = case_protocol(cfg, (0.0, 120.0))
+    base = case_digests(cfg, scanner, protocol, "synthetic_000", anatomy="a")
+    assert set(base) == {"dose_mc", "kerma_cylinder"}
+    other_anatomy = case_digests(cfg, scanner, protocol, "synthetic_000", anatomy="b")
+    assert all(other_anatomy[v] != base[v] for v in base)
+    longer = case_digests(cfg, scanner, case_protocol(cfg, (0.0, 160.0))[0], "synthetic_000", anatomy="a")
+    assert all(longer[v] != base[v] for v in base)
+    other_case = case_digests(cfg, scanner, protocol, "synthetic_001", anatomy="a")  # another seed
+    assert other_case["dose_mc"] != base["dose_mc"] and other_case["kerma_cylinder"] == base["kerma_cylinder"]
+    workers = load_profile("smoke", {**_overrides(), "mc.n_workers": 2, "mc.scheduler": "tcp://elsewhere:8786"})
+    assert case_digests(workers, scanner, protocol, "synthetic_000", anatomy="a") == base
