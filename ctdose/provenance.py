@@ -5,10 +5,11 @@ the settings and inputs are those the stored result was made with. So each step 
 to its result, a digest of those settings and inputs, and recomputes a result whose digest
 differs from the current one:
 
-- a phantom case (its ``labels`` and everything derived from them): case attribute
-  ``labels_settings_sha1``; its sampled parameters, voxel size and ROI settings
-  (:mod:`ctdose.anatomy.cohort`); a case built with other settings is built again, which drops
-  its later variables;
+- a case (its ``labels`` and everything derived from them): case attribute
+  ``labels_settings_sha1``; a phantom's sampled parameters, an imported case's reader settings,
+  and the voxel size and ROI settings (:mod:`ctdose.anatomy.resume`; the imported source files
+  are not digested); a case built with other settings is built again, which drops its later
+  variables;
 - ``dose_mc`` of a case: ``dose_mc_settings_sha1``; the case's anatomy digest, the scanner, the
   case's protocol (its tube current included), the MC settings and seed, or the EGSnrc file's
   bytes and unit conversion (:func:`ctdose.physics.cohort_mc.case_digests`);

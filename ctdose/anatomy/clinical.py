@@ -373,7 +373,8 @@ def import_clinical_cohort(
     """Import every case folder of ``folder`` into ``store`` as cohort ``clinical`` (one call).
 
     Case ids are ``clinical_<folder name>``; cases already in the store are skipped with a
-    printed note. Each case is checked completely before it is written, so a bad case
+    printed note, unless they were imported with another voxel size, ROI or ``ts_version``
+    (their ``labels_settings_sha1``, :mod:`ctdose.anatomy.resume`): those are imported again. Each case is checked completely before it is written, so a bad case
     raises ``InputError`` and leaves the store as it was (cases written before stay).
 
     Returns
@@ -381,13 +382,17 @@ def import_clinical_cohort(
     list of str
         The case ids of the folder (written or already present).
     """
+    from .cohort import import_digest
+    from .resume import LABELS_SETTINGS_ATTR, needs_build
+
+    key = import_digest(spacing_mm, margin_mm, superior, ts_version=ts_version)
     ids = []
     for case_dir in clinical_case_dirs(folder):
         cid = f"clinical_{case_dir.name}"
-        if cid in store:
-            print(f"{cid}: already in the store, skipped")
-        else:
-            store.write_case(load_clinical_case(case_dir, spacing_mm, margin_mm, superior=superior, case_id=cid,
-                                                ts_version=ts_version, prov=prov))
+        if needs_build(store, cid, key, "import settings"):
+            ds = load_clinical_case(case_dir, spacing_mm, margin_mm, superior=superior, case_id=cid,
+                                    ts_version=ts_version, prov=prov)
+            ds.attrs[LABELS_SETTINGS_ATTR] = key
+            store.write_case(ds, overwrite=True)
         ids.append(cid)
     return ids

@@ -8,10 +8,11 @@ profile names ``cohort.clinical_dir`` (``<dir>/<case>/ct.nii.gz + seg.nii.gz`` o
 ``<dir>/<case>/dicom/``) or ``cohort.xcat_dir`` (``<name>_act_1.bin`` + ``<name>_log``),
 those cases are imported too (cohorts ``clinical`` and ``xcat``).
 
-The run is resumable: cases already in the store are skipped with a printed note. A phantom
-case records the digest of what it was built from (``labels_settings_sha1``: its sampled
-parameters, ``cohort.spacing_mm``, ``roi_margin_mm``, ``roi_superior``; :mod:`ctdose.provenance`);
-one built with other settings is built again, and its Monte Carlo dose and inputs with it.
+The run is resumable: cases already in the store are skipped with a printed note. A case
+records the digest of what it was built from (``labels_settings_sha1``: a phantom's sampled
+parameters, an imported case's reader settings, ``cohort.spacing_mm``, ``roi_margin_mm``,
+``roi_superior``; :mod:`ctdose.anatomy.resume`); one built with other settings is built again,
+and its Monte Carlo dose and inputs with it.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ import pandas as pd
 import xarray as xr
 
 from ..errors import ConfigError
-from ..provenance import digest, settings_attr
+from ..provenance import digest
 from ..store import CaseStore, make_case, provenance
 from .organs import body_mask, organ_table
 from .phantom import PhantomParams, build_phantom
+from .resume import LABELS_SETTINGS_ATTR, needs_build
 from .roi import thorax_roi_z_mm
 from .surrogate import sample_surrogate, surrogate_params
 from .synthetic import sample_synthetic, synthetic_params
@@ -140,9 +142,16 @@ def _write_phantom(store: CaseStore, job: tuple) -> str:
     """Build one phantom case and write it (each case is its own atomic group) with the digest
     of its job, replacing a case built with other settings; returns its id."""
     ds = phantom_case(*job)
-    ds.attrs[settings_attr("labels")] = _job_digest(job)
+    ds.attrs[LABELS_SETTINGS_ATTR] = _job_digest(job)
     store.write_case(ds, overwrite=True, manifest=False)
     return ds.attrs["case_id"]
+
+
+def import_digest(spacing_mm: float, margin_mm: float, superior: str, **settings) -> str:
+    """Digest of an imported case's build settings (voxel size, ROI margin and landmark, and
+    any ``settings`` of the reader); the source files themselves are not digested."""
+    return digest({"spacing_mm": float(spacing_mm), "margin_mm": float(margin_mm), "superior": str(superior),
+                   **settings})
 
 
 def _job_digest(job: tuple) -> str:
@@ -167,14 +176,8 @@ def _phantom_jobs(cfg, designs, store, prov) -> Iterator[tuple]:
             sampled = {k: v for k, v in row.items() if k != "case_id"}
             job = (to_params(row), case_id, cohort, float(c["spacing_mm"]), float(c["roi_margin_mm"]),
                    str(c.get("roi_superior", "C7")), sampled, prov)
-            if case_id in store:
-                stored = store.case_attrs(case_id).get(settings_attr("labels"))
-                if stored is None or stored == _job_digest(job):
-                    print(f"{case_id}: already in the store, skipped")
-                    continue
-                print(f"{case_id}: built with other anatomy settings; building it again (its Monte Carlo dose and "
-                      f"inputs are computed again)")
-            yield job
+            if needs_build(store, case_id, _job_digest(job)):
+                yield job
 
 
 def build_cohorts(cfg: Mapping, store: CaseStore, progress: bool = True) -> pd.DataFrame:
@@ -205,8 +208,8 @@ def build_cohorts(cfg: Mapping, store: CaseStore, progress: bool = True) -> pd.D
     for cohort, table in designs.items():
         store.write_table(_DESIGN_TABLES[cohort], table)
     prov = provenance(getattr(cfg, "name", cfg.get("name")), int(cfg["seed"]), generator="ctdose.anatomy")
+    before = {cid: store.case_attrs(cid).get(LABELS_SETTINGS_ATTR) for cid in store.case_ids()}
     jobs = list(_phantom_jobs(cfg, designs, store, prov))
-    skipped = {cid for t in designs.values() for cid in t["case_id"] if cid in store} - {job[1] for job in jobs}
     workers = int(c.get("n_workers", 1) or 1)
     written: list[str] = []
     if workers > 1 and len(jobs) > 1:
@@ -222,9 +225,10 @@ def build_cohorts(cfg: Mapping, store: CaseStore, progress: bool = True) -> pd.D
     rows = []
     for cid in [cid for t in designs.values() for cid in t["case_id"]] + imported:
         a = store.case_attrs(cid)
+        kept = cid in before and a.get(LABELS_SETTINGS_ATTR) == before[cid]  # a rebuilt case has a new digest
         rows.append({
             "case_id": cid, "cohort": a.get("cohort"), "sex": a.get("sex"), "height_m": a.get("height_m"),
-            "status": "skipped" if cid in skipped else "written",
+            "status": "skipped" if kept else "written",
             "n_slices": int(store.read_case(cid, ["labels"]).sizes["z"]),
             "roi_lo_mm": a.get("roi_z_mm", [np.nan, np.nan])[0], "roi_hi_mm": a.get("roi_z_mm", [np.nan, np.nan])[1],
         })
@@ -244,12 +248,13 @@ def _import_external(cfg, store, prov, progress) -> list[str]:
     if c.get("xcat_dir"):
         from ..io.xcat import load_xcat_case, xcat_phantoms
 
+        key = import_digest(spacing, margin, superior)
         for bin_path, log_path in xcat_phantoms(Path(c["xcat_dir"])):
             cid = f"xcat_{bin_path.name[: -len('_act_1.bin')]}"
-            if cid not in store:
-                store.write_case(load_xcat_case(bin_path, log_path, spacing, margin, case_id=cid, prov=prov))
-            else:
-                print(f"{cid}: already in the store, skipped")
+            if needs_build(store, cid, key, "import settings"):
+                ds = load_xcat_case(bin_path, log_path, spacing, margin, case_id=cid, prov=prov)
+                ds.attrs[LABELS_SETTINGS_ATTR] = key
+                store.write_case(ds, overwrite=True)
             ids.append(cid)
     return ids
 

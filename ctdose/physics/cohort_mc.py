@@ -173,7 +173,8 @@ def case_digests(cfg: Mapping[str, Any], scanner, protocol, case_id: str, egsnrc
     what it is computed from (:func:`ctdose.provenance.digest`).
 
     Both cover the case's anatomy (``anatomy``: the digest its labels were built with, case
-    attribute ``labels_settings_sha1``, None for imported cases), the scanner (spectrum, bowtie,
+    attribute ``labels_settings_sha1``, :mod:`ctdose.anatomy.resume`; None for a case written
+    without one), the scanner (spectrum, bowtie,
     geometry) and the case's protocol (scan range, mode, tube current: a modulation followed is
     part of it). ``dose_mc`` adds the MC settings
     that change the dose (:data:`_MC_DOSE_KEYS`) and the case's seed, or, for a case with an

@@ -181,6 +181,11 @@ def test_clinical_folder_becomes_a_cohort_in_one_call(tmp_path):
     assert store.case_ids(cohort="clinical") == ["clinical_p1", "clinical_p2"]
     ds = store.read_case("clinical_p1")
     assert {"labels", "body_mask", "density_e"} <= set(ds.data_vars)
+    # the same settings again: kept; another voxel size: imported again
+    assert (build_cohorts(cfg, store, progress=False)["status"] == "skipped").all()
+    cfg["cohort"]["spacing_mm"] = 10.0
+    build_cohorts(cfg, store, progress=False)
+    assert store.case_attrs("clinical_p2")["spacing_mm"] == [10.0, 10.0, 10.0]
 
 
 def test_a_tube_current_file_comes_with_the_case_and_must_lie_on_the_ct(tmp_path):
