@@ -40,6 +40,9 @@ from .paths import resolve_path
 
 __all__ = ["CaseStore", "make_case", "provenance"]
 
+#: Table of the run's cases, written by the cohort build (notebook 01).
+CASES_TABLE = "cases"
+
 CHUNK_EDGE = 64
 """Chunk edge length in voxels (chunks of about 64^3)."""
 
@@ -239,6 +242,25 @@ class CaseStore:
         if cohort is None:
             return ids
         return [c for c in ids if self.case_attrs(c).get("cohort") == cohort]
+
+    def run_case_ids(self, say: str | None = None) -> list[str]:
+        """Sorted ids of the run's cases: those the cohort build listed in ``tables/cases.csv``
+        (:data:`CASES_TABLE`, the profile's cohorts), or every case where there is no such table.
+
+        Cases of an earlier profile that stay in the store (a smaller cohort now, a clinical
+        folder no longer named) are left out; with ``say`` (the step's name) a note names them.
+        """
+        ids = self.case_ids()
+        path = self.tables_dir / f"{CASES_TABLE}.csv"
+        if not path.is_file():
+            return ids
+        listed = set(pd.read_csv(path)["case_id"].astype(str))
+        outside = [c for c in ids if c not in listed]
+        if outside and say:
+            names = ", ".join(outside[:3]) + (", ..." if len(outside) > 3 else "")
+            print(f"{say}: {len(outside)} case(s) in the store are not among the profile's cohorts ({names}); "
+                  f"left out")
+        return [c for c in ids if c in listed]
 
     def __contains__(self, case_id: str) -> bool:
         return (self.root / "cases" / case_id / "zarr.json").is_file()

@@ -30,7 +30,7 @@ import xarray as xr
 
 from ..errors import ConfigError
 from ..provenance import digest
-from ..store import CaseStore, make_case, provenance
+from ..store import CASES_TABLE, CaseStore, make_case, provenance
 from .organs import body_mask, organ_table
 from .phantom import PhantomParams, build_phantom
 from .resume import LABELS_SETTINGS_ATTR, needs_build
@@ -198,7 +198,9 @@ def build_cohorts(cfg: Mapping, store: CaseStore, progress: bool = True) -> pd.D
         One row per case of the profile's cohorts (``case_id, cohort, sex, height_m,
         status`` = written | skipped, ``n_slices``, ``roi_lo_mm``, ``roi_hi_mm``).
         The design tables are also written to the store's tables
-        (``cohort_synthetic.csv``, ``cohort_surrogate.csv``).
+        (``cohort_synthetic.csv``, ``cohort_surrogate.csv``), and this table as ``cases.csv``:
+        the run's cases (:meth:`ctdose.store.CaseStore.run_case_ids`), which the later steps
+        use; cases of an earlier profile that stay in the store are named and left out.
     """
     c = cfg["cohort"]
     spacing = float(c["spacing_mm"])
@@ -232,7 +234,10 @@ def build_cohorts(cfg: Mapping, store: CaseStore, progress: bool = True) -> pd.D
             "n_slices": int(store.read_case(cid, ["labels"]).sizes["z"]),
             "roi_lo_mm": a.get("roi_z_mm", [np.nan, np.nan])[0], "roi_hi_mm": a.get("roi_z_mm", [np.nan, np.nan])[1],
         })
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    store.write_table(CASES_TABLE, table)
+    store.run_case_ids(say="cohort")  # names cases of an earlier profile, which the later steps leave out
+    return table
 
 
 def _import_external(cfg, store, prov, progress) -> list[str]:

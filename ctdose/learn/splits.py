@@ -175,7 +175,7 @@ def split_cases(
 
 def make_splits(store, cfg) -> pd.DataFrame:
     """Splits of a run from its store and profile (``cohort.n_test``, ``train.*``, ``seed``)."""
-    cohorts = {c: store.case_attrs(c).get("cohort") for c in store.case_ids()}
+    cohorts = {c: store.case_attrs(c).get("cohort") for c in store.run_case_ids(say="splits")}
     if not cohorts:
         raise MissingStepError(
             f"{store.root}: no cases; run notebooks 01_phantom_sampling and 02_mc_preparation first"

@@ -253,7 +253,7 @@ def cases_to_run(cfg: Mapping[str, Any], store, scanner=None) -> dict[str, list[
     from .scanner import scanner_from_profile
 
     scanner = scanner_from_profile(cfg) if scanner is None else scanner
-    return _plan(cfg, store, scanner, store.case_ids())[0]
+    return _plan(cfg, store, scanner, store.run_case_ids())[0]
 
 
 def simulate_case(
@@ -446,7 +446,8 @@ def _client(mc: dict, n_workers: int, device: str):
 
 
 def run_cohort_mc(cfg: Mapping[str, Any], store, progress: bool = True, case_ids: Sequence[str] | None = None) -> pd.DataFrame:
-    """Simulate every case of ``store`` that lacks ``dose_mc`` or a configured kerma map.
+    """Simulate every case of the run (:meth:`ctdose.store.CaseStore.run_case_ids`) that lacks
+    ``dose_mc`` or a configured kerma map, or whose stored one was made with other settings.
 
     Parameters
     ----------
@@ -457,7 +458,7 @@ def run_cohort_mc(cfg: Mapping[str, Any], store, progress: bool = True, case_ids
     progress : bool
         Show a progress bar (only when stderr is a terminal).
     case_ids : sequence of str, optional
-        Restrict to these cases.
+        These cases of the store instead.
 
     Returns
     -------
@@ -470,7 +471,7 @@ def run_cohort_mc(cfg: Mapping[str, Any], store, progress: bool = True, case_ids
     from .mc import resolve_device
 
     mc = _mc_cfg(cfg)
-    all_ids = store.case_ids()
+    all_ids = store.run_case_ids(say="MC") if case_ids is None else store.case_ids()
     if case_ids is not None:
         unknown = sorted(set(case_ids) - set(all_ids))
         if unknown:

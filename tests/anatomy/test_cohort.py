@@ -91,3 +91,21 @@ def test_parallel_build_equals_serial_and_notebook_helpers(tmp_path):
     from ctdose.anatomy.organs import organ_table
 
     assert label_colormap().N == organ_table()["id"].max() + 1
+
+
+def test_cases_of_an_earlier_larger_cohort_stay_in_the_store_but_out_of_the_run(tmp_path, capsys):
+    from ctdose.learn.splits import make_splits
+
+    over = {"cohort.n_synthetic": 3, "cohort.n_surrogate": 3, "cohort.spacing_mm": 20.0, "cohort.n_test": 1}
+    store = CaseStore.for_run(tmp_path / "run")
+    build_cohorts(load_profile("smoke", over), store, progress=False)
+    assert store.run_case_ids() == store.case_ids()
+    smaller = load_profile("smoke", {**over, "cohort.n_synthetic": 2})
+    capsys.readouterr()
+    build_cohorts(smaller, store, progress=False)
+    assert "cohort: 1 case(s) in the store are not among the profile's cohorts (synthetic_002); left out" in \
+        capsys.readouterr().out
+    assert "synthetic_002" in store.case_ids() and "synthetic_002" not in store.run_case_ids()
+    splits = make_splits(store, smaller)
+    assert "synthetic_002" not in set(splits["case_id"])
+    assert "splits: 1 case(s)" in capsys.readouterr().out
