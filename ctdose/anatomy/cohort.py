@@ -265,7 +265,8 @@ def _import_external(cfg, store, prov, progress) -> list[str]:
 
 
 def organ_volume_table(store: CaseStore, cohorts: Sequence[str] | None = None) -> pd.DataFrame:
-    """Organ volumes of every case, long format (the basis of the paper's Figure 7).
+    """Organ volumes of every case of the run (:meth:`~ctdose.store.CaseStore.run_case_ids`),
+    long format (the basis of the paper's Figure 7).
 
     Phantom cases report their target volumes (the sampled design, whole organs); imported
     cases (clinical, xcat) their voxelised volumes inside the ROI.
@@ -284,7 +285,7 @@ def organ_volume_table(store: CaseStore, cohorts: Sequence[str] | None = None) -
         ref[sex] = reference_organ_volumes_ml(sex)
         ref[sex]["heart"] = ref[sex]["heart_wall"] + ref[sex]["heart_blood"]
     rows = []
-    for cid in store.case_ids():
+    for cid in store.run_case_ids():
         a = store.case_attrs(cid)
         if cohorts is not None and a.get("cohort") not in cohorts:
             continue
@@ -317,7 +318,8 @@ def _merge_sides(vols: Mapping[str, float]) -> dict[str, float]:
 
 
 def cohort_summary(store: CaseStore) -> pd.DataFrame:
-    """One row per case: cohort, sex, height, arms, offsets, ROI length and effective diameter (cm).
+    """One row per case of the run (:meth:`~ctdose.store.CaseStore.run_case_ids`): cohort, sex,
+    height, arms, offsets, ROI length and effective diameter (cm).
 
     The effective diameter is ``ctdose.dosimetry.effective_diameter_cm`` (AAPM 204) of the
     body mask over the ROI slices.
@@ -325,7 +327,7 @@ def cohort_summary(store: CaseStore) -> pd.DataFrame:
     from ..dosimetry import effective_diameter_cm
 
     rows = []
-    for cid in store.case_ids():
+    for cid in store.run_case_ids():
         a = store.case_attrs(cid)
         body = store.read_case(cid, ["body_mask"])["body_mask"].values
         roi = a.get("roi_z_mm") or [np.nan, np.nan]
