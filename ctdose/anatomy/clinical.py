@@ -60,6 +60,7 @@ from ..store import make_case
 from .cohort import case_variables
 from .organs import label_id
 from .roi import CERVICAL, crop_z, landmark_extent_z_mm, thorax_roi_z_mm
+from .resume import import_digest, needs_build, write_built
 
 __all__ = [
     "import_ct",
@@ -374,25 +375,21 @@ def import_clinical_cohort(
 
     Case ids are ``clinical_<folder name>``; cases already in the store are skipped with a
     printed note, unless they were imported with another voxel size, ROI or ``ts_version``
-    (their ``labels_settings_sha1``, :mod:`ctdose.anatomy.resume`): those are imported again. Each case is checked completely before it is written, so a bad case
-    raises ``InputError`` and leaves the store as it was (cases written before stay).
+    (their ``labels_settings_sha1``, :mod:`ctdose.anatomy.resume`): those are imported again.
+    Each case is checked completely before it is written, so a bad case raises ``InputError``
+    and leaves the store as it was (cases written before stay).
 
     Returns
     -------
     list of str
         The case ids of the folder (written or already present).
     """
-    from .cohort import import_digest
-    from .resume import LABELS_SETTINGS_ATTR, needs_build
-
     key = import_digest(spacing_mm, margin_mm, superior, ts_version=ts_version)
     ids = []
     for case_dir in clinical_case_dirs(folder):
         cid = f"clinical_{case_dir.name}"
         if needs_build(store, cid, key, "import settings"):
-            ds = load_clinical_case(case_dir, spacing_mm, margin_mm, superior=superior, case_id=cid,
-                                    ts_version=ts_version, prov=prov)
-            ds.attrs[LABELS_SETTINGS_ATTR] = key
-            store.write_case(ds, overwrite=True)
+            write_built(store, load_clinical_case(case_dir, spacing_mm, margin_mm, superior=superior, case_id=cid,
+                                                  ts_version=ts_version, prov=prov), key)
         ids.append(cid)
     return ids

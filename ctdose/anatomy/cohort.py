@@ -33,7 +33,7 @@ from ..provenance import digest
 from ..store import CASES_TABLE, CaseStore, make_case, provenance
 from .organs import body_mask, organ_table
 from .phantom import PhantomParams, build_phantom
-from .resume import LABELS_SETTINGS_ATTR, needs_build
+from .resume import LABELS_SETTINGS_ATTR, import_digest, needs_build, write_built
 from .roi import thorax_roi_z_mm
 from .surrogate import sample_surrogate, surrogate_params
 from .synthetic import sample_synthetic, synthetic_params
@@ -141,17 +141,7 @@ def _build_and_write(run_dir: str, job: tuple) -> str:
 def _write_phantom(store: CaseStore, job: tuple) -> str:
     """Build one phantom case and write it (each case is its own atomic group) with the digest
     of its job, replacing a case built with other settings; returns its id."""
-    ds = phantom_case(*job)
-    ds.attrs[LABELS_SETTINGS_ATTR] = _job_digest(job)
-    store.write_case(ds, overwrite=True, manifest=False)
-    return ds.attrs["case_id"]
-
-
-def import_digest(spacing_mm: float, margin_mm: float, superior: str, **settings) -> str:
-    """Digest of an imported case's build settings (voxel size, ROI margin and landmark, and
-    any ``settings`` of the reader); the source files themselves are not digested."""
-    return digest({"spacing_mm": float(spacing_mm), "margin_mm": float(margin_mm), "superior": str(superior),
-                   **settings})
+    return write_built(store, phantom_case(*job), _job_digest(job), manifest=False)
 
 
 def _job_digest(job: tuple) -> str:
@@ -257,9 +247,7 @@ def _import_external(cfg, store, prov, progress) -> list[str]:
         for bin_path, log_path in xcat_phantoms(Path(c["xcat_dir"])):
             cid = f"xcat_{bin_path.name[: -len('_act_1.bin')]}"
             if needs_build(store, cid, key, "import settings"):
-                ds = load_xcat_case(bin_path, log_path, spacing, margin, case_id=cid, prov=prov)
-                ds.attrs[LABELS_SETTINGS_ATTR] = key
-                store.write_case(ds, overwrite=True)
+                write_built(store, load_xcat_case(bin_path, log_path, spacing, margin, case_id=cid, prov=prov), key)
             ids.append(cid)
     return ids
 

@@ -8,9 +8,9 @@ older ctdose). Each decision is printed with the case id.
 
 from __future__ import annotations
 
-from ..provenance import settings_attr
+from ..provenance import digest, settings_attr
 
-__all__ = ["LABELS_SETTINGS_ATTR", "needs_build"]
+__all__ = ["LABELS_SETTINGS_ATTR", "import_digest", "needs_build", "write_built"]
 
 #: Case attribute with the digest of what the case's labels were built from.
 LABELS_SETTINGS_ATTR = settings_attr("labels")
@@ -37,3 +37,18 @@ def needs_build(store, case_id: str, key: str, what: str = "anatomy settings") -
     print(f"{case_id}: built with other {what}; building it again (its Monte Carlo dose and inputs are computed "
           f"again)")
     return True
+
+
+def write_built(store, ds, key: str, manifest: bool = True) -> str:
+    """Write a case that :func:`needs_build` asked for, with its digest ``key`` (replacing a
+    case built with other settings, atomically); returns its id."""
+    ds.attrs[LABELS_SETTINGS_ATTR] = key
+    store.write_case(ds, overwrite=True, manifest=manifest)
+    return ds.attrs["case_id"]
+
+
+def import_digest(spacing_mm: float, margin_mm: float, superior: str, **settings) -> str:
+    """Digest of an imported case's build settings (voxel size, ROI margin and landmark, and
+    any ``settings`` of the reader); the source files themselves are not digested."""
+    return digest({"spacing_mm": float(spacing_mm), "margin_mm": float(margin_mm), "superior": str(superior),
+                   **settings})
