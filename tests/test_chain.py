@@ -44,3 +44,46 @@ def test_tables_and_figures_are_written(smoke_run):
     pngs = {p.stem for p in figures.glob("*.png")}
     assert len(pngs) >= 5, pngs
     assert (figures / "README.md").is_file()
+
+
+@pytest.mark.slow
+def test_a_rerun_with_a_smaller_cohort_recomputes_only_what_it_changes(smoke_run, tmp_path):
+    """The run again on a copy, with one synthetic case fewer. The synthetic design of n - 1
+    cases samples other phantoms, so those cases are built, simulated, trained and predicted
+    again; the last one stays in the store but out of the run; the surrogate cases keep their
+    phantoms and doses bit for bit, and the 100 % model (surrogate cases only) is reused."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    from ctdose.config import load_profile
+    from ctdose.evaluate import _stale_predictions, test_case_ids
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(smoke_run[0], run_dir)
+    n = int(load_profile("smoke")["cohort"]["n_synthetic"])
+    log = run_chain("smoke", run_dir, overrides=[f"cohort.n_synthetic={n - 1}"], figures_dir=tmp_path / "figures",
+                    progress=False)
+    assert list(log["status"]) == ["ok"] * 5
+
+    def printed(name: str) -> str:
+        cells = json.loads((run_dir / f"{name}.ipynb").read_text())["cells"]
+        return "".join(t for c in cells for o in c.get("outputs", []) for t in o.get("text", []))
+
+    dropped = f"synthetic_{n - 1:03d}"
+    store, before = CaseStore.for_run(run_dir), CaseStore.for_run(smoke_run[0])
+    assert dropped in store.case_ids() and dropped not in store.run_case_ids()
+    cohort = printed("01_phantom_sampling")
+    assert f"({dropped}); left out" in cohort
+    assert "synthetic_000: built with other anatomy settings" in cohort
+    assert "surrogate_000: already in the store, skipped" in cohort
+    n_surrogate = len(store.case_ids("surrogate"))
+    assert f"MC: resuming: {n_surrogate} of {n_surrogate + n - 1} cases already done" in printed("02_mc_preparation")
+    np.testing.assert_array_equal(store.read_case("surrogate_000")["dose_mc"].values,
+                                  before.read_case("surrogate_000")["dose_mc"].values)
+    training = printed("03_training")
+    assert "training it again" in training and "cylinder_mix100 member 0 already trained" in training
+    assert dropped not in set(store.read_table("splits")["case_id"])
+    for model in store.model_ids():
+        assert _stale_predictions(store, model, test_case_ids(store)) == []
