@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ._listing import first_names
 from .dosimetry import (
     TABLE4_ORGANS,
     calibration_table,
@@ -343,7 +344,7 @@ def _ensure_predictions(store, model_ids, case_ids, cfg, progress: bool, predict
 
             if stale:
                 print(f"note: {len(stale)} prediction(s) of {model_id} were made by other members or from other "
-                      f"inputs ({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}); predicting them again")
+                      f"inputs ({first_names(stale)}); predicting them again")
             predict_model(store, model_id, missing + stale, _device(cfg), bool(progress and sys.stderr.isatty()))
             missing, stale = [c for c in case_ids if c not in set(store.prediction_case_ids(model_id))], []
         if missing:

@@ -35,6 +35,7 @@ import zarr
 from . import __version__
 from ._atomic import atomic_write_csv
 from ._plain import to_plain
+from ._listing import first_names
 from .errors import InputError, MissingStepError
 from .paths import resolve_path
 
@@ -257,9 +258,8 @@ class CaseStore:
         listed = set(pd.read_csv(path)["case_id"].astype(str))
         outside = [c for c in ids if c not in listed]
         if outside and say:
-            names = ", ".join(outside[:3]) + (", ..." if len(outside) > 3 else "")
-            print(f"{say}: {len(outside)} case(s) in the store are not among the profile's cohorts ({names}); "
-                  f"left out")
+            print(f"{say}: {len(outside)} case(s) in the store are not among the profile's cohorts "
+                  f"({first_names(outside)}); left out")
         return [c for c in ids if c in listed]
 
     def __contains__(self, case_id: str) -> bool:

@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import number_from_text
+from .._listing import first_names
 from ..errors import ConfigError, InputError
 from ..provenance import settings_attr
 
@@ -393,10 +394,9 @@ def _print_notes(notes: Mapping[str, Mapping[str, list[str]]]) -> None:
               f"(use a new run directory to compute it with the profile's settings)")
 
 
-def _count_cases(ids: Sequence[str], shown: int = 3) -> str:
+def _count_cases(ids: Sequence[str]) -> str:
     """``"2 cases (a, b)"``, ``"5 cases (a, b, c, ...)"``."""
-    names = ", ".join(ids[:shown]) + (", ..." if len(ids) > shown else "")
-    return f"{len(ids)} case{'s' if len(ids) != 1 else ''} ({names})"
+    return f"{len(ids)} case{'s' if len(ids) != 1 else ''} ({first_names(ids)})"
 
 
 def _body_mask(labels: np.ndarray) -> np.ndarray:
