@@ -51,6 +51,11 @@ _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SPATIAL_DIMS = ("z", "y", "x")
 
 
+def _group_attrs(group: Path) -> dict:
+    """The attributes of a Zarr group, read from its ``zarr.json`` only."""
+    return dict(json.loads((group / "zarr.json").read_text()).get("attributes", {}))
+
+
 def _check_id(kind: str, name: str) -> str:
     if not isinstance(name, str) or not _ID_PATTERN.match(name):
         raise InputError(
@@ -320,9 +325,7 @@ class CaseStore:
 
     def case_attrs(self, case_id: str) -> dict:
         """Attributes of a case (read from its metadata only)."""
-        path = self._require(case_id) / "zarr.json"
-        meta = json.loads(path.read_text())
-        return dict(meta.get("attributes", {}))
+        return _group_attrs(self._require(case_id))
 
     def case_variables(self, case_id: str) -> list[str]:
         """Names of the data variables of a case."""
@@ -413,10 +416,10 @@ class CaseStore:
 
     def prediction_attrs(self, model_id: str, case_id: str) -> dict:
         """Attributes of a stored prediction (read from its metadata only)."""
-        path = self.root / "predictions" / model_id / case_id / "zarr.json"
-        if not path.is_file():
+        path = self.root / "predictions" / model_id / case_id
+        if not (path / "zarr.json").is_file():
             raise MissingStepError(f"no prediction of model {model_id!r} for case {case_id!r}")
-        return dict(json.loads(path.read_text()).get("attributes", {}))
+        return _group_attrs(path)
 
     def write_prediction(self, model_id: str, case_id: str, ds: xr.Dataset, *, overwrite: bool = True) -> None:
         """Write a model's prediction for one case atomically (dims ``member, z, y, x``)."""

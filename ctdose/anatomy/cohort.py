@@ -203,15 +203,14 @@ def build_cohorts(cfg: Mapping, store: CaseStore, progress: bool = True) -> pd.D
     before = {cid: store.case_attrs(cid).get(LABELS_SETTINGS_ATTR) for cid in store.case_ids()}
     jobs = list(_phantom_jobs(cfg, designs, store, prov))
     workers = int(c.get("n_workers", 1) or 1)
-    written: list[str] = []
     if workers > 1 and len(jobs) > 1:
         run_dirs = [str(store.run_dir)] * len(jobs)
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for cid in _progress(pool.map(_build_and_write, run_dirs, jobs), len(jobs), "phantoms", progress):
-                written.append(cid)
+            for _ in _progress(pool.map(_build_and_write, run_dirs, jobs), len(jobs), "phantoms", progress):
+                pass  # each worker writes its case; the loop waits for them and shows progress
     else:
         for job in _progress(jobs, len(jobs), "phantoms", progress):
-            written.append(_write_phantom(store, job))
+            _write_phantom(store, job)
     store.write_manifest()
     imported = _import_external(cfg, store, prov, progress)
     rows = []
