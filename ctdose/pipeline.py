@@ -15,6 +15,10 @@ Run the whole demo chain::
 Re-run training only, with more epochs::
 
     ctdose run --profile demo --only 03 --set train.epochs=20
+
+See first what a run with more photons would compute again (nothing is run)::
+
+    ctdose status --profile demo --set mc.n_photons=4e6
 """
 
 from __future__ import annotations
@@ -232,6 +236,24 @@ def _write_log(rows: list[dict], path: Path) -> None:
     df.to_csv(path, index=False)
 
 
+def _status(args) -> int:
+    """``ctdose status``: print what a run would compute; 1 with ``--check`` when anything is."""
+    from .status import chain_status, format_status
+
+    cfg = load_profile(args.profile, args.overrides)
+    _check_values(cfg, device_available=False)
+    run_dir = resolve_path(args.out or f"runs/{cfg.name}")
+    table = chain_status(cfg, run_dir)
+    print(f"ctdose {__version__}: what `ctdose run` of profile {cfg.name!r} into {run_dir} would compute "
+          f"(nothing is computed or written)")
+    if args.every:
+        with pd.option_context("display.max_rows", None, "display.width", 200):
+            print(table.to_string(index=False))
+    else:
+        print(format_status(table))
+    return 1 if args.check and (table["state"] == "to compute").any() else 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctdose", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"ctdose {__version__}")
@@ -250,6 +272,14 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--notebooks", default=None, help="folder of the chain notebooks (default notebooks/)")
     run.add_argument("--quiet", action="store_true", help="no progress output")
 
+    stat = sub.add_parser("status", help="what `ctdose run` would compute, without running anything")
+    stat.add_argument("--profile", default="demo", help="smoke | demo | paper | path/to/profile.yaml")
+    stat.add_argument("--out", default=None, help="run directory (default runs/<profile>)")
+    stat.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a profile key, as for `ctdose run` (repeatable)")
+    stat.add_argument("--all", dest="every", action="store_true", help="list every item, not a summary")
+    stat.add_argument("--check", action="store_true", help="exit with status 1 when anything is to compute")
+
     prof = sub.add_parser("profile", help="print a profile (with overrides applied) as YAML")
     prof.add_argument("name", nargs="?", default="demo")
     prof.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -266,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             run_chain(args.profile, args.out, args.overrides, args.start, args.only, args.kernel,
                       args.figures_dir, args.notebooks, progress=not args.quiet)
+        elif args.command == "status":
+            return _status(args)
         elif args.command == "profile":
             import yaml
 

@@ -1,9 +1,13 @@
 """The whole chain, headless, on the smoke profile: what `ctdose run --profile smoke` does."""
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
+from ctdose.config import load_profile
 from ctdose.pipeline import run_chain
+from ctdose.status import STEPS, chain_status
 from ctdose.store import CaseStore
 
 
@@ -47,6 +51,43 @@ def test_tables_and_figures_are_written(smoke_run):
 
 
 @pytest.mark.slow
+def test_status_of_a_finished_run_is_up_to_date(smoke_run):
+    table = chain_status(load_profile("smoke"), smoke_run[0])
+    assert set(table["state"]) == {"up to date"} and list(table["step"].unique()) == list(STEPS)
+
+
+def _changed(before_dir: Path, after_dir: Path) -> dict[str, set[str]]:
+    """Per step of :func:`ctdose.status.chain_status`, the items whose recorded digest (or, for a
+    member, checkpoint file) differs between two copies of a run directory."""
+    from ctdose.learn.inference import PREDICTION_SETTINGS_ATTR
+    from ctdose.provenance import file_digest, settings_attr
+
+    before, after = CaseStore.for_run(before_dir), CaseStore.for_run(after_dir)
+
+    def attrs(store, cid):
+        return store.case_attrs(cid) if cid in store else {}
+
+    changed = {step: set() for step in STEPS}
+    for cid in after.case_ids():
+        a, b = attrs(after, cid), attrs(before, cid)
+        if a.get(settings_attr("labels")) != b.get(settings_attr("labels")):
+            changed["01 cohort"].add(cid)
+        for v in after.case_variables(cid):
+            if v.startswith(("dose_mc", "kerma_")) and a.get(settings_attr(v)) != b.get(settings_attr(v)):
+                changed["02 Monte Carlo"].add(f"{cid} {v}")
+    for ckpt in (after_dir / "models").glob("*/member*.pt"):
+        old = before_dir / ckpt.relative_to(after_dir)
+        if not old.is_file() or file_digest(old) != file_digest(ckpt):
+            changed["03 training"].add(f"{ckpt.parent.name} member {ckpt.stem.removeprefix('member')}")
+    for mid in after.model_ids():
+        for cid in after.prediction_case_ids(mid):
+            old = before.prediction_attrs(mid, cid) if cid in before.prediction_case_ids(mid) else {}
+            if after.prediction_attrs(mid, cid).get(PREDICTION_SETTINGS_ATTR) != old.get(PREDICTION_SETTINGS_ATTR):
+                changed["04 predictions"].add(f"{mid} {cid}")
+    return changed
+
+
+@pytest.mark.slow
 def test_a_rerun_with_a_smaller_cohort_recomputes_only_what_it_changes(smoke_run, tmp_path):
     """The run again on a copy, with one synthetic case fewer. The synthetic design of n - 1
     cases samples other phantoms, so those cases are built, simulated, trained and predicted
@@ -57,15 +98,22 @@ def test_a_rerun_with_a_smaller_cohort_recomputes_only_what_it_changes(smoke_run
 
     import numpy as np
 
-    from ctdose.config import load_profile
     from ctdose.evaluate import _stale_predictions, test_case_ids
 
     run_dir = tmp_path / "run"
     shutil.copytree(smoke_run[0], run_dir)
     n = int(load_profile("smoke")["cohort"]["n_synthetic"])
+    smaller = load_profile("smoke", [f"cohort.n_synthetic={n - 1}"])
+    told = chain_status(smaller, run_dir)  # what the run will compute, told beforehand
     log = run_chain("smoke", run_dir, overrides=[f"cohort.n_synthetic={n - 1}"], figures_dir=tmp_path / "figures",
                     progress=False)
     assert list(log["status"]) == ["ok"] * 5
+    # ... is what it computed: every item status said is to compute changed, and no other
+    assert _changed(smoke_run[0], run_dir) == {
+        step: set(told.loc[(told["step"] == step) & (told["state"] == "to compute"), "item"]) for step in STEPS}
+    assert set(told.loc[told["state"] == "left out", "item"]) == {f"synthetic_{n - 1:03d}"}
+    after = chain_status(smaller, run_dir)
+    assert set(after["state"]) == {"up to date", "left out"}
 
     def printed(name: str) -> str:
         cells = json.loads((run_dir / f"{name}.ipynb").read_text())["cells"]

@@ -45,6 +45,8 @@ the profile sets ``scanner.tube_current_modulation: ct``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -60,13 +62,14 @@ from ..store import make_case
 from .cohort import case_variables
 from .organs import label_id
 from .roi import CERVICAL, crop_z, landmark_extent_z_mm, thorax_roi_z_mm
-from .resume import import_digest, needs_build, write_built
+from .resume import import_cases, import_digest
 
 __all__ = [
     "import_ct",
     "load_clinical_case",
     "clinical_case_dirs",
     "import_clinical_cohort",
+    "clinical_import_jobs",
     "detect_ts_version",
     "ts_lookup",
     "resample",
@@ -384,12 +387,23 @@ def import_clinical_cohort(
     list of str
         The case ids of the folder (written or already present).
     """
+    return import_cases(store, clinical_import_jobs(folder, spacing_mm, margin_mm, superior, ts_version, prov))
+
+
+def clinical_import_jobs(
+    folder: str | Path,
+    spacing_mm: float,
+    margin_mm: float,
+    superior: str = "C7",
+    ts_version: str = "auto",
+    prov: Mapping[str, Any] | None = None,
+) -> list[tuple[str, str, Callable[[], xr.Dataset]]]:
+    """The cases of a clinical directory as ``(case_id, key, load)``: the case id
+    ``clinical_<folder name>``, the digest of its import settings
+    (:func:`ctdose.anatomy.resume.import_digest`) and a function that imports it
+    (:func:`load_clinical_case`). Nothing is read but the folder listing."""
     key = import_digest(spacing_mm, margin_mm, superior, ts_version=ts_version)
-    ids = []
-    for case_dir in clinical_case_dirs(folder):
-        cid = f"clinical_{case_dir.name}"
-        if needs_build(store, cid, key, "import settings"):
-            write_built(store, load_clinical_case(case_dir, spacing_mm, margin_mm, superior=superior, case_id=cid,
-                                                  ts_version=ts_version, prov=prov), key)
-        ids.append(cid)
-    return ids
+    return [(f"clinical_{d.name}", key,
+             partial(load_clinical_case, d, spacing_mm, margin_mm, superior=superior, case_id=f"clinical_{d.name}",
+                     ts_version=ts_version, prov=prov))
+            for d in clinical_case_dirs(folder)]

@@ -21,6 +21,7 @@ import os
 import sys
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -33,7 +34,7 @@ from ..provenance import digest
 from ..store import CASES_TABLE, CaseStore, make_case, provenance
 from .organs import body_mask, organ_table
 from .phantom import PhantomParams, build_phantom
-from .resume import LABELS_SETTINGS_ATTR, import_digest, needs_build, write_built
+from .resume import LABELS_SETTINGS_ATTR, import_cases, import_digest, needs_build, write_built
 from .roi import thorax_roi_z_mm
 from .surrogate import sample_surrogate, surrogate_params
 from .synthetic import sample_synthetic, synthetic_params
@@ -41,6 +42,7 @@ from .synthetic import sample_synthetic, synthetic_params
 __all__ = [
     "build_cohorts",
     "sample_designs",
+    "planned_cases",
     "phantom_case",
     "case_variables",
     "organ_volumes_ml",
@@ -157,17 +159,22 @@ def _progress(iterable, total: int, desc: str, progress: bool):
     return tqdm(iterable, total=total, desc=desc)
 
 
-def _phantom_jobs(cfg, designs, store, prov) -> Iterator[tuple]:
+def _all_phantom_jobs(cfg, designs, prov) -> Iterator[tuple]:
+    """Every phantom of the designs as a job of :func:`phantom_case`."""
     c = cfg["cohort"]
     for cohort, table in designs.items():
         to_params = synthetic_params if cohort == "synthetic" else surrogate_params
         for row in table.to_dict("records"):
-            case_id = row["case_id"]
             sampled = {k: v for k, v in row.items() if k != "case_id"}
-            job = (to_params(row), case_id, cohort, float(c["spacing_mm"]), float(c["roi_margin_mm"]),
+            yield (to_params(row), row["case_id"], cohort, float(c["spacing_mm"]), float(c["roi_margin_mm"]),
                    str(c.get("roi_superior", "C7")), sampled, prov)
-            if needs_build(store, case_id, _job_digest(job)):
-                yield job
+
+
+def _phantom_jobs(cfg, designs, store, prov) -> Iterator[tuple]:
+    """The phantom jobs that :func:`~ctdose.anatomy.resume.needs_build` asks for."""
+    for job in _all_phantom_jobs(cfg, designs, prov):
+        if needs_build(store, job[1], _job_digest(job)):
+            yield job
 
 
 def build_cohorts(cfg: Mapping, store: CaseStore, progress: bool = True) -> pd.DataFrame:
@@ -212,7 +219,7 @@ def build_cohorts(cfg: Mapping, store: CaseStore, progress: bool = True) -> pd.D
         for job in _progress(jobs, len(jobs), "phantoms", progress):
             _write_phantom(store, job)
     store.write_manifest()
-    imported = _import_external(cfg, store, prov, progress)
+    imported = _import_external(cfg, store, prov)
     rows = []
     for cid in [cid for t in designs.values() for cid in t["case_id"]] + imported:
         a = store.case_attrs(cid)
@@ -229,26 +236,48 @@ def build_cohorts(cfg: Mapping, store: CaseStore, progress: bool = True) -> pd.D
     return table
 
 
-def _import_external(cfg, store, prov, progress) -> list[str]:
-    """Import clinical and XCAT folders named by the profile; returns their case ids."""
+def _import_jobs(cfg, prov) -> list[tuple[str, str, str, Any]]:
+    """The clinical and XCAT cases the profile names, as ``(case_id, cohort, key, load)``
+    (:func:`ctdose.anatomy.resume.import_cases`); only the folders are listed."""
     c = cfg["cohort"]
-    ids: list[str] = []
     spacing, margin = float(c["spacing_mm"]), float(c["roi_margin_mm"])
     superior = str(c.get("roi_superior", "C7"))
+    jobs = []
     if c.get("clinical_dir"):
-        from .clinical import import_clinical_cohort
+        from .clinical import clinical_import_jobs
 
-        ids += import_clinical_cohort(Path(c["clinical_dir"]), store, spacing, margin, superior=superior, prov=prov)
+        jobs += [(cid, "clinical", key, load)
+                 for cid, key, load in clinical_import_jobs(Path(c["clinical_dir"]), spacing, margin, superior,
+                                                            prov=prov)]
     if c.get("xcat_dir"):
         from ..io.xcat import load_xcat_case, xcat_phantoms
 
         key = import_digest(spacing, margin, superior)
         for bin_path, log_path in xcat_phantoms(Path(c["xcat_dir"])):
             cid = f"xcat_{bin_path.name[: -len('_act_1.bin')]}"
-            if needs_build(store, cid, key, "import settings"):
-                write_built(store, load_xcat_case(bin_path, log_path, spacing, margin, case_id=cid, prov=prov), key)
-            ids.append(cid)
-    return ids
+            jobs.append((cid, "xcat", key, partial(load_xcat_case, bin_path, log_path, spacing, margin, case_id=cid,
+                                                   prov=prov)))
+    return jobs
+
+
+def _import_external(cfg, store, prov) -> list[str]:
+    """Import clinical and XCAT folders named by the profile; returns their case ids."""
+    return import_cases(store, [(cid, key, load) for cid, _, key, load in _import_jobs(cfg, prov)])
+
+
+def planned_cases(cfg: Mapping) -> pd.DataFrame:
+    """The cases a cohort build of the profile ``cfg`` makes, without building anything.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``case_id, cohort, key``: the phantoms of the sampled designs, then the clinical and
+        XCAT cases of the folders the profile names, each with the digest of what it would be
+        built from (``labels_settings_sha1``, :func:`ctdose.anatomy.resume.build_state`).
+    """
+    rows = [(job[1], job[2], _job_digest(job)) for job in _all_phantom_jobs(cfg, sample_designs(cfg), None)]
+    rows += [(cid, cohort, key) for cid, cohort, key, _ in _import_jobs(cfg, None)]
+    return pd.DataFrame(rows, columns=["case_id", "cohort", "key"])
 
 
 def organ_volume_table(store: CaseStore, cohorts: Sequence[str] | None = None) -> pd.DataFrame:

@@ -10,14 +10,31 @@ from __future__ import annotations
 
 from ..provenance import digest, settings_attr
 
-__all__ = ["LABELS_SETTINGS_ATTR", "import_digest", "needs_build", "write_built"]
+__all__ = ["BUILD_STATES", "LABELS_SETTINGS_ATTR", "build_state", "import_cases", "import_digest", "needs_build", "write_built"]
 
 #: Case attribute with the digest of what the case's labels were built from.
 LABELS_SETTINGS_ATTR = settings_attr("labels")
 
 
+#: :func:`build_state` of a case: not in the store, built with the digest of now, built with
+#: another digest, or written without one (by an older ctdose; kept).
+BUILD_STATES = ("new", "current", "other", "unrecorded")
+
+
+def build_state(store, case_id: str, key: str) -> str:
+    """How ``case_id`` stands against the digest ``key`` of what it would be built from now:
+    one of :data:`BUILD_STATES` (nothing is printed or written)."""
+    if store is None or case_id not in store:
+        return "new"
+    stored = store.case_attrs(case_id).get(LABELS_SETTINGS_ATTR)
+    if stored is None:
+        return "unrecorded"
+    return "current" if stored == key else "other"
+
+
 def needs_build(store, case_id: str, key: str, what: str = "anatomy settings") -> bool:
-    """Whether ``case_id`` has to be built (written with ``overwrite=True`` and ``key``).
+    """Whether ``case_id`` has to be built (written with ``overwrite=True`` and ``key``); the
+    decision (:func:`build_state`) is printed for a case already in the store.
 
     Parameters
     ----------
@@ -28,10 +45,10 @@ def needs_build(store, case_id: str, key: str, what: str = "anatomy settings") -
     what : str
         What the digest covers, for the printed note.
     """
-    if case_id not in store:
+    state = build_state(store, case_id, key)
+    if state == "new":
         return True
-    stored = store.case_attrs(case_id).get(LABELS_SETTINGS_ATTR)
-    if stored is None or stored == key:
+    if state != "other":
         print(f"{case_id}: already in the store, skipped")
         return False
     print(f"{case_id}: built with other {what}; building it again (its Monte Carlo dose and inputs are computed "
@@ -45,6 +62,17 @@ def write_built(store, ds, key: str, manifest: bool = True) -> str:
     ds.attrs[LABELS_SETTINGS_ATTR] = key
     store.write_case(ds, overwrite=True, manifest=manifest)
     return ds.attrs["case_id"]
+
+
+def import_cases(store, jobs) -> list[str]:
+    """Import the cases of ``jobs`` (``(case_id, key, load)``, ``load()`` giving the case's
+    Dataset) that :func:`needs_build` asks for; returns every job's case id, in order."""
+    ids = []
+    for case_id, key, load in jobs:
+        if needs_build(store, case_id, key, "import settings"):
+            write_built(store, load(), key)
+        ids.append(case_id)
+    return ids
 
 
 def import_digest(spacing_mm: float, margin_mm: float, superior: str, **settings) -> str:

@@ -54,8 +54,8 @@ from .unet import UNet3d
 from .validation import OrganDoseEvaluator, body_dose_moments, constant_dose_baseline, default_dose_groups
 
 __all__ = [
-    "REGISTRY_COLUMNS", "collect_curves", "member_seed", "model_id", "read_curves", "summarise", "train_all",
-    "train_member",
+    "REGISTRY_COLUMNS", "collect_curves", "member_files", "member_seed", "member_state", "model_id", "read_curves",
+    "summarise", "train_all", "train_member", "train_settings_sha1",
 ]
 
 REGISTRY_COLUMNS = [
@@ -122,7 +122,7 @@ def _trainer_kwargs(device: torch.device, epochs: int, progress: bool) -> dict:
     )
 
 
-def _train_settings_sha1(cfg, store, kerma_mode: str, percent_real, train_ids, val_ids) -> str:
+def train_settings_sha1(cfg, store, kerma_mode: str, percent_real, train_ids, val_ids) -> str:
     """Digest of what a member is trained from: the training settings, seed, mode, mix and
     cases, and the digests recorded with those cases' MC dose and kerma input
     (:mod:`ctdose.provenance`), so that a dose or input computed again trains the member again."""
@@ -134,9 +134,37 @@ def _train_settings_sha1(cfg, store, kerma_mode: str, percent_real, train_ids, v
                    "data": data})
 
 
+def member_files(run_dir: str | Path, model: str, member: int) -> tuple[Path, Path]:
+    """A member's checkpoint and training-curve files (``models/<model>/member<k>.pt``,
+    ``member<k>_curves.csv``)."""
+    folder = resolve_path(run_dir) / "models" / model
+    return folder / f"member{member}.pt", folder / f"member{member}_curves.csv"
+
+
+def member_state(ckpt_path: Path, curves_path: Path, kerma_mode: str, settings_sha1: str) -> tuple[str, dict]:
+    """Whether a member is trained with the settings digest of now.
+
+    Returns
+    -------
+    state : str
+        ``"new"`` (no checkpoint and curves), ``"current"`` (its checkpoint records
+        ``settings_sha1``: reused) or ``"other"`` (trained from other settings or data, or an
+        unreadable checkpoint: trained again).
+    meta : dict
+        The checkpoint's metadata where it is ``"current"``, else empty.
+    """
+    if not (ckpt_path.is_file() and curves_path.is_file()):
+        return "new", {}
+    try:
+        meta = load_checkpoint(ckpt_path, kerma_mode=kerma_mode).meta
+    except InputError:
+        meta = {}
+    return ("current", meta) if meta.get("settings_sha1") == settings_sha1 else ("other", {})
+
+
 def read_curves(run_dir: str | Path, model: str, member: int) -> pd.DataFrame:
     """Training curves of one member (``member<k>_curves.csv``)."""
-    return pd.read_csv(resolve_path(run_dir) / "models" / model / f"member{member}_curves.csv")
+    return pd.read_csv(member_files(run_dir, model, member)[1])
 
 
 def train_member(
@@ -159,23 +187,18 @@ def train_member(
     """
     tcfg = cfg["train"]
     mid = model_id(kerma_mode, percent_real)
-    folder = store.run_dir / "models" / mid
-    ckpt_path = folder / f"member{member}.pt"
-    curves_path = folder / f"member{member}_curves.csv"
+    ckpt_path, curves_path = member_files(store.run_dir, mid, member)
     seed = member_seed(cfg["seed"], member)
-    settings = _train_settings_sha1(cfg, store, kerma_mode, percent_real, train_ids, val_ids)
+    settings = train_settings_sha1(cfg, store, kerma_mode, percent_real, train_ids, val_ids)
     row = {"model_id": mid, "kerma_mode": kerma_mode, "percent_real": percent_real, "real_source": real_source,
            "member": member, "seed": seed, "checkpoint": str(ckpt_path.relative_to(store.run_dir)),
            "n_train": len(train_ids), "n_val": len(val_ids)}
 
-    if ckpt_path.is_file() and curves_path.is_file():
-        try:
-            old = load_checkpoint(ckpt_path, kerma_mode=kerma_mode).meta
-        except InputError:
-            old = {}
-        if old.get("settings_sha1") == settings:
-            print(f"note: {mid} member {member} already trained ({ckpt_path}); reusing it")
-            return {**row, "best_epoch": old["best_epoch"], "val_organ_dev": old["val_organ_dev"]}
+    state, old = member_state(ckpt_path, curves_path, kerma_mode, settings)
+    if state == "current":
+        print(f"note: {mid} member {member} already trained ({ckpt_path}); reusing it")
+        return {**row, "best_epoch": old["best_epoch"], "val_organ_dev": old["val_organ_dev"]}
+    if state == "other":
         print(f"note: {ckpt_path} was trained with other settings; training it again")
 
     spacing = _grid_spacing(store, list(train_ids) + list(val_ids))

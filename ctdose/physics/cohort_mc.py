@@ -52,7 +52,8 @@ from .._listing import first_names
 from ..errors import ConfigError, InputError
 from ..provenance import settings_attr
 
-__all__ = ["case_digests", "cases_to_run", "check_mc_profile", "run_cohort_mc", "simulate_case"]
+__all__ = ["VARIABLE_STATES", "case_digests", "cases_to_run", "check_mc_profile", "run_cohort_mc", "simulate_case",
+           "variable_states"]
 
 
 def _mc_cfg(cfg: Mapping[str, Any]) -> dict:
@@ -255,6 +256,39 @@ def cases_to_run(cfg: Mapping[str, Any], store, scanner=None) -> dict[str, list[
 
     scanner = scanner_from_profile(cfg) if scanner is None else scanner
     return _plan(cfg, store, scanner, store.run_case_ids())[0]
+
+
+#: :func:`variable_states`: a variable missing, stored with the digest of now, stored with
+#: another digest (computed again), or stored without one (by an older ctdose; kept).
+VARIABLE_STATES = ("new", "current", "other", "unrecorded")
+
+
+def variable_states(cfg: Mapping[str, Any], store, case_ids: Sequence[str], scanner=None) -> pd.DataFrame:
+    """How each variable the MC step computes stands for ``case_ids`` (cases in the store);
+    nothing is computed or written.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``case_id, variable, state``, the state one of :data:`VARIABLE_STATES`; the step
+        computes the ``new`` and ``other`` ones (:func:`cases_to_run`).
+    """
+    from .scanner import scanner_from_profile
+
+    scanner = scanner_from_profile(cfg) if scanner is None else scanner
+    wanted = ["dose_mc"] + [f"kerma_{m}" for m in _kerma_modes(cfg)]
+    todo, _, notes = _plan(cfg, store, scanner, case_ids)
+    rows = []
+    for cid in case_ids:
+        for v in wanted:
+            if cid in notes["stale"].get(v, ()):
+                state = "other"
+            elif v in todo.get(cid, ()):
+                state = "new"
+            else:
+                state = "unrecorded" if cid in notes["unrecorded"].get(v, ()) else "current"
+            rows.append((cid, v, state))
+    return pd.DataFrame(rows, columns=["case_id", "variable", "state"])
 
 
 def simulate_case(

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from ctdose.anatomy.clinical import import_ct, load_clinical_case, ts_lookup
-from ctdose.anatomy.cohort import build_cohorts
+from ctdose.anatomy.cohort import build_cohorts, planned_cases
 from ctdose.anatomy.organs import label_id
 from ctdose.anatomy.phantom import PhantomParams, build_phantom
+from ctdose.anatomy.resume import build_state
 from ctdose.config import load_profile
 from ctdose.errors import InputError
 from ctdose.io.nifti import read_nifti, to_canonical
@@ -181,10 +182,14 @@ def test_clinical_folder_becomes_a_cohort_in_one_call(tmp_path):
     assert store.case_ids(cohort="clinical") == ["clinical_p1", "clinical_p2"]
     ds = store.read_case("clinical_p1")
     assert {"labels", "body_mask", "density_e"} <= set(ds.data_vars)
-    # the same settings again: kept; another voxel size: imported again
+    # the same settings again: kept; another voxel size: imported again (as planned_cases tells beforehand)
     assert (build_cohorts(cfg, store, progress=False)["status"] == "skipped").all()
     cfg["cohort"]["spacing_mm"] = 10.0
+    planned = planned_cases(cfg)
+    assert planned["case_id"].tolist() == ["clinical_p1", "clinical_p2"] and set(planned["cohort"]) == {"clinical"}
+    assert [build_state(store, c, k) for c, k in zip(planned["case_id"], planned["key"])] == ["other", "other"]
     build_cohorts(cfg, store, progress=False)
+    assert [build_state(store, c, k) for c, k in zip(planned["case_id"], planned["key"])] == ["current", "current"]
     assert store.case_attrs("clinical_p2")["spacing_mm"] == [10.0, 10.0, 10.0]
 
 

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from ctdose.anatomy.cohort import build_cohorts, organ_volumes_ml, sample_designs
+from ctdose.anatomy.cohort import build_cohorts, organ_volumes_ml, planned_cases, sample_designs
 from ctdose.anatomy.organs import label_id
+from ctdose.anatomy.resume import build_state
 from ctdose.config import load_profile
 from ctdose.store import CaseStore
 
@@ -53,7 +54,15 @@ def test_cases_built_with_other_anatomy_settings_are_built_again(tmp_path, capsy
     store.add_variables("synthetic_000", {"dose_mc": np.ones(first["labels"].shape, np.float32)})
     capsys.readouterr()
     finer = load_profile("smoke", {**over, "cohort.spacing_mm": 15.0})
+    planned = planned_cases(finer)  # what the build will do, told beforehand (nothing built)
+
+    def states():
+        return [build_state(store, c, k) for c, k in zip(planned["case_id"], planned["key"])]
+
+    assert states() == ["other", "other"] and planned["cohort"].tolist() == ["synthetic", "surrogate"]
+    assert build_state(store, "synthetic_009", planned["key"][0]) == "new"
     table = build_cohorts(finer, store, progress=False)
+    assert table["case_id"].tolist() == planned["case_id"].tolist() and states() == ["current", "current"]
     assert (table["status"] == "written").all()
     assert "synthetic_000: built with other anatomy settings; building it again" in capsys.readouterr().out
     again = store.read_case("synthetic_000").load()
@@ -62,6 +71,7 @@ def test_cases_built_with_other_anatomy_settings_are_built_again(tmp_path, capsy
     assert (build_cohorts(finer, store, progress=False)["status"] == "skipped").all()
     # a case written without a digest (an older ctdose) is kept as it is
     store.add_variables("surrogate_000", {}, drop_attrs=[settings_attr("labels")])
+    assert states() == ["current", "unrecorded"]
     assert build_cohorts(load_profile("smoke", over), store, progress=False).set_index("case_id").loc[
         "surrogate_000", "status"] == "skipped"
 

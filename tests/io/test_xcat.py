@@ -88,3 +88,27 @@ def test_bad_xcat_files(tmp_path):
     (tmp_path / "bad_log").write_text("array_size = 4\n")
     with pytest.raises(InputError, match="bad_log: no 'pixel width"):
         read_xcat_log(tmp_path / "bad_log")
+
+
+def test_an_xcat_folder_becomes_a_cohort_and_is_imported_again_at_another_voxel_size(tmp_path, capsys):
+    from ctdose.anatomy.cohort import build_cohorts, planned_cases
+    from ctdose.anatomy.resume import build_state
+    from ctdose.config import load_profile
+    from ctdose.store import CaseStore
+
+    (tmp_path / "xcat").mkdir()
+    _write_xcat(tmp_path / "xcat")
+    over = {"cohort.n_synthetic": 0, "cohort.n_surrogate": 0, "cohort.spacing_mm": 10.0,
+            "cohort.xcat_dir": str(tmp_path / "xcat")}
+    store = CaseStore.for_run(tmp_path / "run")
+    assert build_cohorts(load_profile("smoke", over), store, progress=False)["case_id"].tolist() == ["xcat_ph"]
+    assert store.case_attrs("xcat_ph")["cohort"] == "xcat"
+    coarser = load_profile("smoke", {**over, "cohort.spacing_mm": 20.0})
+    for cfg, state in ((load_profile("smoke", over), "current"), (coarser, "other")):
+        planned = planned_cases(cfg)
+        assert planned[["case_id", "cohort"]].values.tolist() == [["xcat_ph", "xcat"]]
+        assert build_state(store, "xcat_ph", planned["key"][0]) == state
+    capsys.readouterr()
+    assert build_cohorts(coarser, store, progress=False)["status"].tolist() == ["written"]
+    assert "xcat_ph: built with other import settings" in capsys.readouterr().out
+    assert store.case_attrs("xcat_ph")["spacing_mm"] == [20.0, 20.0, 20.0]

@@ -48,8 +48,23 @@ def test_same_seed_gives_identical_weights_and_resume_reuses(trained, tmp_path, 
     again = train_all(tiny_profile(members=2), other, progress=False, groups=GROUPS, mixes=[0])
     assert "already trained" in capsys.readouterr().out
     assert len(again) == 2
+    assert _member_states(tiny_profile(members=2), other) == ["current", "current"]
+    assert _member_states(tiny_profile(members=1, epochs=1), other) == ["other"]
+    assert _member_states(tiny_profile(members=3), other)[2] == "new"
     changed = train_all(tiny_profile(members=1, epochs=1), other, progress=False, groups=GROUPS, mixes=[0])
     assert "other settings" in capsys.readouterr().out and int(changed.best_epoch[0]) == 1
+
+
+def _member_states(cfg, store) -> list[str]:
+    """:func:`ctdose.learn.ensemble.member_state` of the members of cylinder_mix000 under ``cfg``
+    (the question train_member asks before it trains)."""
+    from ctdose.learn.ensemble import member_files, member_state, train_settings_sha1
+    from ctdose.learn.splits import cases_of
+
+    splits = store.read_table("splits")
+    key = train_settings_sha1(cfg, store, "cylinder", 0, cases_of(splits, 0, "train"), cases_of(splits, 0, "val"))
+    return [member_state(*member_files(store.run_dir, "cylinder_mix000", k), "cylinder", key)[0]
+            for k in range(int(cfg["train"]["members"]))]
 
 
 def test_member_seeds_are_derived_from_the_run_seed():

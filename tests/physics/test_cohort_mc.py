@@ -262,6 +262,7 @@ def test_results_made_with_other_settings_are_computed_again_and_only_those(tmp_
     # more photons: the dose again, the kerma map kept
     more = load_profile("smoke", {**_overrides(), "mc.n_photons": 8000})
     assert cases_to_run(more, store) == {"synthetic_000": ["dose_mc"]}
+    assert _states(more, store) == {"dose_mc": "other", "kerma_cylinder": "current"}
     run_cohort_mc(more, store, progress=False)
     out = capsys.readouterr().out
     assert "MC: dose_mc of 1 case (synthetic_000) was computed with other settings" in out
@@ -273,10 +274,22 @@ def test_results_made_with_other_settings_are_computed_again_and_only_those(tmp_
     # another tube voltage changes the beam: dose and kerma map again
     hard = load_profile("smoke", {**_overrides(), "mc.n_photons": 8000, "scanner.kvp": 100.0})
     assert cases_to_run(hard, store) == {"synthetic_000": ["dose_mc", "kerma_cylinder"]}
+    assert _states(hard, store) == {"dose_mc": "other", "kerma_cylinder": "other"}
+    two_modes = load_profile("smoke", {**_overrides(), "mc.n_photons": 8000,
+                                       "inputs.kerma_modes": ["cylinder", "patient"]})
+    assert _states(two_modes, store) == {"dose_mc": "current", "kerma_cylinder": "current", "kerma_patient": "new"}
     # the first settings again: the same numbers as the first run (same seed)
     run_cohort_mc(cfg, store, progress=False)
     np.testing.assert_array_equal(store.read_case("synthetic_000")["dose_mc"].values, first["dose_mc"].values)
     assert store.read_case("synthetic_000").attrs["mc_n_photons"] == 6000
+
+
+def _states(cfg, store) -> dict:
+    """Variable -> state of synthetic_000 (:func:`ctdose.physics.cohort_mc.variable_states`)."""
+    from ctdose.physics.cohort_mc import variable_states
+
+    table = variable_states(cfg, store, ["synthetic_000"])
+    return dict(zip(table["variable"], table["state"]))
 
 
 def _overrides() -> dict:
@@ -311,6 +324,7 @@ def test_results_stored_without_a_digest_are_kept_and_named(tmp_path, capsys):
     assert run_cohort_mc(more, store, progress=False).empty
     out = capsys.readouterr().out
     assert "MC: dose_mc of 1 case (synthetic_000) was stored without a record of its settings; kept" in out
+    assert _states(more, store) == {"dose_mc": "unrecorded", "kerma_cylinder": "unrecorded"}
 
 
 def test_the_case_digests_cover_anatomy_beam_and_seed_but_not_the_worker_count():

@@ -1,0 +1,223 @@
+"""What a run of the chain would compute, told from its store and profile without computing it.
+
+Each step of the chain keeps what it made with the settings of now and computes the rest: the
+cases (:func:`ctdose.anatomy.resume.build_state`), their Monte Carlo dose and kerma inputs
+(:func:`ctdose.physics.cohort_mc.variable_states`), the ensemble members
+(:func:`ctdose.learn.ensemble.member_state`) and the test predictions (their digests,
+:mod:`ctdose.provenance`). :func:`chain_status` asks each step the same question the step asks
+itself, so that a long run (hours of Monte Carlo, a day of training) can be checked before it
+starts: ``ctdose status --profile paper --set mc.n_photons=2e8`` says which cases would be
+simulated again and which members trained again. Where an earlier step computes something
+again, the later steps that use it count as to compute too.
+
+Only the notebooks' expensive work is listed. Their other cells (plots, checks, the CTDI
+simulation, the evaluation tables and figures) run on every run and take minutes.
+
+Examples
+--------
+>>> from ctdose.config import load_profile
+>>> table = chain_status(load_profile("smoke"), "runs/never-run")  # doctest: +SKIP
+>>> set(table["state"])  # doctest: +SKIP
+{'to compute'}
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from ._listing import first_names
+from .paths import resolve_path
+
+__all__ = ["STATES", "STEPS", "chain_status", "format_status"]
+
+#: The steps :func:`chain_status` reports, each with the notebook that does it.
+STEPS = ("01 cohort", "02 Monte Carlo", "03 training", "04 predictions")
+
+#: What a run does with an item: keep it (made with the settings of now), compute it, keep it
+#: although it records no settings (made by an older ctdose), or leave it out of the run (a case
+#: of an earlier profile, which stays in the store).
+STATES = ("up to date", "to compute", "kept", "left out")
+
+_COLUMNS = ["step", "item", "state", "reason"]
+
+#: Reasons, by the state the steps' own functions report.
+_CASE_REASONS = {"new": "not in the store", "other": "built with other settings",
+                 "unrecorded": "built without a settings record"}
+_MC_REASONS = {"new": "not computed", "other": "computed with other settings",
+               "unrecorded": "computed without a settings record"}
+_REBUILT = "its case is built again"
+_MEMBER_REASONS = {"new": "not trained", "other": "trained with other settings or data"}
+_MEMBER_UPSTREAM = "its cases' dose or input is computed again"
+_PREDICTION_MISSING = "not predicted"
+_PREDICTION_MEMBERS = "its members are trained again"
+_PREDICTION_INPUT = "the case's input is computed again"
+_PREDICTION_STALE = "made by other members or from other inputs"
+_PREDICTION_UNRECORDED = "made without a settings record"
+
+
+def _state(kind: str) -> str:
+    return {"new": "to compute", "other": "to compute", "current": "up to date", "unrecorded": "kept"}[kind]
+
+
+def _open_store(run_dir: Path):
+    """The run's store, or None where there is none yet (nothing is created)."""
+    from .store import CaseStore
+
+    root = run_dir / "store.zarr"
+    return CaseStore(root) if root.exists() else None
+
+
+def chain_status(cfg: Mapping, run_dir: str | os.PathLike) -> pd.DataFrame:
+    """What ``ctdose run`` of the profile ``cfg`` into ``run_dir`` would compute.
+
+    Nothing is computed or written: the cohort's designs are sampled (seconds), the store's
+    attributes and the members' checkpoints are read, and an EGSnrc dose file is hashed.
+
+    Parameters
+    ----------
+    cfg : Profile
+        The profile with its overrides (:func:`ctdose.config.load_profile`).
+    run_dir : path
+        The run directory (a relative one is taken from the project root). It need not exist.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``step, item, state, reason``: one row per case (step ``01 cohort``), per case and MC
+        variable (``02 Monte Carlo``, item ``"<case> <variable>"``), per model member
+        (``03 training``, item ``"<model> member <k>"``) and per model and test case
+        (``04 predictions``, item ``"<model> <case>"``); ``state`` one of :data:`STATES`,
+        ``reason`` why (empty where up to date).
+    """
+    from .anatomy.cohort import planned_cases
+    from .anatomy.resume import build_state
+
+    run_dir = resolve_path(run_dir)
+    store = _open_store(run_dir)
+    planned = planned_cases(cfg)
+    rows = []
+    kinds = {}
+    for cid, key in zip(planned["case_id"], planned["key"]):
+        kinds[cid] = build_state(store, cid, key)
+        rows.append(("01 cohort", cid, _state(kinds[cid]), _CASE_REASONS.get(kinds[cid], "")))
+    if store is not None:
+        rows += [("01 cohort", cid, "left out", "in the store, not among the profile's cohorts")
+                 for cid in store.case_ids() if cid not in kinds]
+
+    mc_rows, to_compute = _mc_rows(cfg, store, kinds)
+    rows += mc_rows
+    cohorts = dict(zip(planned["case_id"], planned["cohort"]))
+    member_rows, retrained = _member_rows(cfg, store, run_dir, cohorts, to_compute)
+    rows += member_rows
+    rows += _prediction_rows(cfg, store, run_dir, cohorts, to_compute, retrained)
+    return pd.DataFrame(rows, columns=_COLUMNS)
+
+
+def _mc_rows(cfg, store, kinds: Mapping[str, str]) -> tuple[list, set]:
+    """Rows of the MC step, and the ``(case_id, variable)`` pairs it computes."""
+    from .physics.cohort_mc import _kerma_modes, variable_states
+
+    variables = ["dose_mc"] + [f"kerma_{m}" for m in _kerma_modes(cfg)]
+    kept = [cid for cid, kind in kinds.items() if kind in ("current", "unrecorded")]
+    rows = [("02 Monte Carlo", f"{cid} {v}", "to compute", _REBUILT if kind == "other" else _MC_REASONS["new"])
+            for cid, kind in kinds.items() if kind in ("new", "other") for v in variables]
+    if kept:
+        states = variable_states(cfg, store, kept)
+        rows += [("02 Monte Carlo", f"{r.case_id} {r.variable}", _state(r.state), _MC_REASONS.get(r.state, ""))
+                 for r in states.itertuples()]
+    order = {cid: i for i, cid in enumerate(kinds)}
+    rows.sort(key=lambda r: order[r[1].split(" ")[0]])
+    return rows, {tuple(r[1].split(" ")) for r in rows if r[2] == "to compute"}
+
+
+def _planned_splits(cfg, cohorts: Mapping[str, str]) -> pd.DataFrame:
+    from .learn.splits import split_cases
+
+    return split_cases(cohorts, cfg["train"]["mixes_percent_real"], int(cfg["cohort"]["n_test"]),
+                       float(cfg["train"]["val_fraction"]), int(cfg["seed"]))
+
+
+def _models(cfg) -> list[tuple[str, str, int]]:
+    from .learn.ensemble import model_id
+
+    return [(model_id(m, p), m, p) for m in cfg["inputs"]["kerma_modes"] for p in cfg["train"]["mixes_percent_real"]]
+
+
+def _member_rows(cfg, store, run_dir: Path, cohorts, to_compute: set) -> tuple[list, set]:
+    """Rows of the training step, and the ids of the models some member of which is trained
+    (``to_compute``: the ``(case_id, variable)`` pairs the MC step computes)."""
+    from .learn.ensemble import member_files, member_state, train_settings_sha1
+    from .learn.normalise import DOSE_VARIABLE, kerma_variable
+    from .learn.splits import cases_of
+
+    splits = _planned_splits(cfg, cohorts)
+    rows, retrained = [], set()
+    for mid, mode, percent in _models(cfg):
+        train_ids, val_ids = cases_of(splits, percent, "train"), cases_of(splits, percent, "val")
+        # the member's digest covers these variables of its training and validation cases
+        upstream = any((c, v) in to_compute for c in (*train_ids, *val_ids)
+                       for v in (DOSE_VARIABLE, kerma_variable(mode)))
+        settings = None if upstream else train_settings_sha1(cfg, store, mode, percent, train_ids, val_ids)
+        for member in range(int(cfg["train"]["members"])):
+            item, files = f"{mid} member {member}", member_files(run_dir, mid, member)
+            if upstream and all(f.is_file() for f in files):
+                rows.append(("03 training", item, "to compute", _MEMBER_UPSTREAM))
+            else:
+                kind = "new" if upstream else member_state(*files, mode, settings)[0]
+                rows.append(("03 training", item, _state(kind), _MEMBER_REASONS.get(kind, "")))
+            if rows[-1][2] == "to compute":
+                retrained.add(mid)
+    return rows, retrained
+
+
+def _prediction_rows(cfg, store, run_dir: Path, cohorts, to_compute: set, retrained: set) -> list:
+    """Rows of the prediction step (the test cases of each model, predicted by notebook 04)."""
+    from .evaluate import _stale_predictions
+    from .learn.inference import PREDICTION_SETTINGS_ATTR
+    from .learn.normalise import kerma_variable
+
+    splits = _planned_splits(cfg, cohorts)
+    test_ids = sorted(set(splits.loc[splits["role"] == "test", "case_id"]))
+    rows = []
+    for mid, mode, _ in _models(cfg):
+        have = set(store.prediction_case_ids(mid)) if store is not None else set()
+        # a prediction's digest covers the model's members and the case's kerma input
+        new_input = {c for c in test_ids if (c, kerma_variable(mode)) in to_compute}
+        check = [c for c in test_ids if c in have and c not in new_input and mid not in retrained]
+        recorded = [c for c in check if store.prediction_attrs(mid, c).get(PREDICTION_SETTINGS_ATTR) is not None]
+        stale = set(_stale_predictions(store, mid, recorded)) if recorded else set()
+        for cid in test_ids:
+            if cid not in have:
+                row = ("to compute", _PREDICTION_MISSING)
+            elif mid in retrained:
+                row = ("to compute", _PREDICTION_MEMBERS)
+            elif cid in new_input:
+                row = ("to compute", _PREDICTION_INPUT)
+            elif cid in stale:
+                row = ("to compute", _PREDICTION_STALE)
+            elif cid not in recorded:
+                row = ("kept", _PREDICTION_UNRECORDED)
+            else:
+                row = ("up to date", "")
+            rows.append(("04 predictions", f"{mid} {cid}", *row))
+    return rows
+
+
+def format_status(table: pd.DataFrame) -> str:
+    """The table of :func:`chain_status` in a few lines: per step the count of each state,
+    and per reason the first items."""
+    lines = []
+    for step in STEPS:
+        part = table[table["step"] == step]
+        if part.empty:
+            lines.append(f"{step}: nothing")
+            continue
+        counts = part["state"].value_counts()
+        lines.append(f"{step}: " + ", ".join(f"{counts[s]} {s}" for s in STATES if s in counts))
+        for (state, reason), group in part[part["state"] != "up to date"].groupby(["state", "reason"], sort=False):
+            lines.append(f"    {state}: {len(group)} {reason} ({first_names(list(group['item']))})")
+    return "\n".join(lines)

@@ -1,0 +1,43 @@
+"""`ctdose status`: what a run would compute, before it runs (the chain itself: tests/test_chain.py)."""
+
+import pandas as pd
+
+from ctdose.config import load_profile
+from ctdose.pipeline import main
+from ctdose.status import STEPS, chain_status, format_status
+
+
+def test_a_run_not_started_is_all_to_compute_and_nothing_is_written(tmp_path, capsys):
+    cfg = load_profile("smoke")
+    run_dir = tmp_path / "run"
+    table = chain_status(cfg, run_dir)
+    assert not run_dir.exists()
+    assert set(table["state"]) == {"to compute"}
+    c, t = cfg["cohort"], cfg["train"]
+    n_cases = int(c["n_synthetic"]) + int(c["n_surrogate"])
+    n_models = len(cfg["inputs"]["kerma_modes"]) * len(t["mixes_percent_real"])
+    counts = table.groupby("step").size()
+    assert counts["01 cohort"] == n_cases
+    assert counts["02 Monte Carlo"] == n_cases * (1 + len(cfg["inputs"]["kerma_modes"]))
+    assert counts["03 training"] == n_models * int(t["members"])
+    assert counts["04 predictions"] == n_models * int(c["n_test"])
+    assert set(table.loc[table["step"] == "03 training", "reason"]) == {"not trained"}
+    # the command line: a summary, and with --check the exit status says that work is left
+    assert main(["status", "--profile", "smoke", "--out", str(run_dir), "--check"]) == 1
+    out = capsys.readouterr().out
+    assert f"01 cohort: {n_cases} to compute" in out and "nothing is computed or written" in out
+    assert not run_dir.exists()
+
+
+def test_the_summary_counts_each_state_and_names_the_first_items():
+    table = pd.DataFrame(
+        [("01 cohort", f"case_{k}", "up to date", "") for k in range(3)]
+        + [("01 cohort", f"new_{k}", "to compute", "not in the store") for k in range(5)]
+        + [("01 cohort", "old_0", "left out", "in the store, not among the profile's cohorts")],
+        columns=["step", "item", "state", "reason"],
+    )
+    lines = format_status(table).splitlines()
+    assert lines[0] == "01 cohort: 3 up to date, 5 to compute, 1 left out"
+    assert lines[1] == "    to compute: 5 not in the store (new_0, new_1, new_2, ...)"
+    assert lines[2] == "    left out: 1 in the store, not among the profile's cohorts (old_0)"
+    assert lines[3:] == [f"{step}: nothing" for step in STEPS[1:]]
