@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 import sys
 import time
 import warnings
