@@ -7,9 +7,9 @@ differs from the current one:
 
 - a case (its ``labels`` and everything derived from them): case attribute
   ``labels_settings_sha1``; a phantom's sampled parameters, an imported case's reader settings,
-  and the voxel size and ROI settings (:mod:`ctdose.anatomy.resume`; the imported source files
-  are not digested); a case built with other settings is built again, which drops its later
-  variables;
+  and the voxel size and ROI settings, and an imported case's source files (their bytes,
+  :func:`files_digest`; :mod:`ctdose.anatomy.resume`); a case built from other settings or
+  files is built again, which drops its later variables;
 - ``dose_mc`` of a case: ``dose_mc_settings_sha1``; the case's anatomy digest, the scanner, the
   case's protocol (its tube current included), the MC settings and seed, or the EGSnrc file's
   bytes and unit conversion (:func:`ctdose.physics.cohort_mc.case_digests`);
@@ -36,14 +36,19 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from ._plain import to_plain
 
-__all__ = ["digest", "file_digest", "settings_attr"]
+__all__ = ["digest", "file_digest", "files_digest", "settings_attr"]
 
 #: Bytes read at a time when a file is digested.
 _CHUNK_BYTES = 1 << 20
+
+#: Hex digits kept of the digests that name a file and its size and time in a files record.
+_RECORD_KEY_DIGITS = 16
 
 
 def _fields(value: Any) -> Any:
@@ -91,3 +96,46 @@ def file_digest(path: str | os.PathLike) -> str:
         for block in iter(lambda: fh.read(_CHUNK_BYTES), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def files_digest(
+    paths: Sequence[str | os.PathLike], root: str | os.PathLike, known: Mapping[str, Sequence[str]] | None = None
+) -> tuple[str, dict[str, list[str]]]:
+    """Digest of a set of files: their bytes and their paths relative to ``root``.
+
+    Reading every file of a large CT again on each run is avoided as ``git`` and DVC avoid it:
+    a record of the files, kept with the result, lists for each file a key of its size and
+    modification time and its bytes' digest, and a file whose size and time are those of the
+    record is not read again. A file rewritten with the same bytes gets a new time, is read
+    again, and gives the same digest.
+
+    Parameters
+    ----------
+    paths : sequence of path
+        The files (below ``root``), in any order.
+    root : path
+        The folder their relative paths are taken from (moving the folder changes nothing).
+    known : mapping, optional
+        The record returned with an earlier digest of these files.
+
+    Returns
+    -------
+    digest : str
+        SHA-1 over the files' relative paths and bytes (not their times).
+    record : dict
+        Per file, keyed by a digest of its relative path, ``[size and time key, bytes digest]``.
+        Digests only: no file name or time can be read from it (a folder of patient data may
+        name files after the patient).
+    """
+    known = known or {}
+    record, contents = {}, {}
+    for path in paths:
+        rel = Path(path).relative_to(root).as_posix()
+        key = digest(rel)[:_RECORD_KEY_DIGITS]
+        st = os.stat(path)
+        stamp = digest([st.st_size, st.st_mtime_ns])[:_RECORD_KEY_DIGITS]
+        old = known.get(key)
+        sha1 = old[1] if old is not None and old[0] == stamp else file_digest(path)
+        record[key] = [stamp, sha1]
+        contents[rel] = sha1
+    return digest(contents), record

@@ -45,7 +45,7 @@ STATES = ("up to date", "to compute", "kept", "left out")
 _COLUMNS = ["step", "item", "state", "reason"]
 
 #: Reasons, by the state the steps' own functions report.
-_CASE_REASONS = {"new": "not in the store", "other": "built with other settings",
+_CASE_REASONS = {"new": "not in the store", "other": "built with other settings or from other files",
                  "unrecorded": "built without a settings record"}
 _MC_REASONS = {"new": "not computed", "other": "computed with other settings",
                "unrecorded": "computed without a settings record"}
@@ -98,11 +98,11 @@ def chain_status(cfg: Mapping, run_dir: str | os.PathLike) -> pd.DataFrame:
 
     run_dir = resolve_path(run_dir)
     store = _open_store(run_dir)
-    planned = planned_cases(cfg)
+    planned = planned_cases(cfg, store)
     rows = []
     kinds = {}
-    for cid, key in zip(planned["case_id"], planned["key"]):
-        kinds[cid] = build_state(store, cid, key)
+    for cid, key, legacy in zip(planned["case_id"], planned["key"], planned["legacy_key"]):
+        kinds[cid] = build_state(store, cid, key, legacy)
         rows.append(("01 cohort", cid, _state(kinds[cid]), _CASE_REASONS.get(kinds[cid], "")))
     if store is not None:
         rows += [("01 cohort", cid, "left out", "in the store, not among the profile's cohorts")

@@ -48,3 +48,43 @@ def test_file_digest_is_the_sha1_of_the_bytes(tmp_path):
     data = bytes(range(256)) * 9000  # several read blocks
     path.write_bytes(data)
     assert file_digest(path) == hashlib.sha1(data).hexdigest()
+
+
+def test_files_digest_covers_bytes_and_relative_paths_and_reads_only_changed_files(tmp_path):
+    import os
+    import shutil
+
+    from ctdose.provenance import files_digest
+
+    case = tmp_path / "patient_jane_doe"
+    (case / "dicom").mkdir(parents=True)
+    (case / "seg.nii.gz").write_bytes(b"labels v1")
+    (case / "dicom" / "IM0001").write_bytes(b"slice one")
+    files = [case / "seg.nii.gz", case / "dicom" / "IM0001"]
+    value, record = files_digest(files, case)
+    # an independent computation: the digest of {relative path: sha1 of the bytes}
+    assert value == digest({"seg.nii.gz": hashlib.sha1(b"labels v1").hexdigest(),
+                            "dicom/IM0001": hashlib.sha1(b"slice one").hexdigest()})
+    assert files_digest(files[::-1], case)[0] == value  # order of the list does not matter
+    assert "jane" not in repr(record) and "IM0001" not in repr(record) and "seg" not in repr(record)
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(case, moved)
+    assert files_digest([moved / "seg.nii.gz", moved / "dicom" / "IM0001"], moved)[0] == value
+    # a file whose size and time are those of the record is not read: a planted bytes digest shows it
+    planted = {k: [stamp, "0" * 40] for k, (stamp, _) in record.items()}
+    assert files_digest(files, case, planted)[0] != value
+    # new bytes of the same size: the time changes, the file is read again
+    (case / "seg.nii.gz").write_bytes(b"labels v2")
+    st = os.stat(case / "seg.nii.gz")
+    os.utime(case / "seg.nii.gz", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    # only the changed file is read: the unchanged one keeps its planted digest
+    assert files_digest(files, case, planted)[0] == digest({"seg.nii.gz": hashlib.sha1(b"labels v2").hexdigest(),
+                                                             "dicom/IM0001": "0" * 40})
+    assert files_digest(files, case, record)[0] == files_digest(files, case)[0] != value
+    # the same bytes written again (new time): read again, same digest
+    (case / "seg.nii.gz").write_bytes(b"labels v1")
+    os.utime(case / "seg.nii.gz", ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000))
+    assert files_digest(files, case, record)[0] == value
+    # a renamed file changes the digest
+    (case / "seg.nii.gz").rename(case / "seg2.nii.gz")
+    assert files_digest([case / "seg2.nii.gz", case / "dicom" / "IM0001"], case)[0] != value

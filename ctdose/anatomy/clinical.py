@@ -45,7 +45,6 @@ the profile sets ``scanner.tube_current_modulation: ct``.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, Mapping
@@ -62,7 +61,7 @@ from ..store import make_case
 from .cohort import case_variables
 from .organs import label_id
 from .roi import CERVICAL, crop_z, landmark_extent_z_mm, thorax_roi_z_mm
-from .resume import import_cases, import_digest
+from .resume import ImportJob, import_cases, import_job, source_files
 
 __all__ = [
     "import_ct",
@@ -377,8 +376,9 @@ def import_clinical_cohort(
     """Import every case folder of ``folder`` into ``store`` as cohort ``clinical`` (one call).
 
     Case ids are ``clinical_<folder name>``; cases already in the store are skipped with a
-    printed note, unless they were imported with another voxel size, ROI or ``ts_version``
-    (their ``labels_settings_sha1``, :mod:`ctdose.anatomy.resume`): those are imported again.
+    printed note, unless they were imported with another voxel size, ROI or ``ts_version``, or
+    from files that have changed since (their ``labels_settings_sha1``,
+    :mod:`ctdose.anatomy.resume`): those are imported again.
     Each case is checked completely before it is written, so a bad case raises ``InputError``
     and leaves the store as it was (cases written before stay).
 
@@ -387,7 +387,7 @@ def import_clinical_cohort(
     list of str
         The case ids of the folder (written or already present).
     """
-    return import_cases(store, clinical_import_jobs(folder, spacing_mm, margin_mm, superior, ts_version, prov))
+    return import_cases(store, clinical_import_jobs(folder, spacing_mm, margin_mm, superior, ts_version, prov, store))
 
 
 def clinical_import_jobs(
@@ -397,13 +397,17 @@ def clinical_import_jobs(
     superior: str = "C7",
     ts_version: str = "auto",
     prov: Mapping[str, Any] | None = None,
-) -> list[tuple[str, str, Callable[[], xr.Dataset]]]:
-    """The cases of a clinical directory as ``(case_id, key, load)``: the case id
-    ``clinical_<folder name>``, the digest of its import settings
-    (:func:`ctdose.anatomy.resume.import_digest`) and a function that imports it
-    (:func:`load_clinical_case`). Nothing is read but the folder listing."""
-    key = import_digest(spacing_mm, margin_mm, superior, ts_version=ts_version)
-    return [(f"clinical_{d.name}", key,
-             partial(load_clinical_case, d, spacing_mm, margin_mm, superior=superior, case_id=f"clinical_{d.name}",
-                     ts_version=ts_version, prov=prov))
-            for d in clinical_case_dirs(folder)]
+    store=None,
+) -> list[ImportJob]:
+    """The cases of a clinical directory as :class:`~ctdose.anatomy.resume.ImportJob`: case id
+    ``clinical_<folder name>``, the digest of its import settings and of every file of its
+    folder, and a function that imports it (:func:`load_clinical_case`). Files whose size and
+    time match the record of the case in ``store`` are not read."""
+    jobs = []
+    for d in clinical_case_dirs(folder):
+        cid = f"clinical_{d.name}"
+        load = partial(load_clinical_case, d, spacing_mm, margin_mm, superior=superior, case_id=cid,
+                       ts_version=ts_version, prov=prov)
+        jobs.append(import_job(store, cid, source_files(d), d, load, spacing_mm, margin_mm, superior,
+                               ts_version=ts_version))
+    return jobs

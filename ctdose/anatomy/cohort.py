@@ -34,7 +34,7 @@ from ..provenance import digest
 from ..store import CASES_TABLE, CaseStore, make_case, provenance
 from .organs import body_mask, organ_table
 from .phantom import PhantomParams, build_phantom
-from .resume import LABELS_SETTINGS_ATTR, import_cases, import_digest, needs_build, write_built
+from .resume import LABELS_SETTINGS_ATTR, ImportJob, import_cases, import_job, needs_build, write_built
 from .roi import thorax_roi_z_mm
 from .surrogate import sample_surrogate, surrogate_params
 from .synthetic import sample_synthetic, synthetic_params
@@ -236,9 +236,10 @@ def build_cohorts(cfg: Mapping, store: CaseStore, progress: bool = True) -> pd.D
     return table
 
 
-def _import_jobs(cfg, prov) -> list[tuple[str, str, str, Any]]:
-    """The clinical and XCAT cases the profile names, as ``(case_id, cohort, key, load)``
-    (:func:`ctdose.anatomy.resume.import_cases`); only the folders are listed."""
+def _import_jobs(cfg, prov, store) -> list[tuple[str, ImportJob]]:
+    """The clinical and XCAT cases the profile names, as ``(cohort, job)``
+    (:func:`ctdose.anatomy.resume.import_cases`); their files are digested (those unchanged
+    since the case in ``store`` was imported are not read)."""
     c = cfg["cohort"]
     spacing, margin = float(c["spacing_mm"]), float(c["roi_margin_mm"])
     superior = str(c.get("roi_superior", "C7"))
@@ -246,38 +247,45 @@ def _import_jobs(cfg, prov) -> list[tuple[str, str, str, Any]]:
     if c.get("clinical_dir"):
         from .clinical import clinical_import_jobs
 
-        jobs += [(cid, "clinical", key, load)
-                 for cid, key, load in clinical_import_jobs(Path(c["clinical_dir"]), spacing, margin, superior,
-                                                            prov=prov)]
+        jobs += [("clinical", job) for job in clinical_import_jobs(Path(c["clinical_dir"]), spacing, margin, superior,
+                                                                   prov=prov, store=store)]
     if c.get("xcat_dir"):
         from ..io.xcat import load_xcat_case, xcat_phantoms
 
-        key = import_digest(spacing, margin, superior)
         for bin_path, log_path in xcat_phantoms(Path(c["xcat_dir"])):
             cid = f"xcat_{bin_path.name[: -len('_act_1.bin')]}"
-            jobs.append((cid, "xcat", key, partial(load_xcat_case, bin_path, log_path, spacing, margin, case_id=cid,
-                                                   prov=prov)))
+            load = partial(load_xcat_case, bin_path, log_path, spacing, margin, case_id=cid, prov=prov)
+            jobs.append(("xcat", import_job(store, cid, [bin_path, log_path], Path(c["xcat_dir"]), load, spacing,
+                                            margin, superior)))
     return jobs
 
 
 def _import_external(cfg, store, prov) -> list[str]:
     """Import clinical and XCAT folders named by the profile; returns their case ids."""
-    return import_cases(store, [(cid, key, load) for cid, _, key, load in _import_jobs(cfg, prov)])
+    return import_cases(store, [job for _, job in _import_jobs(cfg, prov, store)])
 
 
-def planned_cases(cfg: Mapping) -> pd.DataFrame:
+def planned_cases(cfg: Mapping, store: CaseStore | None = None) -> pd.DataFrame:
     """The cases a cohort build of the profile ``cfg`` makes, without building anything.
+
+    Parameters
+    ----------
+    cfg : Profile
+    store : CaseStore, optional
+        The run's store: the files of an imported case unchanged since it was imported there
+        are not read again.
 
     Returns
     -------
     pandas.DataFrame
-        ``case_id, cohort, key``: the phantoms of the sampled designs, then the clinical and
-        XCAT cases of the folders the profile names, each with the digest of what it would be
-        built from (``labels_settings_sha1``, :func:`ctdose.anatomy.resume.build_state`).
+        ``case_id, cohort, key, legacy_key``: the phantoms of the sampled designs, then the
+        clinical and XCAT cases of the folders the profile names, each with the digest of what
+        it would be built from (``labels_settings_sha1``) and, for an import, the digest an
+        earlier ctdose recorded without the files (:func:`ctdose.anatomy.resume.build_state`).
     """
-    rows = [(job[1], job[2], _job_digest(job)) for job in _all_phantom_jobs(cfg, sample_designs(cfg), None)]
-    rows += [(cid, cohort, key) for cid, cohort, key, _ in _import_jobs(cfg, None)]
-    return pd.DataFrame(rows, columns=["case_id", "cohort", "key"])
+    rows = [(job[1], job[2], _job_digest(job), None) for job in _all_phantom_jobs(cfg, sample_designs(cfg), None)]
+    rows += [(job.case_id, cohort, job.key, job.legacy_key) for cohort, job in _import_jobs(cfg, None, store)]
+    return pd.DataFrame(rows, columns=["case_id", "cohort", "key", "legacy_key"])
 
 
 def organ_volume_table(store: CaseStore, cohorts: Sequence[str] | None = None) -> pd.DataFrame:

@@ -193,6 +193,50 @@ def test_clinical_folder_becomes_a_cohort_in_one_call(tmp_path):
     assert store.case_attrs("clinical_p2")["spacing_mm"] == [10.0, 10.0, 10.0]
 
 
+def test_a_case_whose_files_changed_is_imported_again_and_only_that_one(tmp_path, capsys):
+    """A corrected segmentation of one patient: that case is imported again (its dose goes with
+    it), the other is kept without its files being read; a case imported by an earlier ctdose
+    (digest of the settings alone) is kept."""
+    from ctdose.anatomy.resume import LABELS_SETTINGS_ATTR, SOURCES_ATTR, import_digest
+
+    for name in ("p1", "p2"):
+        _write_phantom_case(tmp_path / "clinical" / name)
+    cfg = load_profile("smoke", {"cohort.n_synthetic": 0, "cohort.n_surrogate": 0, "cohort.spacing_mm": 12.0,
+                                 "cohort.clinical_dir": str(tmp_path / "clinical")})
+    store = CaseStore.for_run(tmp_path / "run")
+    build_cohorts(cfg, store, progress=False)
+    record = store.case_attrs("clinical_p1")[SOURCES_ATTR]
+    assert len(record) == 3 and "seg" not in repr(record)  # ct, seg, meta.json; digests only
+    for cid in ("clinical_p1", "clinical_p2"):
+        store.add_variables(cid, {"dose_mc": np.ones(store.read_case(cid)["labels"].shape, np.float32)})
+    seg_path = tmp_path / "clinical" / "p2" / "seg.nii.gz"
+    seg = nib.load(seg_path)
+    fixed = np.asarray(seg.dataobj).copy()
+    fixed[fixed == TS_V2["spleen"]] = 0  # the spleen taken out of the segmentation
+    nib.save(nib.Nifti1Image(fixed, seg.affine), seg_path)
+
+    def states():
+        planned = planned_cases(cfg, store)
+        return [build_state(store, *row) for row in planned[["case_id", "key", "legacy_key"]].values]
+
+    assert states() == ["current", "other"]
+    capsys.readouterr()
+    table = build_cohorts(cfg, store, progress=False)
+    out = capsys.readouterr().out
+    assert table["status"].tolist() == ["skipped", "written"]
+    assert "clinical_p2: built with other import settings or files; building it again" in out
+    assert "dose_mc" in store.case_variables("clinical_p1") and "dose_mc" not in store.case_variables("clinical_p2")
+    p2 = store.read_case("clinical_p2")["labels"].values
+    assert not (p2 == label_id("spleen")).any() and (store.read_case("clinical_p1")["labels"].values ==
+                                                     label_id("spleen")).any()
+    assert states() == ["current", "current"]
+    # a case imported before the files were digested: its digest is that of the settings alone
+    legacy = import_digest(12.0, float(cfg["cohort"]["roi_margin_mm"]), "C7", ts_version="auto")
+    store.add_variables("clinical_p1", {}, attrs={LABELS_SETTINGS_ATTR: legacy}, drop_attrs=[SOURCES_ATTR])
+    assert states() == ["unrecorded", "current"]
+    assert build_cohorts(cfg, store, progress=False)["status"].tolist() == ["skipped", "skipped"]
+
+
 def test_a_tube_current_file_comes_with_the_case_and_must_lie_on_the_ct(tmp_path):
     _, lab, origin = _write_phantom_case(tmp_path / "clin" / "p1")
     z_top = origin[0] + 6.0 * (lab.shape[0] - 1)

@@ -112,3 +112,9 @@ def test_an_xcat_folder_becomes_a_cohort_and_is_imported_again_at_another_voxel_
     assert build_cohorts(coarser, store, progress=False)["status"].tolist() == ["written"]
     assert "xcat_ph: built with other import settings" in capsys.readouterr().out
     assert store.case_attrs("xcat_ph")["spacing_mm"] == [20.0, 20.0, 20.0]
+    assert build_cohorts(coarser, store, progress=False)["status"].tolist() == ["skipped"]
+    # a phantom generated again with other activities (the same names): imported again
+    log = tmp_path / "xcat" / "ph_log"
+    log.write_text(log.read_text().replace("liver_activity", "liver_activity_old") + "liver_activity = 1.0\n")
+    planned = planned_cases(coarser, store)
+    assert build_state(store, "xcat_ph", planned["key"][0], planned["legacy_key"][0]) == "other"
