@@ -41,3 +41,11 @@ def test_the_summary_counts_each_state_and_names_the_first_items():
     assert lines[1] == "    to compute: 5 not in the store (new_0, new_1, new_2, ...)"
     assert lines[2] == "    left out: 1 in the store, not among the profile's cohorts (old_0)"
     assert lines[3:] == [f"{step}: nothing" for step in STEPS[1:]]
+
+
+def test_a_run_directory_with_something_else_as_its_store_is_refused_by_name(tmp_path, capsys):
+    (tmp_path / "run" / "store.zarr").mkdir(parents=True)
+    assert main(["status", "--profile", "smoke", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'run' / 'store.zarr'}: exists but is not a Zarr v3 store" in err
+    assert list((tmp_path / "run" / "store.zarr").iterdir()) == []  # nothing written into it
