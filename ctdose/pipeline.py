@@ -148,7 +148,7 @@ def run_chain(
     cfg = load_profile(profile, list(overrides))  # validates profile and overrides up front
     _check_values(cfg, device_available=True)  # and the MC settings, before notebook 01 runs for minutes
     override_map = dict(parse_override(o) for o in overrides)
-    run_dir = resolve_path(out or f"runs/{cfg.name}")
+    run_dir = _run_dir(cfg, out)
     run_dir.mkdir(parents=True, exist_ok=True)
     if figures_dir is None:
         figures_dir = "figures" if cfg.name == "demo" else run_dir / "figures"
@@ -242,7 +242,7 @@ def _status(args) -> int:
 
     cfg = load_profile(args.profile, args.overrides)
     _check_values(cfg, device_available=False)
-    run_dir = resolve_path(args.out or f"runs/{cfg.name}")
+    run_dir = _run_dir(cfg, args.out)
     table = chain_status(cfg, run_dir)
     print(f"ctdose {__version__}: what `ctdose run` of profile {cfg.name!r} into {run_dir} would compute "
           f"(nothing is computed or written)")
@@ -254,18 +254,28 @@ def _status(args) -> int:
     return 1 if args.check and (table["state"] == "to compute").any() else 0
 
 
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that name a run: ``--profile``, ``--out`` and ``--set``."""
+    parser.add_argument("--profile", default="demo", help="smoke | demo | paper | path/to/profile.yaml")
+    parser.add_argument("--out", default=None, help="run directory (default runs/<profile>)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a profile key, e.g. --set train.epochs=20 (repeatable)")
+
+
+def _run_dir(cfg, out: str | os.PathLike | None) -> Path:
+    """The run directory: ``out``, or ``runs/<profile name>`` (relative ones from the project root)."""
+    return resolve_path(out or f"runs/{cfg.name}")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctdose", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"ctdose {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="execute the notebook chain with papermill")
-    run.add_argument("--profile", default="demo", help="smoke | demo | paper | path/to/profile.yaml")
-    run.add_argument("--out", default=None, help="run directory (default runs/<profile>)")
+    _add_run_arguments(run)
     run.add_argument("--from", dest="start", default=None, metavar="NB", help="first notebook to run")
     run.add_argument("--only", nargs="+", default=None, metavar="NB", help="run only these notebooks")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a profile key, e.g. --set train.epochs=20 (repeatable)")
     run.add_argument("--kernel", default=DEFAULT_KERNEL, help="Jupyter kernel name (default python3)")
     run.add_argument("--figures-dir", default=None,
                      help="where figures are written (default: figures/ for demo, <run_dir>/figures otherwise)")
@@ -273,10 +283,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress output")
 
     stat = sub.add_parser("status", help="what `ctdose run` would compute, without running anything")
-    stat.add_argument("--profile", default="demo", help="smoke | demo | paper | path/to/profile.yaml")
-    stat.add_argument("--out", default=None, help="run directory (default runs/<profile>)")
-    stat.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                      help="override a profile key, as for `ctdose run` (repeatable)")
+    _add_run_arguments(stat)
     stat.add_argument("--all", dest="every", action="store_true", help="list every item, not a summary")
     stat.add_argument("--check", action="store_true", help="exit with status 1 when anything is to compute")
 

@@ -95,6 +95,7 @@ def chain_status(cfg: Mapping, run_dir: str | os.PathLike) -> pd.DataFrame:
     """
     from .anatomy.cohort import planned_cases
     from .anatomy.resume import build_state
+    from .learn.splits import profile_splits
 
     run_dir = resolve_path(run_dir)
     store = _open_store(run_dir)
@@ -110,18 +111,18 @@ def chain_status(cfg: Mapping, run_dir: str | os.PathLike) -> pd.DataFrame:
 
     mc_rows, to_compute = _mc_rows(cfg, store, kinds)
     rows += mc_rows
-    cohorts = dict(zip(planned["case_id"], planned["cohort"]))
-    member_rows, retrained = _member_rows(cfg, store, run_dir, cohorts, to_compute)
+    splits = profile_splits(dict(zip(planned["case_id"], planned["cohort"])), cfg)  # as the run will make them
+    member_rows, retrained = _member_rows(cfg, store, run_dir, splits, to_compute)
     rows += member_rows
-    rows += _prediction_rows(cfg, store, run_dir, cohorts, to_compute, retrained)
+    rows += _prediction_rows(cfg, store, splits, to_compute, retrained)
     return pd.DataFrame(rows, columns=_COLUMNS)
 
 
 def _mc_rows(cfg, store, kinds: Mapping[str, str]) -> tuple[list, set]:
     """Rows of the MC step, and the ``(case_id, variable)`` pairs it computes."""
-    from .physics.cohort_mc import _kerma_modes, variable_states
+    from .physics.cohort_mc import mc_variables, variable_states
 
-    variables = ["dose_mc"] + [f"kerma_{m}" for m in _kerma_modes(cfg)]
+    variables = mc_variables(cfg)
     kept = [cid for cid, kind in kinds.items() if kind in ("current", "unrecorded")]
     rows = [("02 Monte Carlo", f"{cid} {v}", "to compute", _REBUILT if kind == "other" else _MC_REASONS["new"])
             for cid, kind in kinds.items() if kind in ("new", "other") for v in variables]
@@ -134,27 +135,19 @@ def _mc_rows(cfg, store, kinds: Mapping[str, str]) -> tuple[list, set]:
     return rows, {tuple(r[1].split(" ")) for r in rows if r[2] == "to compute"}
 
 
-def _planned_splits(cfg, cohorts: Mapping[str, str]) -> pd.DataFrame:
-    from .learn.splits import split_cases
-
-    return split_cases(cohorts, cfg["train"]["mixes_percent_real"], int(cfg["cohort"]["n_test"]),
-                       float(cfg["train"]["val_fraction"]), int(cfg["seed"]))
-
-
 def _models(cfg) -> list[tuple[str, str, int]]:
     from .learn.ensemble import model_id
 
     return [(model_id(m, p), m, p) for m in cfg["inputs"]["kerma_modes"] for p in cfg["train"]["mixes_percent_real"]]
 
 
-def _member_rows(cfg, store, run_dir: Path, cohorts, to_compute: set) -> tuple[list, set]:
+def _member_rows(cfg, store, run_dir: Path, splits: pd.DataFrame, to_compute: set) -> tuple[list, set]:
     """Rows of the training step, and the ids of the models some member of which is trained
     (``to_compute``: the ``(case_id, variable)`` pairs the MC step computes)."""
     from .learn.ensemble import member_files, member_state, train_settings_sha1
     from .learn.normalise import DOSE_VARIABLE, kerma_variable
     from .learn.splits import cases_of
 
-    splits = _planned_splits(cfg, cohorts)
     rows, retrained = [], set()
     for mid, mode, percent in _models(cfg):
         train_ids, val_ids = cases_of(splits, percent, "train"), cases_of(splits, percent, "val")
@@ -174,13 +167,12 @@ def _member_rows(cfg, store, run_dir: Path, cohorts, to_compute: set) -> tuple[l
     return rows, retrained
 
 
-def _prediction_rows(cfg, store, run_dir: Path, cohorts, to_compute: set, retrained: set) -> list:
+def _prediction_rows(cfg, store, splits: pd.DataFrame, to_compute: set, retrained: set) -> list:
     """Rows of the prediction step (the test cases of each model, predicted by notebook 04)."""
     from .evaluate import _stale_predictions
     from .learn.inference import PREDICTION_SETTINGS_ATTR
     from .learn.normalise import kerma_variable
 
-    splits = _planned_splits(cfg, cohorts)
     test_ids = sorted(set(splits.loc[splits["role"] == "test", "case_id"]))
     rows = []
     for mid, mode, _ in _models(cfg):

@@ -40,6 +40,7 @@ __all__ = [
     "make_splits",
     "mix_name",
     "n_real_for_percent",
+    "profile_splits",
     "real_source",
     "split_cases",
     "write_splits",
@@ -180,6 +181,12 @@ def make_splits(store, cfg) -> pd.DataFrame:
         raise MissingStepError(
             f"{store.root}: no cases; run notebooks 01_phantom_sampling and 02_mc_preparation first"
         )
+    return profile_splits(cohorts, cfg)
+
+
+def profile_splits(cohorts: Mapping[str, str], cfg) -> pd.DataFrame:
+    """:func:`split_cases` of ``{case_id: cohort}`` with the profile's ``train.mixes_percent_real``,
+    ``cohort.n_test``, ``train.val_fraction`` and ``seed``."""
     return split_cases(
         cohorts,
         cfg["train"]["mixes_percent_real"],

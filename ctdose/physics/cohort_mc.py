@@ -52,8 +52,8 @@ from .._listing import first_names
 from ..errors import ConfigError, InputError
 from ..provenance import settings_attr
 
-__all__ = ["VARIABLE_STATES", "case_digests", "cases_to_run", "check_mc_profile", "run_cohort_mc", "simulate_case",
-           "variable_states"]
+__all__ = ["VARIABLE_STATES", "case_digests", "cases_to_run", "check_mc_profile", "mc_variables", "run_cohort_mc",
+           "simulate_case", "variable_states"]
 
 
 def _mc_cfg(cfg: Mapping[str, Any]) -> dict:
@@ -201,6 +201,12 @@ def case_digests(cfg: Mapping[str, Any], scanner, protocol, case_id: str, egsnrc
     return out
 
 
+def mc_variables(cfg: Mapping[str, Any]) -> list[str]:
+    """The variables the MC step computes for every case: ``dose_mc`` and ``kerma_<mode>`` for
+    each of the profile's ``inputs.kerma_modes``."""
+    return ["dose_mc"] + [f"kerma_{m}" for m in _kerma_modes(cfg)]
+
+
 def _plan(cfg: Mapping[str, Any], store, scanner, case_ids: Sequence[str]) -> tuple[dict, dict, dict]:
     """What the MC step has to do for ``case_ids``.
 
@@ -214,7 +220,7 @@ def _plan(cfg: Mapping[str, Any], store, scanner, case_ids: Sequence[str]) -> tu
     from .tube_current import TubeCurrentProfile
 
     folder, _ = egsnrc_settings(cfg)
-    wanted = ["dose_mc"] + [f"kerma_{m}" for m in _kerma_modes(cfg)]
+    wanted = mc_variables(cfg)
     todo, inputs, notes = {}, {}, {"stale": {}, "unrecorded": {}}
     for cid in case_ids:
         attrs = store.case_attrs(cid)
@@ -276,7 +282,7 @@ def variable_states(cfg: Mapping[str, Any], store, case_ids: Sequence[str], scan
     from .scanner import scanner_from_profile
 
     scanner = scanner_from_profile(cfg) if scanner is None else scanner
-    wanted = ["dose_mc"] + [f"kerma_{m}" for m in _kerma_modes(cfg)]
+    wanted = mc_variables(cfg)
     todo, _, notes = _plan(cfg, store, scanner, case_ids)
     rows = []
     for cid in case_ids:
