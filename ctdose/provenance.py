@@ -12,7 +12,8 @@ differs from the current one:
   files is built again, which drops its later variables;
 - ``dose_mc`` of a case: ``dose_mc_settings_sha1``; the case's anatomy digest, the scanner, the
   case's protocol (its tube current included), the MC settings and seed, or the EGSnrc file's
-  bytes and unit conversion (:func:`ctdose.physics.cohort_mc.case_digests`);
+  bytes (not read again while its size and time are those recorded with the dose,
+  :func:`recorded_file_digest`) and unit conversion (:func:`ctdose.physics.cohort_mc.case_digests`);
 - ``kerma_<mode>`` of a case: ``kerma_<mode>_settings_sha1``; the anatomy digest, the scanner,
   the protocol and the kerma map settings;
 - an ensemble member: its checkpoint's ``settings_sha1``; the training settings, seed and
@@ -42,7 +43,7 @@ from typing import Any
 
 from ._plain import to_plain
 
-__all__ = ["digest", "file_digest", "files_digest", "settings_attr"]
+__all__ = ["digest", "file_digest", "files_digest", "recorded_file_digest", "settings_attr"]
 
 #: Bytes read at a time when a file is digested.
 _CHUNK_BYTES = 1 << 20
@@ -107,7 +108,9 @@ def files_digest(
     a record of the files, kept with the result, lists for each file a key of its size and
     modification time and its bytes' digest, and a file whose size and time are those of the
     record is not read again. A file rewritten with the same bytes gets a new time, is read
-    again, and gives the same digest.
+    again, and gives the same digest. (As with ``git``, a file rewritten with the same size
+    within the file system's time resolution of being recorded would be missed; on file
+    systems with whole-second times, ``touch`` such a file.)
 
     Parameters
     ----------
@@ -132,10 +135,22 @@ def files_digest(
     for path in paths:
         rel = Path(path).relative_to(root).as_posix()
         key = digest(rel)[:_RECORD_KEY_DIGITS]
-        st = os.stat(path)
-        stamp = digest([st.st_size, st.st_mtime_ns])[:_RECORD_KEY_DIGITS]
-        old = known.get(key)
-        sha1 = old[1] if old is not None and old[0] == stamp else file_digest(path)
-        record[key] = [stamp, sha1]
-        contents[rel] = sha1
+        contents[rel], record[key] = recorded_file_digest(path, known.get(key))
     return digest(contents), record
+
+
+def recorded_file_digest(path: str | os.PathLike, known: Sequence[str] | None = None) -> tuple[str, list[str]]:
+    """:func:`file_digest` of one file, not read again where ``known`` (its record from an
+    earlier call) has the file's size and time.
+
+    Returns
+    -------
+    sha1 : str
+        The digest of the file's bytes.
+    record : list of str
+        ``[size and time key, sha1]``, the key a digest (no time can be read from it).
+    """
+    st = os.stat(path)
+    stamp = digest([st.st_size, st.st_mtime_ns])[:_RECORD_KEY_DIGITS]
+    sha1 = known[1] if known is not None and len(known) == 2 and known[0] == stamp else file_digest(path)
+    return sha1, [stamp, sha1]

@@ -170,7 +170,7 @@ _MC_DOSE_KEYS = ("n_photons", "n_batches", "estimator", "energy_cutoff_kev", "am
 
 
 def case_digests(cfg: Mapping[str, Any], scanner, protocol, case_id: str, egsnrc_path=None,
-                 anatomy: str | None = None) -> dict[str, str]:
+                 anatomy: str | None = None, egsnrc_sha1: str | None = None) -> dict[str, str]:
     """Per variable a case's MC step computes (``dose_mc``, ``kerma_<mode>``), the digest of
     what it is computed from (:func:`ctdose.provenance.digest`).
 
@@ -180,8 +180,9 @@ def case_digests(cfg: Mapping[str, Any], scanner, protocol, case_id: str, egsnrc
     geometry) and the case's protocol (scan range, mode, tube current: a modulation followed is
     part of it). ``dose_mc`` adds the MC settings
     that change the dose (:data:`_MC_DOSE_KEYS`) and the case's seed, or, for a case with an
-    EGSnrc result, that file's bytes and its unit conversion; ``kerma_<mode>`` adds the mode and
-    the kerma map settings (:func:`ctdose.physics.kerma.kerma_settings`).
+    EGSnrc result, that file's bytes (their digest ``egsnrc_sha1`` where it is known) and its
+    unit conversion; ``kerma_<mode>`` adds the mode and the kerma map settings
+    (:func:`ctdose.physics.kerma.kerma_settings`).
     """
     from ..provenance import digest, file_digest
     from .egsnrc_results import EGSNRC_ENGINE, egsnrc_settings
@@ -190,7 +191,7 @@ def case_digests(cfg: Mapping[str, Any], scanner, protocol, case_id: str, egsnrc
     mc = _mc_cfg(cfg)
     beam = {"anatomy": anatomy, "scanner": scanner, "protocol": protocol}
     if egsnrc_path is not None:
-        dose = {"engine": EGSNRC_ENGINE, "file_sha1": file_digest(egsnrc_path),
+        dose = {"engine": EGSNRC_ENGINE, "file_sha1": egsnrc_sha1 or file_digest(egsnrc_path),
                 "particles_per_mas": egsnrc_settings(cfg)[1]}
     else:
         dose = {"engine": "ctdose", "seed": case_seed(int(cfg.get("seed", 0)), case_id),
@@ -212,10 +213,11 @@ def _plan(cfg: Mapping[str, Any], store, scanner, case_ids: Sequence[str]) -> tu
 
     Returns ``todo`` (case id -> variables to compute: missing, or stored with a digest other
     than the current one), ``inputs`` (case id -> ``spacing``, ``origin``, ``roi``,
-    ``tube_current``, ``egsnrc``, ``digests``) and ``notes`` (``"stale"``/``"unrecorded"`` -> variable -> case ids: stored
+    ``tube_current``, ``egsnrc`` (the file, where ``dose_mc`` is read from one), ``egsnrc_record``, ``digests``) and ``notes`` (``"stale"``/``"unrecorded"`` -> variable -> case ids: stored
     with other settings, or stored before digests were recorded and kept).
     """
-    from .egsnrc_results import egsnrc_file, egsnrc_settings
+    from ..provenance import recorded_file_digest
+    from .egsnrc_results import EGSNRC_FILE_ATTR, egsnrc_file, egsnrc_settings
     from .scanner import case_protocol
     from .tube_current import TubeCurrentProfile
 
@@ -231,7 +233,10 @@ def _plan(cfg: Mapping[str, Any], store, scanner, case_ids: Sequence[str]) -> tu
         tube_current = TubeCurrentProfile.from_attrs(attrs)
         egsnrc = egsnrc_file(folder, cid)
         protocol, _ = case_protocol(cfg, roi, tube_current)
-        digests = case_digests(cfg, scanner, protocol, cid, egsnrc, attrs.get(settings_attr("labels")))
+        # an EGSnrc file unchanged in size and time since its dose was read is not read again
+        egsnrc_sha1, egsnrc_record = (recorded_file_digest(egsnrc, attrs.get(EGSNRC_FILE_ATTR)) if egsnrc is not None
+                                      else (None, None))
+        digests = case_digests(cfg, scanner, protocol, cid, egsnrc, attrs.get(settings_attr("labels")), egsnrc_sha1)
         have = set(store.case_variables(cid))
         redo = []
         for v in wanted:
@@ -246,7 +251,8 @@ def _plan(cfg: Mapping[str, Any], store, scanner, case_ids: Sequence[str]) -> tu
         if redo:
             todo[cid] = redo
         inputs[cid] = dict(spacing=spacing, origin=origin, roi=roi, tube_current=tube_current,
-                           egsnrc=egsnrc if "dose_mc" in redo else None, digests=digests)
+                           egsnrc=egsnrc if "dose_mc" in redo else None, egsnrc_record=egsnrc_record,
+                           digests=digests)
     return todo, inputs, notes
 
 
@@ -542,9 +548,9 @@ def run_cohort_mc(cfg: Mapping[str, Any], store, progress: bool = True, case_ids
         # threads on few cores (and do not oversubscribe a shared machine)
         torch.set_num_threads(1)
     n_egsnrc = sum(inputs[cid]["egsnrc"] is not None for cid in todo)
-    if n_egsnrc:
-        from .egsnrc_results import egsnrc_settings
+    from .egsnrc_results import EGSNRC_FILE_ATTR, egsnrc_settings
 
+    if n_egsnrc:
         print(f"MC: {n_egsnrc} of {len(todo)} cases take their dose from EGSnrc .3ddose files in "
               f"{egsnrc_settings(cfg)[0]}")
     client, cluster = _client(mc, n_workers, device)
@@ -571,6 +577,8 @@ def run_cohort_mc(cfg: Mapping[str, Any], store, progress: bool = True, case_ids
             out = fut.result()
             cid = out["case_id"]
             digests = {settings_attr(v): inputs[cid]["digests"][v] for v in out["arrays"] if v in inputs[cid]["digests"]}
+            if inputs[cid]["egsnrc"] is not None:  # the dose read from this file
+                digests[EGSNRC_FILE_ATTR] = inputs[cid]["egsnrc_record"]
             # a dose computed again replaces every attribute of the one before (engine, photons, ...)
             stale = [k for k in store.case_attrs(cid) if k.startswith("mc_")] if "dose_mc" in out["arrays"] else []
             store.add_variables(cid, out["arrays"], attrs={**out["attrs"], **digests}, drop_attrs=stale)

@@ -35,11 +35,18 @@ from ..errors import ConfigError, InputError
 from ..io.egsphant import _bounds_cm
 from ..io.threeddose import read_3ddose
 
-__all__ = ["EGSNRC_ENGINE", "case_dose_from_3ddose", "egsnrc_file", "egsnrc_settings", "gy_per_mas_per_unit"]
+__all__ = ["EGSNRC_ENGINE", "EGSNRC_FILE_ATTR", "case_dose_from_3ddose", "egsnrc_file", "egsnrc_settings",
+           "gy_per_mas_per_unit"]
 
 #: How the case attribute ``mc_engine`` begins for a dose read from EGSnrc (figure captions
 #: count these cases).
 EGSNRC_ENGINE = "EGSnrc"
+
+#: Case attribute with the record of the ``.3ddose`` a dose was read from
+#: (:func:`ctdose.provenance.recorded_file_digest`: digests of its size and time and of its
+#: bytes), so that a re-run does not read an unchanged file again to tell. Its ``mc_`` prefix
+#: makes a dose computed again drop it with the other MC attributes.
+EGSNRC_FILE_ATTR = "mc_egsnrc_file_record"
 
 #: Largest difference (cm) between a file's voxel boundaries and the case's: the precision
 #: with which DOSXYZnrc echoes the phantom's boundaries, far below a voxel.

@@ -8,11 +8,13 @@ import pytest
 from ctdose.config import load_profile
 from ctdose.errors import ConfigError, InputError
 from ctdose.io.threeddose import write_3ddose
-from ctdose.physics.cohort_mc import check_mc_profile, run_cohort_mc
-from ctdose.physics.egsnrc_results import case_dose_from_3ddose, egsnrc_settings, gy_per_mas_per_unit
+from ctdose.physics.cohort_mc import cases_to_run, check_mc_profile, run_cohort_mc
+from ctdose.physics.egsnrc_results import (EGSNRC_FILE_ATTR, case_dose_from_3ddose, egsnrc_settings,
+                                           gy_per_mas_per_unit)
 from ctdose.physics.scanner import CTScanner, Protocol, generic_body_bowtie
 from ctdose.physics.sources import CTSource
 from ctdose.physics.spectrum import spekpy_spectrum
+from ctdose.provenance import file_digest
 from ctdose.store import CaseStore, make_case
 
 SHAPE, SPACING, ORIGIN = (6, 12, 12), (20.0, 20.0, 20.0), (0.0, -110.0, -110.0)
@@ -103,6 +105,15 @@ def test_cases_with_an_egsnrc_file_take_their_dose_from_it(tmp_path, capsys):
     assert a.attrs["mc_mean_rel_sigma_body"] == pytest.approx(float(np.mean(rel[body])), rel=1e-5)
     assert a.attrs["mc_tube_current"] == "constant 200 mA" and "mc_n_photons" not in a.attrs
     assert "kerma_cylinder" in a.data_vars  # the inputs still come from ctdose
+    # the dose records its file (digests of its size and time, and of its bytes); a re-run trusts
+    # the recorded bytes' digest while size and time are unchanged: a planted one shows it
+    record = a.attrs[EGSNRC_FILE_ATTR]
+    assert record[1] == file_digest(folder / "clinical_000.3ddose") and EGSNRC_FILE_ATTR not in b.attrs
+    assert cases_to_run(cfg, store) == {}
+    store.add_variables("clinical_000", {}, attrs={EGSNRC_FILE_ATTR: [record[0], "0" * 40]})
+    assert cases_to_run(cfg, store) == {"clinical_000": ["dose_mc"]}
+    store.add_variables("clinical_000", {}, attrs={EGSNRC_FILE_ATTR: record})
+    assert cases_to_run(cfg, store) == {}
     assert b.attrs["mc_engine"] == "ctdose Monte Carlo" and b.attrs["mc_n_photons"] == 4000
     # a file added later, or changed, replaces that case's ctdose dose (and all its mc_* record)
     write_3ddose(folder / "clinical_001.3ddose", dose, rel, SPACING, ORIGIN)
@@ -114,6 +125,8 @@ def test_cases_with_an_egsnrc_file_take_their_dose_from_it(tmp_path, capsys):
     assert b.attrs["mc_engine"].startswith("EGSnrc (clinical_001.3ddose") and "mc_n_photons" not in b.attrs
     np.testing.assert_array_equal(b["kerma_cylinder"].values, kerma)
     write_3ddose(folder / "clinical_001.3ddose", 2.0 * dose, rel, SPACING, ORIGIN)
+    assert cases_to_run(cfg, store) == {"clinical_001": ["dose_mc"]}  # new time: the file is read again
     run_cohort_mc(cfg, store, progress=False)
+    assert store.case_attrs("clinical_001")[EGSNRC_FILE_ATTR][1] == file_digest(folder / "clinical_001.3ddose")
     np.testing.assert_allclose(store.read_case("clinical_001")["dose_mc"].values, 2.0 * dose * particles * 3.0,
                                rtol=1e-6)
