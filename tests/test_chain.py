@@ -51,9 +51,24 @@ def test_tables_and_figures_are_written(smoke_run):
 
 
 @pytest.mark.slow
-def test_status_of_a_finished_run_is_up_to_date(smoke_run):
+def test_status_of_a_finished_run_is_up_to_date_and_follows_a_change_down_the_chain(smoke_run):
     table = chain_status(load_profile("smoke"), smoke_run[0])
     assert set(table["state"]) == {"up to date"} and list(table["step"].unique()) == list(STEPS)
+
+    def to_compute(overrides):
+        told = chain_status(load_profile("smoke", overrides), smoke_run[0])
+        return {step: set(told.loc[(told["step"] == step) & (told["state"] == "to compute"), "reason"])
+                for step in STEPS}
+
+    # more photons: every dose again, so every member (trained on them) and every prediction
+    assert to_compute({"mc.n_photons": 30000}) == {
+        "01 cohort": set(), "02 Monte Carlo": {"computed with other settings"},
+        "03 training": {"its cases' dose or input is computed again"},
+        "04 predictions": {"its members are trained again"}}
+    # more epochs: the members and their predictions only
+    assert to_compute({"train.epochs": 3}) == {
+        "01 cohort": set(), "02 Monte Carlo": set(), "03 training": {"trained with other settings or data"},
+        "04 predictions": {"its members are trained again"}}
 
 
 def _changed(before_dir: Path, after_dir: Path) -> dict[str, set[str]]:
