@@ -213,8 +213,9 @@ def _plan(cfg: Mapping[str, Any], store, scanner, case_ids: Sequence[str]) -> tu
 
     Returns ``todo`` (case id -> variables to compute: missing, or stored with a digest other
     than the current one), ``inputs`` (case id -> ``spacing``, ``origin``, ``roi``,
-    ``tube_current``, ``egsnrc`` (the file, where ``dose_mc`` is read from one), ``egsnrc_record``, ``digests``) and ``notes`` (``"stale"``/``"unrecorded"`` -> variable -> case ids: stored
-    with other settings, or stored before digests were recorded and kept).
+    ``tube_current``, ``egsnrc`` (the file, where ``dose_mc`` is read from one),
+    ``egsnrc_record``, ``digests``) and ``notes`` (``"stale"``/``"unrecorded"`` -> variable ->
+    case ids: stored with other settings, or stored before digests were recorded and kept).
     """
     from ..provenance import recorded_file_digest
     from .egsnrc_results import EGSNRC_FILE_ATTR, egsnrc_file, egsnrc_settings
