@@ -237,7 +237,8 @@ def _write_log(rows: list[dict], path: Path) -> None:
 
 
 def _status(args) -> int:
-    """``ctdose status``: print what a run would compute; 1 with ``--check`` when anything is."""
+    """``ctdose status``: print what a run would compute; 1 with ``--check`` when anything is
+    (or a step will fail)."""
     from .status import chain_status, format_status
 
     cfg = load_profile(args.profile, args.overrides)
@@ -251,7 +252,7 @@ def _status(args) -> int:
             print(table.to_string(index=False))
     else:
         print(format_status(table))
-    return 1 if args.check and (table["state"] == "to compute").any() else 0
+    return 1 if args.check and table["state"].isin(["to compute", "will fail"]).any() else 0
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -285,7 +286,8 @@ def _build_parser() -> argparse.ArgumentParser:
     stat = sub.add_parser("status", help="what `ctdose run` would compute, without running anything")
     _add_run_arguments(stat)
     stat.add_argument("--all", dest="every", action="store_true", help="list every item, not a summary")
-    stat.add_argument("--check", action="store_true", help="exit with status 1 when anything is to compute")
+    stat.add_argument("--check", action="store_true",
+                      help="exit with status 1 when anything is to compute (or a step will fail)")
 
     prof = sub.add_parser("profile", help="print a profile (with overrides applied) as YAML")
     prof.add_argument("name", nargs="?", default="demo")

@@ -30,6 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 from ._listing import first_names
+from .errors import InputError
 from .paths import resolve_path
 
 __all__ = ["STATES", "STEPS", "chain_status", "format_status"]
@@ -38,9 +39,10 @@ __all__ = ["STATES", "STEPS", "chain_status", "format_status"]
 STEPS = ("01 cohort", "02 Monte Carlo", "03 training", "04 predictions")
 
 #: What a run does with an item: keep it (made with the settings of now), compute it, keep it
-#: although it records no settings (made by an older ctdose), or leave it out of the run (a case
-#: of an earlier profile, which stays in the store).
-STATES = ("up to date", "to compute", "kept", "left out")
+#: although it records no settings (made by an older ctdose), leave it out of the run (a case
+#: of an earlier profile, which stays in the store), or stop with an error there (the reason is
+#: the error's message: the cases cannot be split as the profile asks).
+STATES = ("up to date", "to compute", "kept", "left out", "will fail")
 
 _COLUMNS = ["step", "item", "state", "reason"]
 
@@ -111,7 +113,11 @@ def chain_status(cfg: Mapping, run_dir: str | os.PathLike) -> pd.DataFrame:
 
     mc_rows, to_compute = _mc_rows(cfg, store, kinds)
     rows += mc_rows
-    splits = profile_splits(dict(zip(planned["case_id"], planned["cohort"])), cfg)  # as the run will make them
+    try:
+        splits = profile_splits(dict(zip(planned["case_id"], planned["cohort"])), cfg)  # as the run will make them
+    except InputError as exc:  # the run stops at its splits: say so instead of stopping here
+        rows += [(step, "splits", "will fail", str(exc)) for step in STEPS[2:]]
+        return pd.DataFrame(rows, columns=_COLUMNS)
     member_rows, retrained = _member_rows(cfg, store, run_dir, splits, to_compute)
     rows += member_rows
     rows += _prediction_rows(cfg, store, splits, to_compute, retrained)
@@ -207,6 +213,9 @@ def format_status(table: pd.DataFrame) -> str:
         part = table[table["step"] == step]
         if part.empty:
             lines.append(f"{step}: nothing")
+            continue
+        if (part["state"] == "will fail").all():
+            lines.append(f"{step}: will fail at its {', '.join(part['item'])}: {part['reason'].iloc[0]}")
             continue
         counts = part["state"].value_counts()
         lines.append(f"{step}: " + ", ".join(f"{counts[s]} {s}" for s in STATES if s in counts))

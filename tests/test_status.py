@@ -49,3 +49,18 @@ def test_a_run_directory_with_something_else_as_its_store_is_refused_by_name(tmp
     err = capsys.readouterr().err
     assert f"{tmp_path / 'run' / 'store.zarr'}: exists but is not a Zarr v3 store" in err
     assert list((tmp_path / "run" / "store.zarr").iterdir()) == []  # nothing written into it
+
+
+def test_a_profile_whose_cases_cannot_be_split_is_told_to_fail_at_the_splits(tmp_path, capsys):
+    """The run would stop at notebook 03 (its splits); the status says so, with the run's own
+    message, and still reports the steps before it."""
+    cfg = load_profile("smoke", {"cohort.n_test": 99})
+    table = chain_status(cfg, tmp_path / "run")
+    failing = table[table["state"] == "will fail"]
+    assert list(failing["step"]) == ["03 training", "04 predictions"] and set(failing["item"]) == {"splits"}
+    n = int(cfg["cohort"]["n_surrogate"])
+    assert set(failing["reason"]) == {f"cohort.n_test = 99, but the store has only {n} surrogate cases"}
+    assert (table.loc[table["step"] == "01 cohort", "state"] == "to compute").all()
+    assert main(["status", "--profile", "smoke", "--out", str(tmp_path / "run"), "--set", "cohort.n_test=99",
+                 "--check"]) == 1
+    assert "03 training: will fail at its splits: cohort.n_test = 99" in capsys.readouterr().out
