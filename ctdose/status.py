@@ -128,17 +128,19 @@ def _mc_rows(cfg, store, kinds: Mapping[str, str]) -> tuple[list, set]:
     """Rows of the MC step, and the ``(case_id, variable)`` pairs it computes."""
     from .physics.cohort_mc import mc_variables, variable_states
 
-    variables = mc_variables(cfg)
     kept = [cid for cid, kind in kinds.items() if kind in ("current", "unrecorded")]
-    rows = [("02 Monte Carlo", f"{cid} {v}", "to compute", _REBUILT if kind == "other" else _MC_REASONS["new"])
-            for cid, kind in kinds.items() if kind in ("new", "other") for v in variables]
-    if kept:
-        states = variable_states(cfg, store, kept)
-        rows += [("02 Monte Carlo", f"{r.case_id} {r.variable}", _state(r.state), _MC_REASONS.get(r.state, ""))
-                 for r in states.itertuples()]
-    order = {cid: i for i, cid in enumerate(kinds)}
-    rows.sort(key=lambda r: order[r[1].split(" ")[0]])
-    return rows, {tuple(r[1].split(" ")) for r in rows if r[2] == "to compute"}
+    states = {(r.case_id, r.variable): r.state for r in variable_states(cfg, store, kept).itertuples()} if kept else {}
+    rows, to_compute = [], set()
+    for cid, kind in kinds.items():  # in the cohort's order
+        for v in mc_variables(cfg):
+            if kind in ("new", "other"):  # the case is built (again): all its variables with it
+                state, reason = "to compute", _REBUILT if kind == "other" else _MC_REASONS["new"]
+            else:
+                state, reason = _state(states[cid, v]), _MC_REASONS.get(states[cid, v], "")
+            rows.append(("02 Monte Carlo", f"{cid} {v}", state, reason))
+            if state == "to compute":
+                to_compute.add((cid, v))
+    return rows, to_compute
 
 
 def _models(cfg) -> list[tuple[str, str, int]]:
