@@ -33,7 +33,7 @@ import xarray as xr
 import zarr
 
 from . import __version__
-from ._atomic import atomic_write_csv
+from ._atomic import atomic_write_csv, atomic_write_text
 from ._plain import to_plain
 from ._listing import first_names
 from .errors import InputError, MissingStepError
@@ -326,6 +326,19 @@ class CaseStore:
     def case_attrs(self, case_id: str) -> dict:
         """Attributes of a case (read from its metadata only)."""
         return _group_attrs(self._require(case_id))
+
+    def update_case_attrs(self, case_id: str, attrs: Mapping[str, Any]) -> None:
+        """Set attributes of a case without copying its volumes.
+
+        Only the case's metadata file (``zarr.json``) is replaced, atomically: for records
+        that change while the data stays (which source files were read, at which size and
+        time). Results go through :meth:`add_variables`, which writes volumes and attributes
+        together.
+        """
+        meta_path = self._require(case_id) / "zarr.json"
+        meta = json.loads(meta_path.read_text())
+        meta["attributes"] = {**meta.get("attributes", {}), **_jsonable(dict(attrs))}
+        atomic_write_text(meta_path, json.dumps(meta, indent=2))
 
     def case_variables(self, case_id: str) -> list[str]:
         """Names of the data variables of a case."""

@@ -79,6 +79,23 @@ def test_add_variables_keeps_attributes_and_old_variables(tmp_path):
         store.add_variables("c1", {"dose_mc": dose[:-1]})
 
 
+def test_update_case_attrs_rewrites_the_metadata_only(tmp_path):
+    store = CaseStore.for_run(tmp_path)
+    store.write_case(_case())
+    case_dir = store.root / "cases" / "c1"
+    files_before = {p: p.stat().st_mtime_ns for p in case_dir.rglob("*") if p.is_file() and p.name != "zarr.json"}
+    store.update_case_attrs("c1", {"labels_sources": {"0a1b": ["stamp", "sha"]}, "sex": "M"})
+    back = store.read_case("c1").load()
+    assert back.attrs["labels_sources"] == {"0a1b": ["stamp", "sha"]} and back.attrs["sex"] == "M"
+    assert back.attrs["organ_volume_ml"] == {"liver": 1500.0} and back.attrs["cohort"] == "synthetic"
+    np.testing.assert_array_equal(back["density_e"].values, _case()["density_e"].values)
+    # the volumes are not copied or touched, and no temporary file is left
+    assert {p: p.stat().st_mtime_ns for p in files_before} == files_before
+    assert sorted(p.name for p in case_dir.iterdir() if p.is_file()) == ["zarr.json"]
+    with pytest.raises(MissingStepError, match="'c2' is not in"):
+        store.update_case_attrs("c2", {"sex": "M"})
+
+
 def test_missing_things_say_which_step_to_run(tmp_path):
     store = CaseStore.for_run(tmp_path)
     with pytest.raises(MissingStepError, match="01_phantom_sampling"):

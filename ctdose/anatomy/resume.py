@@ -113,11 +113,21 @@ def write_built(store, ds, key: str, manifest: bool = True, sources: Mapping | N
 
 def import_cases(store, jobs: Iterable[ImportJob]) -> list[str]:
     """Import the cases of ``jobs`` that :func:`needs_build` asks for; returns every job's case
-    id, in order."""
+    id, in order.
+
+    A case that is kept gets the record of its files of now (``labels_sources``) where that
+    differs from the one it holds: files copied or touched with unchanged bytes are then not
+    read again on the next run, and a case of an older ctdose (kept, no record) is read once.
+    Only the case's metadata is rewritten.
+    """
     ids = []
     for job in jobs:
         if needs_build(store, job.case_id, job.key, "import settings or files", job.legacy_key):
             write_built(store, job.load(), job.key, sources=job.sources)
+        elif store.case_attrs(job.case_id).get(SOURCES_ATTR) != job.sources:
+            # the same files with new times (copied, touched), or a case of an older ctdose:
+            # the new record spares the next run reading them again
+            store.update_case_attrs(job.case_id, {SOURCES_ATTR: job.sources})
         ids.append(job.case_id)
     return ids
 

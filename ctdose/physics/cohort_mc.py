@@ -257,6 +257,25 @@ def _plan(cfg: Mapping[str, Any], store, scanner, case_ids: Sequence[str]) -> tu
     return todo, inputs, notes
 
 
+def _refresh_egsnrc_records(store, case_ids: Sequence[str], todo: Mapping, inputs: Mapping) -> None:
+    """Give a current dose read from an EGSnrc file the record of that file as it stands now.
+
+    A file copied or touched with unchanged bytes (its dose digest, the bytes' SHA-1, still
+    matches) was read once by :func:`_plan` to tell; the new record spares the next run that.
+    Only the case's metadata is rewritten.
+    """
+    from .egsnrc_results import EGSNRC_FILE_ATTR
+
+    for cid in case_ids:
+        record = inputs[cid]["egsnrc_record"]
+        if record is None or "dose_mc" in todo.get(cid, ()):
+            continue
+        attrs = store.case_attrs(cid)
+        current = attrs.get(settings_attr("dose_mc")) == inputs[cid]["digests"]["dose_mc"]
+        if current and attrs.get(EGSNRC_FILE_ATTR) != record:
+            store.update_case_attrs(cid, {EGSNRC_FILE_ATTR: record})
+
+
 def cases_to_run(cfg: Mapping[str, Any], store, scanner=None) -> dict[str, list[str]]:
     """Per case id, the variables to compute (``dose_mc`` and/or ``kerma_<mode>``): those
     missing, and those stored with other settings than the profile's now (their digest,
@@ -529,6 +548,7 @@ def run_cohort_mc(cfg: Mapping[str, Any], store, progress: bool = True, case_ids
     scanner = scanner_from_profile(cfg)
     todo, inputs, notes = _plan(cfg, store, scanner, ids)
     _print_notes(notes)
+    _refresh_egsnrc_records(store, ids, todo, inputs)
     n_total = len(ids)
     done = n_total - len(todo)
     if not todo:

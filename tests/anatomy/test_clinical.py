@@ -235,6 +235,48 @@ def test_a_case_whose_files_changed_is_imported_again_and_only_that_one(tmp_path
     store.add_variables("clinical_p1", {}, attrs={LABELS_SETTINGS_ATTR: legacy}, drop_attrs=[SOURCES_ATTR])
     assert states() == ["unrecorded", "current"]
     assert build_cohorts(cfg, store, progress=False)["status"].tolist() == ["skipped", "skipped"]
+    # the kept legacy case now holds the record of its files (read once), under its old digest
+    assert store.case_attrs("clinical_p1")[SOURCES_ATTR] == record
+    assert store.case_attrs("clinical_p1")[LABELS_SETTINGS_ATTR] == legacy and states() == ["unrecorded", "current"]
+
+
+def test_files_touched_with_the_same_bytes_are_recorded_again_and_not_read_next_time(tmp_path, monkeypatch):
+    """Copied or touched files (new times, same bytes) keep the case, whose record of the files
+    is brought up to date (its metadata only), so that the next run reads no file."""
+    import os
+
+    import ctdose.provenance
+    from ctdose.anatomy.resume import LABELS_SETTINGS_ATTR, SOURCES_ATTR, source_files
+    from ctdose.provenance import files_digest
+
+    folder = tmp_path / "clinical" / "p1"
+    _write_phantom_case(folder)
+    cfg = load_profile("smoke", {"cohort.n_synthetic": 0, "cohort.n_surrogate": 0, "cohort.spacing_mm": 12.0,
+                                 "cohort.clinical_dir": str(tmp_path / "clinical")})
+    store = CaseStore.for_run(tmp_path / "run")
+    build_cohorts(cfg, store, progress=False)
+    store.add_variables("clinical_p1", {"dose_mc": np.ones(store.read_case("clinical_p1")["labels"].shape, np.float32)})
+    before = store.case_attrs("clinical_p1")
+    labels_meta = store.root / "cases" / "clinical_p1" / "labels" / "zarr.json"
+    labels_mtime = labels_meta.stat().st_mtime_ns
+    for f in source_files(folder):
+        st = f.stat()
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 5 * 10**9))
+    read = []
+    digest_of_file = ctdose.provenance.file_digest
+    monkeypatch.setattr(ctdose.provenance, "file_digest", lambda p: read.append(p) or digest_of_file(p))
+    assert build_cohorts(cfg, store, progress=False)["status"].tolist() == ["skipped"]
+    assert len(read) == 3  # the three touched files, read once to tell that their bytes are the same
+    after = store.case_attrs("clinical_p1")
+    assert after[LABELS_SETTINGS_ATTR] == before[LABELS_SETTINGS_ATTR]
+    assert after[SOURCES_ATTR] != before[SOURCES_ATTR]
+    assert after[SOURCES_ATTR] == files_digest(source_files(folder), folder)[1]  # the files as they are now
+    assert {k: v for k, v in after.items() if k != SOURCES_ATTR} == {k: v for k, v in before.items()
+                                                                    if k != SOURCES_ATTR}
+    assert "dose_mc" in store.case_variables("clinical_p1") and labels_meta.stat().st_mtime_ns == labels_mtime
+    read.clear()
+    assert build_cohorts(cfg, store, progress=False)["status"].tolist() == ["skipped"]
+    assert read == []  # the next run reads none of them
 
 
 def test_a_tube_current_file_comes_with_the_case_and_must_lie_on_the_ct(tmp_path):

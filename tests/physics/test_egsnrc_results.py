@@ -80,7 +80,7 @@ def test_bad_egsnrc_settings_are_refused_up_front(key, value, message):
         check_mc_profile(cfg)
 
 
-def test_cases_with_an_egsnrc_file_take_their_dose_from_it(tmp_path, capsys):
+def test_cases_with_an_egsnrc_file_take_their_dose_from_it(tmp_path, capsys, monkeypatch):
     folder = tmp_path / "egsnrc"
     folder.mkdir()
     dose, rel = _file_dose()
@@ -130,3 +130,23 @@ def test_cases_with_an_egsnrc_file_take_their_dose_from_it(tmp_path, capsys):
     assert store.case_attrs("clinical_001")[EGSNRC_FILE_ATTR][1] == file_digest(folder / "clinical_001.3ddose")
     np.testing.assert_allclose(store.read_case("clinical_001")["dose_mc"].values, 2.0 * dose * particles * 3.0,
                                rtol=1e-6)
+    # a file touched with the same bytes (copied, synced) keeps its dose; the run gives the case
+    # the file's new record (metadata only), so that the next run does not read the file
+    import os
+
+    import ctdose.provenance
+
+    path = folder / "clinical_000.3ddose"
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5 * 10**9))
+    before = store.case_attrs("clinical_000")
+    read = []
+    monkeypatch.setattr(ctdose.provenance, "file_digest", lambda p: read.append(p) or file_digest(p))
+    assert run_cohort_mc(cfg, store, progress=False).empty and read == [path]  # read once, to tell
+    after = store.case_attrs("clinical_000")
+    assert after[EGSNRC_FILE_ATTR][1] == before[EGSNRC_FILE_ATTR][1]
+    assert after[EGSNRC_FILE_ATTR][0] != before[EGSNRC_FILE_ATTR][0]
+    assert {k: v for k, v in after.items() if k != EGSNRC_FILE_ATTR} == {k: v for k, v in before.items()
+                                                                        if k != EGSNRC_FILE_ATTR}
+    read.clear()
+    assert cases_to_run(cfg, store) == {} and read == []
