@@ -114,6 +114,29 @@ def load_registry(run_dir: str | Path) -> pd.DataFrame:
     return registry
 
 
+def _models_to_evaluate(cfg, store, model_ids: Sequence[str] | None) -> list[str]:
+    """The models :func:`evaluate_models` evaluates: ``model_ids``, or the profile's; each must
+    be in the registry. Registered models outside the profile are named and left out: a model
+    of an earlier profile (another mix or kerma mode) was trained on that profile's cases."""
+    from .learn.ensemble import profile_models
+
+    registered = sorted(set(load_registry(store.run_dir)["model_id"].astype(str)))
+    if model_ids is not None:
+        wanted = sorted(set(model_ids))
+    elif cfg is not None:
+        wanted = [mid for mid, _, _ in profile_models(cfg)]
+    else:
+        return registered
+    unknown = [m for m in wanted if m not in registered]
+    if unknown:
+        raise MissingStepError(f"model(s) {', '.join(unknown)} not in models/registry.csv; {_STEP_TRAIN}")
+    outside = [m for m in registered if m not in wanted]
+    if outside and model_ids is None:
+        print(f"evaluate: {len(outside)} model(s) in models/registry.csv are not among the profile's models "
+              f"({first_names(outside)}); left out")
+    return sorted(wanted)
+
+
 def test_case_ids(store) -> list[str]:
     """Ids of the fixed test set (``role == "test"`` in ``tables/splits.csv``), sorted.
 
@@ -415,7 +438,9 @@ def evaluate_models(
         Predict missing test cases with :func:`ctdose.learn.inference.predict_model`;
         with ``False`` a missing prediction is an error.
     model_ids : sequence of str, optional
-        Restrict to these models (default: all in the registry).
+        These models instead of the profile's (``inputs.kerma_modes`` x
+        ``train.mixes_percent_real``; every registered model where ``cfg`` is None). Models
+        trained under an earlier profile that stay in the registry are named and left out.
 
     Returns
     -------
@@ -426,16 +451,11 @@ def evaluate_models(
     Raises
     ------
     MissingStepError
-        No trained model, no splits table, an empty test set, a test case without MC dose,
-        or a model without a test prediction; the message names the step to run.
+        No trained model, a model of the profile not trained, no splits table, an empty test
+        set, a test case without MC dose, or a model without a test prediction; the message
+        names the step to run.
     """
-    registry = load_registry(store.run_dir)
-    all_models = sorted(set(registry["model_id"].astype(str)))
-    if model_ids is not None:
-        unknown = sorted(set(model_ids) - set(all_models))
-        if unknown:
-            raise MissingStepError(f"model(s) {', '.join(unknown)} not in models/registry.csv; {_STEP_TRAIN}")
-        all_models = sorted(model_ids)
+    all_models = _models_to_evaluate(cfg, store, model_ids)
     case_ids = test_case_ids(store)
     groups = _default_groups() if groups is None else groups
     _ensure_predictions(store, all_models, case_ids, cfg, progress, predict)

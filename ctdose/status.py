@@ -40,7 +40,7 @@ STEPS = ("01 cohort", "02 Monte Carlo", "03 training", "04 predictions")
 
 #: What a run does with an item: keep it (made with the settings of now), compute it, keep it
 #: although it records no settings (made by an older ctdose), leave it out of the run (a case
-#: of an earlier profile, which stays in the store), or stop with an error there (the reason is
+#: or a model of an earlier profile, which stays in the store or run directory), or stop with an error there (the reason is
 #: the error's message: the cases cannot be split as the profile asks).
 STATES = ("up to date", "to compute", "kept", "left out", "will fail")
 
@@ -54,6 +54,7 @@ _MC_REASONS = {"new": "not computed", "other": "computed with other settings",
 _REBUILT = "its case is built again"
 _MEMBER_REASONS = {"new": "not trained", "other": "trained with other settings or data"}
 _MEMBER_UPSTREAM = "its cases' dose or input is computed again"
+_MEMBER_OUTSIDE = "in models/registry.csv, not among the profile's models"
 _PREDICTION_MISSING = "not predicted"
 _PREDICTION_MEMBERS = "its members are trained again"
 _PREDICTION_INPUT = "the case's input is computed again"
@@ -143,47 +144,50 @@ def _mc_rows(cfg, store, kinds: Mapping[str, str]) -> tuple[list, set]:
     return rows, to_compute
 
 
-def _models(cfg) -> list[tuple[str, str, int]]:
-    from .learn.ensemble import model_id
-
-    return [(model_id(m, p), m, p) for m in cfg["inputs"]["kerma_modes"] for p in cfg["train"]["mixes_percent_real"]]
-
-
 def _member_rows(cfg, store, run_dir: Path, splits: pd.DataFrame, to_compute: set) -> tuple[list, set]:
     """Rows of the training step, and the ids of the models some member of which is trained
     (``to_compute``: the ``(case_id, variable)`` pairs the MC step computes)."""
-    from .learn.ensemble import member_files, member_state, train_settings_sha1
+    from .learn.ensemble import member_files, member_state, profile_models, train_settings_sha1
     from .learn.normalise import DOSE_VARIABLE, kerma_variable
     from .learn.splits import cases_of
 
     rows, retrained = [], set()
-    for mid, mode, percent in _models(cfg):
+    for mid, mode, percent in profile_models(cfg):
         train_ids, val_ids = cases_of(splits, percent, "train"), cases_of(splits, percent, "val")
         # the member's digest covers these variables of its training and validation cases
         upstream = any((c, v) in to_compute for c in (*train_ids, *val_ids)
                        for v in (DOSE_VARIABLE, kerma_variable(mode)))
-        settings = None if upstream else train_settings_sha1(cfg, store, mode, percent, train_ids, val_ids)
+        settings = legacy = None
+        if not upstream:
+            settings, legacy = (train_settings_sha1(cfg, store, mode, percent, train_ids, val_ids, legacy=old)
+                                for old in (False, True))
         for member in range(int(cfg["train"]["members"])):
             item, files = f"{mid} member {member}", member_files(run_dir, mid, member)
             if upstream and all(f.is_file() for f in files):
                 rows.append(("03 training", item, "to compute", _MEMBER_UPSTREAM))
             else:
-                kind = "new" if upstream else member_state(*files, mode, settings)[0]
+                kind = "new" if upstream else member_state(*files, mode, settings, legacy)[0]
                 rows.append(("03 training", item, _state(kind), _MEMBER_REASONS.get(kind, "")))
             if rows[-1][2] == "to compute":
                 retrained.add(mid)
+    registry = run_dir / "models" / "registry.csv"
+    if registry.is_file():  # models of an earlier profile: kept on disk, left out of the evaluation
+        wanted = {mid for mid, _, _ in profile_models(cfg)}
+        rows += [("03 training", f"{r.model_id} member {r.member}", "left out", _MEMBER_OUTSIDE)
+                 for r in pd.read_csv(registry).itertuples() if str(r.model_id) not in wanted]
     return rows, retrained
 
 
 def _prediction_rows(cfg, store, splits: pd.DataFrame, to_compute: set, retrained: set) -> list:
     """Rows of the prediction step (the test cases of each model, predicted by notebook 04)."""
     from .evaluate import _stale_predictions
+    from .learn.ensemble import profile_models
     from .learn.inference import PREDICTION_SETTINGS_ATTR
     from .learn.normalise import kerma_variable
 
     test_ids = sorted(set(splits.loc[splits["role"] == "test", "case_id"]))
     rows = []
-    for mid, mode, _ in _models(cfg):
+    for mid, mode, _ in profile_models(cfg):
         have = set(store.prediction_case_ids(mid)) if store is not None else set()
         # a prediction's digest covers the model's members and the case's kerma input
         new_input = {c for c in test_ids if (c, kerma_variable(mode)) in to_compute}

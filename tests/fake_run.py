@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ctdose.config import load_profile
 from ctdose.store import CaseStore, make_case
 
 GROUPS = {"muscle": [3], "lung": [4, 5], "heart": [6], "liver": [12], "fat": [2]}
@@ -43,6 +44,11 @@ def _case_arrays(scale: float):
     density = np.where(body, 3.4e29, 3.6e26).astype(np.float32)
     kerma = (dose * 1.3).astype(np.float32)
     return labels, body, dose, density, kerma
+
+
+def fake_profile():
+    """The smoke profile with the fake run's models: ``cylinder``, 0 and 100 % real."""
+    return load_profile("smoke", {"inputs.kerma_modes": ["cylinder"], "train.mixes_percent_real": [0, 100]})
 
 
 def make_fake_run(run_dir, n_test: int = 3, n_train: int = 4, models=MODELS, with_registry=True,

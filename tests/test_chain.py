@@ -70,6 +70,22 @@ def test_status_of_a_finished_run_is_up_to_date_and_follows_a_change_down_the_ch
         "01 cohort": set(), "02 Monte Carlo": set(), "03 training": {"trained with other settings or data"},
         "04 predictions": {"its members are trained again"}}
 
+    def states(overrides, step):
+        told = chain_status(load_profile("smoke", overrides), smoke_run[0])
+        part = told[told["step"] == step]
+        return dict(zip(part["item"], part["state"]))
+
+    models = ("cylinder_mix000", "cylinder_mix010", "cylinder_mix020", "cylinder_mix100")
+    # a second member per model: only the new members are trained (the models' predictions follow)
+    assert states({"train.members": 2}, "03 training") == {
+        f"{m} member {k}": "to compute" if k else "up to date" for m in models for k in (0, 1)}
+    assert set(states({"train.members": 2}, "04 predictions").values()) == {"to compute"}
+    # fewer mixes: nothing to compute; the other mixes' members are left out (and not evaluated)
+    assert states({"train.mixes_percent_real": [0, 100]}, "03 training") == {
+        "cylinder_mix000 member 0": "up to date", "cylinder_mix100 member 0": "up to date",
+        "cylinder_mix010 member 0": "left out", "cylinder_mix020 member 0": "left out"}
+    assert set(states({"train.mixes_percent_real": [0, 100]}, "04 predictions").values()) == {"up to date"}
+
 
 def _changed(before_dir: Path, after_dir: Path) -> dict[str, set[str]]:
     """Per step of :func:`ctdose.status.chain_status`, the items whose recorded digest (or, for a

@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
-from fake_run import DELTAS, GROUPS, MODELS, make_fake_run
+from fake_run import fake_profile, DELTAS, GROUPS, MODELS, make_fake_run
 
 from ctdose.config import load_profile
 from ctdose.errors import MissingStepError
@@ -11,7 +11,7 @@ from ctdose.evaluate import evaluate_models, model_label, organ_volumes_ml, pars
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     store = make_fake_run(tmp_path_factory.mktemp("run"))
-    tables = evaluate_models(load_profile("smoke"), store, progress=False, groups=GROUPS, predict=False)
+    tables = evaluate_models(fake_profile(), store, progress=False, groups=GROUPS, predict=False)
     return store, tables
 
 
@@ -81,24 +81,46 @@ def test_model_ids():
     assert model_label("cylinder_mix000") == "0 % NN (cylinder)"
 
 
+def test_the_profiles_models_are_evaluated_and_earlier_ones_left_out(tmp_path, capsys):
+    """Models of an earlier profile (another mix, another kerma mode) that stay in the registry
+    were trained on that profile's cases: they are named and left out of the tables."""
+    earlier = {"cylinder_mix020": (0.1, 0.05), "patient_mix000": (0.0, 0.01)}
+    store = make_fake_run(tmp_path, n_test=2, n_train=2, models={**MODELS, **earlier})
+    capsys.readouterr()
+    tables = evaluate_models(fake_profile(), store, progress=False, groups=GROUPS, predict=False)
+    assert "2 model(s) in models/registry.csv are not among the profile's models (cylinder_mix020, " \
+           "patient_mix000); left out" in capsys.readouterr().out
+    for name in ("organ_doses", "summed_doses", "table3", "table4", "calibration"):
+        assert set(tables[name]["model_id"]) == set(MODELS), name
+    assert set(store.read_table("table3")["model_id"]) == set(MODELS)
+    # chosen by name, they are evaluated
+    tables = evaluate_models(fake_profile(), store, progress=False, groups=GROUPS, predict=False,
+                             model_ids=["cylinder_mix020"])
+    assert set(tables["table3"]["model_id"]) == {"cylinder_mix020"}
+    # a model the profile names but nobody trained: the error says which and what to run
+    more = load_profile("smoke", {"inputs.kerma_modes": ["cylinder"], "train.mixes_percent_real": [0, 10, 100]})
+    with pytest.raises(MissingStepError, match="cylinder_mix010 not in models/registry.csv.*03_training"):
+        evaluate_models(more, store, progress=False, groups=GROUPS, predict=False)
+
+
 def test_missing_registry(tmp_path):
     store = make_fake_run(tmp_path, n_test=1, n_train=1, with_registry=False, with_predictions=False)
     with pytest.raises(MissingStepError, match="03_training"):
-        evaluate_models(load_profile("smoke"), store, progress=False, groups=GROUPS, predict=False)
+        evaluate_models(fake_profile(), store, progress=False, groups=GROUPS, predict=False)
 
 
 def test_missing_splits_and_empty_test_set(tmp_path):
     store = make_fake_run(tmp_path, n_test=1, n_train=1, with_splits=False, with_predictions=False)
     with pytest.raises(MissingStepError, match="03_training"):
-        evaluate_models(load_profile("smoke"), store, progress=False, groups=GROUPS, predict=False)
+        evaluate_models(fake_profile(), store, progress=False, groups=GROUPS, predict=False)
     store.write_table("splits", pd.DataFrame({"mix": ["mix000"], "percent_real": [0], "case_id": ["syn001"],
                                               "cohort": ["synthetic"], "role": ["train"], "real_source": ["surrogate"]}))
     with pytest.raises(MissingStepError, match="test set is empty"):
-        evaluate_models(load_profile("smoke"), store, progress=False, groups=GROUPS, predict=False)
+        evaluate_models(fake_profile(), store, progress=False, groups=GROUPS, predict=False)
 
 
 def test_missing_prediction(tmp_path):
     store = make_fake_run(tmp_path, n_test=2, n_train=1, with_predictions=False)
     with pytest.raises(MissingStepError, match="no prediction for test case.*04_ensemble_uncertainty"):
-        evaluate_models(load_profile("smoke"), store, progress=False, groups=GROUPS, predict=False)
+        evaluate_models(fake_profile(), store, progress=False, groups=GROUPS, predict=False)
     assert not (store.tables_dir / "table3.csv").exists()

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from fake_run import GROUPS, make_fake_run
+from fake_run import fake_profile, GROUPS, make_fake_run
 from scipy import stats
 
 from ctdose import figures
@@ -12,7 +12,7 @@ from ctdose.evaluate import evaluate_models
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     store = make_fake_run(tmp_path_factory.mktemp("run"))
-    evaluate_models(load_profile("smoke"), store, progress=False, groups=GROUPS, predict=False)
+    evaluate_models(fake_profile(), store, progress=False, groups=GROUPS, predict=False)
     return store, figures.figure_context(store, "smoke")
 
 

@@ -1,7 +1,6 @@
 import pytest
-from fake_run import GROUPS, make_fake_run
+from fake_run import fake_profile, GROUPS, make_fake_run
 
-from ctdose.config import load_profile
 from ctdose.errors import MissingStepError
 from ctdose.evaluate import evaluate_models
 from ctdose.report import comparison_tables, write_comparison_page
@@ -18,7 +17,7 @@ def test_paper_tables_shipped():
 
 
 def test_comparison_page(tmp_path):
-    cfg = load_profile("smoke")
+    cfg = fake_profile()
     store = make_fake_run(tmp_path / "run")
     with pytest.raises(MissingStepError, match="04_ensemble_uncertainty"):
         write_comparison_page(cfg, store, tmp_path / "fig")

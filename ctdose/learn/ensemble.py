@@ -54,8 +54,8 @@ from .unet import UNet3d
 from .validation import OrganDoseEvaluator, body_dose_moments, constant_dose_baseline, default_dose_groups
 
 __all__ = [
-    "REGISTRY_COLUMNS", "collect_curves", "member_files", "member_seed", "member_state", "model_id", "read_curves",
-    "summarise", "train_all", "train_member", "train_settings_sha1",
+    "ENSEMBLE_KEYS", "REGISTRY_COLUMNS", "collect_curves", "member_files", "member_seed", "member_state", "model_id",
+    "profile_models", "read_curves", "summarise", "train_all", "train_member", "train_settings_sha1",
 ]
 
 REGISTRY_COLUMNS = [
@@ -73,6 +73,13 @@ _LIGHTNING_NOISE = (
 def model_id(kerma_mode: str, percent_real: int) -> str:
     """``("cylinder", 10) -> "cylinder_mix010"``."""
     return f"{kerma_mode}_{mix_name(percent_real)}"
+
+
+def profile_models(cfg) -> list[tuple[str, str, int]]:
+    """The models a profile trains and evaluates: ``(model_id, kerma_mode, percent_real)`` for
+    each of ``inputs.kerma_modes`` and each of ``train.mixes_percent_real``, in that order."""
+    return [(model_id(m, int(p)), m, int(p)) for m in cfg["inputs"]["kerma_modes"]
+            for p in cfg["train"]["mixes_percent_real"]]
 
 
 def member_seed(base_seed: int, member: int) -> int:
@@ -122,14 +129,27 @@ def _trainer_kwargs(device: torch.device, epochs: int, progress: bool) -> dict:
     )
 
 
-def train_settings_sha1(cfg, store, kerma_mode: str, percent_real, train_ids, val_ids) -> str:
-    """Digest of what a member is trained from: the training settings, seed, mode, mix and
-    cases, and the digests recorded with those cases' MC dose and kerma input
-    (:mod:`ctdose.provenance`), so that a dose or input computed again trains the member again."""
+#: Training settings that say how many models and members a run trains, not how one member is
+#: trained: they are left out of a member's digest, so that adding a mix or members trains the
+#: new ones only.
+ENSEMBLE_KEYS = ("mixes_percent_real", "members")
+
+
+def train_settings_sha1(cfg, store, kerma_mode: str, percent_real, train_ids, val_ids,
+                        legacy: bool = False) -> str:
+    """Digest of what a member is trained from: the training settings (but
+    :data:`ENSEMBLE_KEYS`), seed, mode, mix and cases, and the digests recorded with those
+    cases' MC dose and kerma input (:mod:`ctdose.provenance`), so that a dose or input computed
+    again trains the member again.
+
+    With ``legacy`` the digest an earlier ctdose recorded (every training setting): a member
+    recorded with it was trained with the settings of now, and is reused.
+    """
     variables = ("dose_mc", kerma_variable(kerma_mode))
     data = {cid: [store.case_attrs(cid).get(settings_attr(v)) for v in variables]
             for cid in (*train_ids, *val_ids)}
-    return digest({"train": cfg["train"], "seed": cfg["seed"], "kerma_mode": kerma_mode,
+    train = cfg["train"] if legacy else {k: v for k, v in cfg["train"].items() if k not in ENSEMBLE_KEYS}
+    return digest({"train": train, "seed": cfg["seed"], "kerma_mode": kerma_mode,
                    "percent_real": percent_real, "train_ids": list(train_ids), "val_ids": list(val_ids),
                    "data": data})
 
@@ -141,8 +161,10 @@ def member_files(run_dir: str | Path, model: str, member: int) -> tuple[Path, Pa
     return folder / f"member{member}.pt", folder / f"member{member}_curves.csv"
 
 
-def member_state(ckpt_path: Path, curves_path: Path, kerma_mode: str, settings_sha1: str) -> tuple[str, dict]:
-    """Whether a member is trained with the settings digest of now.
+def member_state(ckpt_path: Path, curves_path: Path, kerma_mode: str, settings_sha1: str,
+                 legacy_sha1: str | None = None) -> tuple[str, dict]:
+    """Whether a member is trained with the settings digest of now (or ``legacy_sha1``, the
+    digest an earlier ctdose recorded for the same settings, :func:`train_settings_sha1`).
 
     Returns
     -------
@@ -159,7 +181,8 @@ def member_state(ckpt_path: Path, curves_path: Path, kerma_mode: str, settings_s
         meta = load_checkpoint(ckpt_path, kerma_mode=kerma_mode).meta
     except InputError:
         meta = {}
-    return ("current", meta) if meta.get("settings_sha1") == settings_sha1 else ("other", {})
+    current = meta.get("settings_sha1") in {settings_sha1, legacy_sha1} - {None}
+    return ("current", meta) if current else ("other", {})
 
 
 def read_curves(run_dir: str | Path, model: str, member: int) -> pd.DataFrame:
@@ -190,11 +213,12 @@ def train_member(
     ckpt_path, curves_path = member_files(store.run_dir, mid, member)
     seed = member_seed(cfg["seed"], member)
     settings = train_settings_sha1(cfg, store, kerma_mode, percent_real, train_ids, val_ids)
+    legacy = train_settings_sha1(cfg, store, kerma_mode, percent_real, train_ids, val_ids, legacy=True)
     row = {"model_id": mid, "kerma_mode": kerma_mode, "percent_real": percent_real, "real_source": real_source,
            "member": member, "seed": seed, "checkpoint": str(ckpt_path.relative_to(store.run_dir)),
            "n_train": len(train_ids), "n_val": len(val_ids)}
 
-    state, old = member_state(ckpt_path, curves_path, kerma_mode, settings)
+    state, old = member_state(ckpt_path, curves_path, kerma_mode, settings, legacy)
     if state == "current":
         print(f"note: {mid} member {member} already trained ({ckpt_path}); reusing it")
         return {**row, "best_epoch": old["best_epoch"], "val_organ_dev": old["val_organ_dev"]}

@@ -50,7 +50,10 @@ def test_same_seed_gives_identical_weights_and_resume_reuses(trained, tmp_path, 
     assert len(again) == 2
     assert _member_states(tiny_profile(members=2), other) == ["current", "current"]
     assert _member_states(tiny_profile(members=1, epochs=1), other) == ["other"]
-    assert _member_states(tiny_profile(members=3), other)[2] == "new"
+    # more members, or another list of mixes, trains the new members only: the digest of a
+    # member leaves out how many models and members the run has
+    assert _member_states(tiny_profile(members=3), other) == ["current", "current", "new"]
+    assert _member_states(tiny_profile(members=2, mixes_percent_real=[0, 50, 100]), other) == ["current", "current"]
     changed = train_all(tiny_profile(members=1, epochs=1), other, progress=False, groups=GROUPS, mixes=[0])
     assert "other settings" in capsys.readouterr().out and int(changed.best_epoch[0]) == 1
 
@@ -62,9 +65,40 @@ def _member_states(cfg, store) -> list[str]:
     from ctdose.learn.splits import cases_of
 
     splits = store.read_table("splits")
-    key = train_settings_sha1(cfg, store, "cylinder", 0, cases_of(splits, 0, "train"), cases_of(splits, 0, "val"))
-    return [member_state(*member_files(store.run_dir, "cylinder_mix000", k), "cylinder", key)[0]
+    key, legacy = (train_settings_sha1(cfg, store, "cylinder", 0, cases_of(splits, 0, "train"),
+                                       cases_of(splits, 0, "val"), legacy=old) for old in (False, True))
+    return [member_state(*member_files(store.run_dir, "cylinder_mix000", k), "cylinder", key, legacy)[0]
             for k in range(int(cfg["train"]["members"]))]
+
+
+def test_a_member_recorded_by_an_earlier_ctdose_with_the_same_settings_is_reused(trained, tmp_path, capsys):
+    """Earlier versions digested every training setting (the mixes and member count included).
+    A member recorded so is reused while those settings are the same (no training again on
+    upgrading); with another member count it is trained again, once."""
+    import shutil
+
+    from ctdose.learn.ensemble import train_settings_sha1
+    from ctdose.learn.splits import cases_of
+
+    store, _ = trained
+    run = make_learning_store(tmp_path)
+    shutil.copytree(store.run_dir / "models", run.run_dir / "models")
+    run.write_table("splits", store.read_table("splits"))
+    splits = run.read_table("splits")
+    ids = cases_of(splits, 0, "train"), cases_of(splits, 0, "val")
+    now, legacy = (train_settings_sha1(tiny_profile(members=2), run, "cylinder", 0, *ids, legacy=old)
+                   for old in (False, True))
+    assert now != legacy and train_settings_sha1(tiny_profile(members=3), run, "cylinder", 0, *ids) == now
+    for k in range(2):  # the checkpoints as an earlier ctdose wrote them
+        path = run.run_dir / f"models/cylinder_mix000/member{k}.pt"
+        payload = torch.load(path, weights_only=True)
+        assert payload["settings_sha1"] == now
+        torch.save({**payload, "settings_sha1": legacy}, path)
+    assert _member_states(tiny_profile(members=2), run) == ["current", "current"]
+    assert _member_states(tiny_profile(members=3), run) == ["other", "other", "new"]
+    capsys.readouterr()
+    train_all(tiny_profile(members=2), run, progress=False, groups=GROUPS, mixes=[0])
+    assert capsys.readouterr().out.count("already trained") == 2
 
 
 def test_member_seeds_are_derived_from_the_run_seed():
