@@ -145,8 +145,9 @@ def test_case_ids(store) -> list[str]:
     MissingStepError
         No splits table or an empty test set.
     """
-    splits = store.read_table("splits")
-    ids = sorted(set(splits.loc[splits["role"] == "test", "case_id"].astype(str)))
+    from .learn.splits import test_ids
+
+    ids = test_ids(store.read_table("splits"))
     if not ids:
         raise MissingStepError(
             f"{store.tables_dir / 'splits.csv'}: the test set is empty (cohort.n_test = 0 or no real "

@@ -19,6 +19,12 @@ Re-run training only, with more epochs::
 See first what a run with more photons would compute again (nothing is run)::
 
     ctdose status --profile demo --set mc.n_photons=4e6
+
+List what a run with fewer mixes leaves out (cases, models, predictions of earlier settings),
+then remove it::
+
+    ctdose prune --profile demo --set "train.mixes_percent_real=[0, 100]"
+    ctdose prune --profile demo --set "train.mixes_percent_real=[0, 100]" --yes
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from . import __version__
 from .config import available_profiles, load_profile, parse_override
 from .errors import ConfigError, CtdoseError
 from .paths import notebooks_dir, resolve_path
+from .run_record import describe_run, profile_sha1, read_run_record, write_run_record
 
 __all__ = ["list_notebooks", "select_notebooks", "run_chain", "main"]
 
@@ -150,6 +157,7 @@ def run_chain(
     override_map = dict(parse_override(o) for o in overrides)
     run_dir = _run_dir(cfg, out)
     run_dir.mkdir(parents=True, exist_ok=True)
+    write_run_record(run_dir, cfg, profile, override_map)
     if figures_dir is None:
         figures_dir = "figures" if cfg.name == "demo" else run_dir / "figures"
     books = list_notebooks(notebooks)
@@ -247,12 +255,44 @@ def _status(args) -> int:
     table = chain_status(cfg, run_dir)
     print(f"ctdose {__version__}: what `ctdose run` of profile {cfg.name!r} into {run_dir} would compute "
           f"(nothing is computed or written)")
+    record = read_run_record(run_dir)
+    if record is not None:
+        same = " (the same settings)" if record["profile_sha1"] == profile_sha1(cfg) else ""
+        print(f"last run: {describe_run(record)}{same}")
     if args.every:
         with pd.option_context("display.max_rows", None, "display.width", 200):
             print(table.to_string(index=False))
     else:
         print(format_status(table))
     return 1 if args.check and table["state"].isin(["to compute", "will fail"]).any() else 0
+
+
+def _prune(args) -> int:
+    """``ctdose prune``: list what the profile's run leaves out; remove it with ``--yes`` (refused
+    where the run directory was last run with other settings, unless ``--force``)."""
+    from .prune import format_plan, prune, prune_plan
+
+    cfg = load_profile(args.profile, args.overrides)
+    run_dir = _run_dir(cfg, args.out)
+    record = read_run_record(run_dir)
+    other = None
+    if record is not None and record["profile_sha1"] != profile_sha1(cfg):
+        other = (f"{run_dir} was last run with {describe_run(record)}, not with these settings: what they leave "
+                 "out may be what that run uses")
+        if args.yes and not args.force:
+            raise ConfigError(f"{other}. Prune with its --profile and --set, or pass --force")
+    plan = (prune if args.yes else prune_plan)(cfg, run_dir)
+    print(f"ctdose {__version__}: what the run of profile {cfg.name!r} in {run_dir} leaves out")
+    if other and not args.yes:
+        print(f"note: {other}")
+    if args.every and not plan.empty:
+        with pd.option_context("display.max_rows", None, "display.width", 200):
+            print(plan.to_string(index=False))
+    else:
+        print(format_plan(plan))
+    if not plan.empty:
+        print("removed" if args.yes else "nothing was removed; pass --yes to remove these")
+    return 0
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -289,6 +329,13 @@ def _build_parser() -> argparse.ArgumentParser:
     stat.add_argument("--check", action="store_true",
                       help="exit with status 1 when anything is to compute (or a step will fail)")
 
+    prune = sub.add_parser("prune", help="list (or, with --yes, remove) what the profile's run leaves out")
+    _add_run_arguments(prune)
+    prune.add_argument("--yes", action="store_true", help="remove them (default: only list them)")
+    prune.add_argument("--force", action="store_true",
+                       help="also when the run directory was last run with other settings")
+    prune.add_argument("--all", dest="every", action="store_true", help="list every item, not a summary")
+
     prof = sub.add_parser("profile", help="print a profile (with overrides applied) as YAML")
     prof.add_argument("name", nargs="?", default="demo")
     prof.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -307,6 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       args.figures_dir, args.notebooks, progress=not args.quiet)
         elif args.command == "status":
             return _status(args)
+        elif args.command == "prune":
+            return _prune(args)
         elif args.command == "profile":
             import yaml
 

@@ -24,7 +24,7 @@ Examples
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -33,15 +33,17 @@ from ._listing import first_names
 from .errors import InputError
 from .paths import resolve_path
 
-__all__ = ["STATES", "STEPS", "chain_status", "format_status"]
+__all__ = ["STATES", "STEPS", "chain_status", "format_status", "left_out_cases", "left_out_members",
+           "left_out_predictions"]
 
 #: The steps :func:`chain_status` reports, each with the notebook that does it.
 STEPS = ("01 cohort", "02 Monte Carlo", "03 training", "04 predictions")
 
 #: What a run does with an item: keep it (made with the settings of now), compute it, keep it
-#: although it records no settings (made by an older ctdose), leave it out of the run (a case
-#: or a model of an earlier profile, which stays in the store or run directory), or stop with an error there (the reason is
-#: the error's message: the cases cannot be split as the profile asks).
+#: although it records no settings (made by an older ctdose), leave it out of the run (a case,
+#: model or prediction of an earlier profile, which stays in the run directory until ``ctdose
+#: prune`` removes it), or stop with an error there (the reason is the error's message: the
+#: cases cannot be split as the profile asks).
 STATES = ("up to date", "to compute", "kept", "left out", "will fail")
 
 _COLUMNS = ["step", "item", "state", "reason"]
@@ -60,18 +62,12 @@ _PREDICTION_MEMBERS = "its members are trained again"
 _PREDICTION_INPUT = "the case's input is computed again"
 _PREDICTION_STALE = "made by other members or from other inputs"
 _PREDICTION_UNRECORDED = "made without a settings record"
+_PREDICTION_OUTSIDE_MODEL = "in the store, of a model not among the profile's"
+_PREDICTION_OUTSIDE_CASE = "in the store, of a case not in the profile's test set"
 
 
 def _state(kind: str) -> str:
     return {"new": "to compute", "other": "to compute", "current": "up to date", "unrecorded": "kept"}[kind]
-
-
-def _open_store(run_dir: Path):
-    """The run's store, or None where there is none yet (nothing is created)."""
-    from .store import CaseStore
-
-    root = run_dir / "store.zarr"
-    return CaseStore(root) if root.exists() else None
 
 
 def chain_status(cfg: Mapping, run_dir: str | os.PathLike) -> pd.DataFrame:
@@ -99,18 +95,18 @@ def chain_status(cfg: Mapping, run_dir: str | os.PathLike) -> pd.DataFrame:
     from .anatomy.cohort import planned_cases
     from .anatomy.resume import build_state
     from .learn.splits import profile_splits
+    from .store import open_store
 
     run_dir = resolve_path(run_dir)
-    store = _open_store(run_dir)
+    store = open_store(run_dir)
     planned = planned_cases(cfg, store)
     rows = []
     kinds = {}
     for cid, key, legacy in zip(planned["case_id"], planned["key"], planned["legacy_key"]):
         kinds[cid] = build_state(store, cid, key, legacy)
         rows.append(("01 cohort", cid, _state(kinds[cid]), _CASE_REASONS.get(kinds[cid], "")))
-    if store is not None:
-        rows += [("01 cohort", cid, "left out", "in the store, not among the profile's cohorts")
-                 for cid in store.case_ids() if cid not in kinds]
+    rows += [("01 cohort", cid, "left out", "in the store, not among the profile's cohorts")
+             for cid in left_out_cases(store, kinds)]
 
     mc_rows, to_compute = _mc_rows(cfg, store, kinds)
     rows += mc_rows
@@ -170,11 +166,8 @@ def _member_rows(cfg, store, run_dir: Path, splits: pd.DataFrame, to_compute: se
                 rows.append(("03 training", item, _state(kind), _MEMBER_REASONS.get(kind, "")))
             if rows[-1][2] == "to compute":
                 retrained.add(mid)
-    registry = run_dir / "models" / "registry.csv"
-    if registry.is_file():  # models of an earlier profile: kept on disk, left out of the evaluation
-        wanted = {mid for mid, _, _ in profile_models(cfg)}
-        rows += [("03 training", f"{r.model_id} member {r.member}", "left out", _MEMBER_OUTSIDE)
-                 for r in pd.read_csv(registry).itertuples() if str(r.model_id) not in wanted]
+    rows += [("03 training", f"{mid} member {k}", "left out", _MEMBER_OUTSIDE)
+             for mid, k in left_out_members(cfg, run_dir)]
     return rows, retrained
 
 
@@ -184,17 +177,18 @@ def _prediction_rows(cfg, store, splits: pd.DataFrame, to_compute: set, retraine
     from .learn.ensemble import profile_models
     from .learn.inference import PREDICTION_SETTINGS_ATTR
     from .learn.normalise import kerma_variable
+    from .learn.splits import test_ids
 
-    test_ids = sorted(set(splits.loc[splits["role"] == "test", "case_id"]))
+    tests = test_ids(splits)
     rows = []
     for mid, mode, _ in profile_models(cfg):
         have = set(store.prediction_case_ids(mid)) if store is not None else set()
         # a prediction's digest covers the model's members and the case's kerma input
-        new_input = {c for c in test_ids if (c, kerma_variable(mode)) in to_compute}
-        check = [c for c in test_ids if c in have and c not in new_input and mid not in retrained]
+        new_input = {c for c in tests if (c, kerma_variable(mode)) in to_compute}
+        check = [c for c in tests if c in have and c not in new_input and mid not in retrained]
         recorded = [c for c in check if store.prediction_attrs(mid, c).get(PREDICTION_SETTINGS_ATTR) is not None]
         stale = set(_stale_predictions(store, mid, recorded)) if recorded else set()
-        for cid in test_ids:
+        for cid in tests:
             if cid not in have:
                 row = ("to compute", _PREDICTION_MISSING)
             elif mid in retrained:
@@ -208,7 +202,46 @@ def _prediction_rows(cfg, store, splits: pd.DataFrame, to_compute: set, retraine
             else:
                 row = ("up to date", "")
             rows.append(("04 predictions", f"{mid} {cid}", *row))
+    models = {mid for mid, _, _ in profile_models(cfg)}
+    rows += [("04 predictions", f"{mid} {cid}", "left out",
+              _PREDICTION_OUTSIDE_CASE if mid in models else _PREDICTION_OUTSIDE_MODEL)
+             for mid, cid in left_out_predictions(cfg, store, tests)]
     return rows
+
+
+def left_out_cases(store, case_ids: Iterable[str]) -> list[str]:
+    """Cases in ``store`` (None: no store) that are not among ``case_ids``, the profile's:
+    cases of an earlier profile, which the run leaves out."""
+    wanted = set(case_ids)
+    return [] if store is None else [cid for cid in store.case_ids() if cid not in wanted]
+
+
+def left_out_members(cfg, run_dir: str | os.PathLike) -> list[tuple[str, int]]:
+    """``(model_id, member)`` of the members in ``models/registry.csv`` whose model is not
+    among the profile's (:func:`ctdose.learn.ensemble.profile_models`): trained under an
+    earlier profile, kept on disk, left out of the evaluation."""
+    from .learn.ensemble import profile_models
+
+    registry = resolve_path(run_dir) / "models" / "registry.csv"
+    if not registry.is_file():
+        return []
+    wanted = {mid for mid, _, _ in profile_models(cfg)}
+    return [(str(r.model_id), int(r.member)) for r in pd.read_csv(registry).itertuples()
+            if str(r.model_id) not in wanted]
+
+
+def left_out_predictions(cfg, store, test_ids: Iterable[str] | None) -> list[tuple[str, str]]:
+    """``(model_id, case_id)`` of the stored predictions that are not of a profile's model and
+    test case (``test_ids``; None where the test set is not known: then only the predictions of
+    other models)."""
+    from .learn.ensemble import profile_models
+
+    if store is None:
+        return []
+    models = {mid for mid, _, _ in profile_models(cfg)}
+    tests = None if test_ids is None else set(test_ids)
+    return [(mid, cid) for mid in store.model_ids() for cid in store.prediction_case_ids(mid)
+            if mid not in models or (tests is not None and cid not in tests)]
 
 
 def format_status(table: pd.DataFrame) -> str:

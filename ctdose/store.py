@@ -39,7 +39,7 @@ from ._listing import first_names
 from .errors import InputError, MissingStepError
 from .paths import resolve_path
 
-__all__ = ["CaseStore", "make_case", "provenance"]
+__all__ = ["CaseStore", "make_case", "open_store", "provenance"]
 
 #: Table of the run's cases, written by the cohort build (notebook 01).
 CASES_TABLE = "cases"
@@ -141,6 +141,12 @@ def _encoding(ds: xr.Dataset) -> dict:
     return enc
 
 
+def open_store(run_dir: str | os.PathLike) -> "CaseStore | None":
+    """The store of a run directory, or None where it has none yet (nothing is created)."""
+    root = resolve_path(run_dir) / "store.zarr"
+    return CaseStore(root) if root.exists() else None
+
+
 class CaseStore:
     """A Zarr v3 case store in a run directory.
 
@@ -229,16 +235,23 @@ class CaseStore:
         else:
             os.rename(new, target)
 
+    def leftovers(self) -> list[str]:
+        """Hidden ``.tmp-``/``.trash-`` groups that interrupted writes left behind (paths
+        relative to the store)."""
+        predictions = self.root / "predictions"
+        models = [p for p in predictions.glob("*") if p.is_dir() and not p.name.startswith((".tmp-", ".trash-"))]
+        found = []
+        for folder in [self.root / "cases", predictions, *models]:
+            if folder.is_dir():
+                found += [str(p.relative_to(self.root)) for p in sorted(folder.iterdir())
+                          if p.name.startswith((".tmp-", ".trash-"))]
+        return found
+
     def cleanup(self) -> list[str]:
-        """Remove leftovers of interrupted writes (hidden ``.tmp-``/``.trash-`` groups)."""
-        removed = []
-        for folder in [self.root / "cases", *(p for p in (self.root / "predictions").glob("*") if p.is_dir())]:
-            if not folder.is_dir():
-                continue
-            for p in folder.iterdir():
-                if p.name.startswith((".tmp-", ".trash-")):
-                    shutil.rmtree(p, ignore_errors=True)
-                    removed.append(str(p.relative_to(self.root)))
+        """Remove the :meth:`leftovers` of interrupted writes; returns them."""
+        removed = self.leftovers()
+        for rel in removed:
+            shutil.rmtree(self.root / rel, ignore_errors=True)
         return removed
 
     # -- cases --------------------------------------------------------------------------
@@ -405,13 +418,19 @@ class CaseStore:
         if manifest:
             self.write_manifest()
 
-    def delete_case(self, case_id: str) -> None:
-        """Remove a case (atomically: renamed away first, then deleted)."""
-        path = self._require(case_id)
-        trash = path.with_name(f".trash-{case_id}-{uuid.uuid4().hex[:8]}")
+    @staticmethod
+    def _discard(path: Path) -> None:
+        """Remove a group atomically: renamed away first (a hidden ``.trash-`` name that
+        :meth:`cleanup` removes if this is interrupted), then deleted."""
+        trash = path.with_name(f".trash-{path.name}-{uuid.uuid4().hex[:8]}")
         os.rename(path, trash)
         shutil.rmtree(trash, ignore_errors=True)
-        self.write_manifest()
+
+    def delete_case(self, case_id: str, manifest: bool = True) -> None:
+        """Remove a case (atomically, :meth:`_discard`); its predictions stay."""
+        self._discard(self._require(case_id))
+        if manifest:
+            self.write_manifest()
 
     # -- predictions --------------------------------------------------------------------
     def model_ids(self) -> list[str]:
@@ -433,6 +452,15 @@ class CaseStore:
         if not (path / "zarr.json").is_file():
             raise MissingStepError(f"no prediction of model {model_id!r} for case {case_id!r}")
         return _group_attrs(path)
+
+    def delete_prediction(self, model_id: str, case_id: str) -> None:
+        """Remove a stored prediction (atomically); a model left without predictions goes too."""
+        path = self.root / "predictions" / model_id / case_id
+        if not (path / "zarr.json").is_file():
+            raise MissingStepError(f"no prediction of model {model_id!r} for case {case_id!r}")
+        self._discard(path)
+        if not self.prediction_case_ids(model_id):
+            self._discard(path.parent)
 
     def write_prediction(self, model_id: str, case_id: str, ds: xr.Dataset, *, overwrite: bool = True) -> None:
         """Write a model's prediction for one case atomically (dims ``member, z, y, x``)."""

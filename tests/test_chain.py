@@ -84,7 +84,12 @@ def test_status_of_a_finished_run_is_up_to_date_and_follows_a_change_down_the_ch
     assert states({"train.mixes_percent_real": [0, 100]}, "03 training") == {
         "cylinder_mix000 member 0": "up to date", "cylinder_mix100 member 0": "up to date",
         "cylinder_mix010 member 0": "left out", "cylinder_mix020 member 0": "left out"}
-    assert set(states({"train.mixes_percent_real": [0, 100]}, "04 predictions").values()) == {"up to date"}
+    predictions = states({"train.mixes_percent_real": [0, 100]}, "04 predictions")
+    from ctdose.evaluate import test_case_ids
+
+    tests = test_case_ids(CaseStore.for_run(smoke_run[0]))
+    assert {item: state for item, state in predictions.items() if state != "up to date"} == {
+        f"{m} {c}": "left out" for m in models[1:3] for c in tests}
 
 
 def _changed(before_dir: Path, after_dir: Path) -> dict[str, set[str]]:
@@ -166,3 +171,48 @@ def test_a_rerun_with_a_smaller_cohort_recomputes_only_what_it_changes(smoke_run
     assert dropped not in set(store.read_table("splits")["case_id"])
     for model in store.model_ids():
         assert _stale_predictions(store, model, test_case_ids(store)) == []
+
+
+@pytest.mark.slow
+def test_prune_removes_exactly_what_the_status_says_is_left_out(smoke_run, tmp_path, capsys):
+    """A copy of the run pruned for one synthetic case fewer and two mixes: the case, the two
+    other mixes' models and their predictions go; everything else stays as the status saw it."""
+    import shutil
+
+    from ctdose.pipeline import main
+    from ctdose.prune import prune_plan
+    from ctdose.run_record import read_run_record
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(smoke_run[0], run_dir)
+    assert read_run_record(run_dir)["profile"] == "smoke" and read_run_record(run_dir)["overrides"] == {}
+    n = int(load_profile("smoke")["cohort"]["n_synthetic"])
+    sets = [f"cohort.n_synthetic={n - 1}", "train.mixes_percent_real=[0, 100]"]
+    cfg = load_profile("smoke", sets)
+    told = chain_status(cfg, run_dir)
+    left = told[told["state"] == "left out"]
+    plan = prune_plan(cfg, run_dir)
+    dropped = f"synthetic_{n - 1:03d}"
+    def listed(table, column, value):
+        return set(table.loc[table[column] == value, "item"])
+
+    assert listed(left, "step", "01 cohort") == listed(plan, "what", "case") == {dropped}
+    assert listed(plan, "what", "model") == {"cylinder_mix010", "cylinder_mix020"}
+    assert listed(left, "step", "03 training") == {"cylinder_mix010 member 0", "cylinder_mix020 member 0"}
+    assert listed(left, "step", "04 predictions") == listed(plan, "what", "prediction")
+    assert len(plan[plan["what"] == "prediction"]) == 2 * int(cfg["cohort"]["n_test"])
+
+    args = ["prune", "--profile", "smoke", "--out", str(run_dir)] + [a for s in sets for a in ("--set", s)]
+    assert main(args + ["--yes"]) == 2  # the run was made with the plain smoke profile
+    assert "was last run with profile 'smoke' (ctdose" in capsys.readouterr().err
+    assert main(args + ["--yes", "--force"]) == 0
+    after = chain_status(cfg, run_dir)
+    assert "left out" not in set(after["state"])
+    kept = told[told["state"] != "left out"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(after, kept)  # nothing the run uses was touched
+    store = CaseStore.for_run(run_dir)
+    assert dropped not in store.case_ids() and set(store.model_ids()) == {"cylinder_mix000", "cylinder_mix100"}
+    assert sorted(p.name for p in (run_dir / "models").iterdir()) == ["cylinder_mix000", "cylinder_mix100",
+                                                                      "registry.csv"]
+    assert set(pd.read_csv(run_dir / "models" / "registry.csv")["model_id"]) == {"cylinder_mix000", "cylinder_mix100"}
+    assert prune_plan(cfg, run_dir).empty

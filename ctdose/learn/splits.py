@@ -46,6 +46,7 @@ __all__ = [
     "write_splits",
     "cases_of",
     "check_fraction",
+    "test_ids",
 ]
 
 REAL_COHORTS = ("clinical", "surrogate")
@@ -207,6 +208,11 @@ def cases_of(splits: pd.DataFrame, percent_real: float, role: str) -> list[str]:
     """Sorted case ids of one mix and role."""
     rows = splits[(splits["percent_real"].astype(float) == float(percent_real)) & (splits["role"] == role)]
     return sorted(rows["case_id"].tolist())
+
+
+def test_ids(splits: pd.DataFrame) -> list[str]:
+    """Sorted ids of the fixed test set (``role == "test"``; the same in every mix)."""
+    return sorted(set(splits.loc[splits["role"] == "test", "case_id"].astype(str)))
 
 
 def check_fraction(splits: pd.DataFrame, percent_real: float, roles: Sequence[str] = ("train", "val")) -> float:
