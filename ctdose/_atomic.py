@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import stat
 import uuid
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ import pandas as pd
 
 from .errors import CtdoseError, InputError, OutputError
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_csv"]
+__all__ = ["atomic_path", "atomic_remove_folder", "atomic_write_text", "atomic_write_csv"]
 
 #: Permission bits of a file that someone may write; a file with none of them is write-protected.
 _WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
@@ -159,3 +160,13 @@ def atomic_write_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
     return Path(path)
+
+
+def atomic_remove_folder(path: str | os.PathLike) -> None:
+    """Remove a folder as one step: renamed to a hidden ``.trash-<name>-<token>`` beside it
+    first (readers then no longer see it), then deleted. An interruption leaves the hidden
+    folder, which the store's clean-up (and ``ctdose prune``) removes."""
+    path = Path(path)
+    trash = path.with_name(f".trash-{path.name}-{uuid.uuid4().hex[:8]}")
+    os.rename(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)

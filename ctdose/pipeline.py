@@ -244,6 +244,12 @@ def _write_log(rows: list[dict], path: Path) -> None:
     df.to_csv(path, index=False)
 
 
+def _every_row(table: pd.DataFrame) -> str:
+    """A table with every row (``--all``)."""
+    with pd.option_context("display.max_rows", None, "display.width", 200):
+        return table.to_string(index=False)
+
+
 def _status(args) -> int:
     """``ctdose status``: print what a run would compute; 1 with ``--check`` when anything is
     (or a step will fail)."""
@@ -259,11 +265,7 @@ def _status(args) -> int:
     if record is not None:
         same = " (the same settings)" if record["profile_sha1"] == profile_sha1(cfg) else ""
         print(f"last run: {describe_run(record)}{same}")
-    if args.every:
-        with pd.option_context("display.max_rows", None, "display.width", 200):
-            print(table.to_string(index=False))
-    else:
-        print(format_status(table))
+    print(_every_row(table) if args.every else format_status(table))
     return 1 if args.check and table["state"].isin(["to compute", "will fail"]).any() else 0
 
 
@@ -285,11 +287,7 @@ def _prune(args) -> int:
     print(f"ctdose {__version__}: what the run of profile {cfg.name!r} in {run_dir} leaves out")
     if other and not args.yes:
         print(f"note: {other}")
-    if args.every and not plan.empty:
-        with pd.option_context("display.max_rows", None, "display.width", 200):
-            print(plan.to_string(index=False))
-    else:
-        print(format_plan(plan))
+    print(_every_row(plan) if args.every and not plan.empty else format_plan(plan))
     if not plan.empty:
         print("removed" if args.yes else "nothing was removed; pass --yes to remove these")
     return 0

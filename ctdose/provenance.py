@@ -109,9 +109,9 @@ def files_digest(
     modification time and its bytes' digest, and a file whose size and time are those of the
     record is not read again. A file rewritten with the same bytes gets a new time, is read
     again, and gives the same digest; the run then keeps the result and stores the new record
-    (as ``git`` refreshes its index), so the file is read once. (As with ``git``, a file rewritten with the same size
-    within the file system's time resolution of being recorded would be missed; on file
-    systems with whole-second times, ``touch`` such a file.)
+    (as ``git`` refreshes its index), so the file is read once. (As with ``git``, a file
+    rewritten with the same size within the file system's time resolution of being recorded
+    would be missed; on file systems with whole-second times, ``touch`` such a file.)
 
     Parameters
     ----------

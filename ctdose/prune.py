@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from pathlib import Path
 
 import pandas as pd
 
-from ._atomic import atomic_write_csv
+from ._atomic import atomic_remove_folder, atomic_write_csv
 from .errors import InputError
 from .paths import resolve_path
 
@@ -128,9 +127,7 @@ def prune(cfg, run_dir: str | os.PathLike) -> pd.DataFrame:
             if row.item in store:
                 store.delete_case(row.item, manifest=False)
         elif row.what == "model" and path.exists():
-            trash = path.with_name(f".trash-{path.name}-{uuid.uuid4().hex[:8]}")
-            os.rename(path, trash)
-            shutil.rmtree(trash)
+            atomic_remove_folder(path)
         elif row.what == "leftover" and path.exists():
             shutil.rmtree(path)
     if store is not None and (plan["what"] == "case").any():

@@ -33,7 +33,7 @@ import xarray as xr
 import zarr
 
 from . import __version__
-from ._atomic import atomic_write_csv, atomic_write_text
+from ._atomic import atomic_remove_folder, atomic_write_csv, atomic_write_text
 from ._plain import to_plain
 from ._listing import first_names
 from .errors import InputError, MissingStepError
@@ -418,17 +418,10 @@ class CaseStore:
         if manifest:
             self.write_manifest()
 
-    @staticmethod
-    def _discard(path: Path) -> None:
-        """Remove a group atomically: renamed away first (a hidden ``.trash-`` name that
-        :meth:`cleanup` removes if this is interrupted), then deleted."""
-        trash = path.with_name(f".trash-{path.name}-{uuid.uuid4().hex[:8]}")
-        os.rename(path, trash)
-        shutil.rmtree(trash, ignore_errors=True)
-
     def delete_case(self, case_id: str, manifest: bool = True) -> None:
-        """Remove a case (atomically, :meth:`_discard`); its predictions stay."""
-        self._discard(self._require(case_id))
+        """Remove a case (atomically, :func:`ctdose._atomic.atomic_remove_folder`); its
+        predictions stay."""
+        atomic_remove_folder(self._require(case_id))
         if manifest:
             self.write_manifest()
 
@@ -458,9 +451,9 @@ class CaseStore:
         path = self.root / "predictions" / model_id / case_id
         if not (path / "zarr.json").is_file():
             raise MissingStepError(f"no prediction of model {model_id!r} for case {case_id!r}")
-        self._discard(path)
+        atomic_remove_folder(path)
         if not self.prediction_case_ids(model_id):
-            self._discard(path.parent)
+            atomic_remove_folder(path.parent)
 
     def write_prediction(self, model_id: str, case_id: str, ds: xr.Dataset, *, overwrite: bool = True) -> None:
         """Write a model's prediction for one case atomically (dims ``member, z, y, x``)."""

@@ -122,3 +122,16 @@ def test_text_the_encoding_cannot_hold_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match=r"x\.txt: cannot write 'Ü' \(position 7\) as ascii text; nothing was written"):
         atomic_write_text(target, "WASSER_Ü", encoding="ascii")
     assert target.read_text() == OLD and _names(tmp_path) == ["x.txt"]
+
+
+def test_atomic_remove_folder_leaves_nothing_behind(tmp_path):
+    from ctdose._atomic import atomic_remove_folder
+
+    folder = tmp_path / "case"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "data.bin").write_bytes(b"x" * 100)
+    (tmp_path / "other").mkdir()
+    atomic_remove_folder(folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other"]
+    with pytest.raises(FileNotFoundError):
+        atomic_remove_folder(folder)
