@@ -94,7 +94,8 @@ def chain_status(cfg: Mapping, run_dir: str | os.PathLike) -> pd.DataFrame:
     """
     from .anatomy.cohort import planned_cases
     from .anatomy.resume import build_state
-    from .learn.splits import profile_splits
+    from .learn.ensemble import profile_models
+    from .learn.splits import profile_splits, test_ids
     from .store import open_store
 
     run_dir = resolve_path(run_dir)
@@ -114,11 +115,22 @@ def chain_status(cfg: Mapping, run_dir: str | os.PathLike) -> pd.DataFrame:
         splits = profile_splits(dict(zip(planned["case_id"], planned["cohort"])), cfg)  # as the run will make them
     except InputError as exc:  # the run stops at its splits: say so instead of stopping here
         rows += [(step, "splits", "will fail", str(exc)) for step in STEPS[2:]]
-        return pd.DataFrame(rows, columns=_COLUMNS)
-    member_rows, retrained = _member_rows(cfg, store, run_dir, splits, to_compute)
-    rows += member_rows
-    rows += _prediction_rows(cfg, store, splits, to_compute, retrained)
-    return pd.DataFrame(rows, columns=_COLUMNS)
+        tests = None
+    else:
+        member_rows, retrained = _member_rows(cfg, store, run_dir, splits, to_compute)
+        rows += member_rows
+        rows += _prediction_rows(cfg, store, splits, to_compute, retrained)
+        tests = test_ids(splits)
+    # what the run leaves out of training and evaluation: known without the splits, but for
+    # the predictions of cases outside the test set
+    models = {mid for mid, _, _ in profile_models(cfg)}
+    rows += [("03 training", f"{mid} member {k}", "left out", _MEMBER_OUTSIDE)
+             for mid, k in left_out_members(cfg, run_dir)]
+    rows += [("04 predictions", f"{mid} {cid}", "left out",
+              _PREDICTION_OUTSIDE_CASE if mid in models else _PREDICTION_OUTSIDE_MODEL)
+             for mid, cid in left_out_predictions(cfg, store, tests)]
+    table = pd.DataFrame(rows, columns=_COLUMNS)
+    return table.sort_values("step", kind="stable", key=lambda col: col.map(STEPS.index)).reset_index(drop=True)
 
 
 def _mc_rows(cfg, store, kinds: Mapping[str, str]) -> tuple[list, set]:
@@ -166,8 +178,6 @@ def _member_rows(cfg, store, run_dir: Path, splits: pd.DataFrame, to_compute: se
                 rows.append(("03 training", item, _state(kind), _MEMBER_REASONS.get(kind, "")))
             if rows[-1][2] == "to compute":
                 retrained.add(mid)
-    rows += [("03 training", f"{mid} member {k}", "left out", _MEMBER_OUTSIDE)
-             for mid, k in left_out_members(cfg, run_dir)]
     return rows, retrained
 
 
@@ -202,10 +212,6 @@ def _prediction_rows(cfg, store, splits: pd.DataFrame, to_compute: set, retraine
             else:
                 row = ("up to date", "")
             rows.append(("04 predictions", f"{mid} {cid}", *row))
-    models = {mid for mid, _, _ in profile_models(cfg)}
-    rows += [("04 predictions", f"{mid} {cid}", "left out",
-              _PREDICTION_OUTSIDE_CASE if mid in models else _PREDICTION_OUTSIDE_MODEL)
-             for mid, cid in left_out_predictions(cfg, store, tests)]
     return rows
 
 
@@ -225,9 +231,14 @@ def left_out_members(cfg, run_dir: str | os.PathLike) -> list[tuple[str, int]]:
     registry = resolve_path(run_dir) / "models" / "registry.csv"
     if not registry.is_file():
         return []
+    try:
+        table = pd.read_csv(registry)
+    except pd.errors.EmptyDataError:
+        return []
+    if not {"model_id", "member"} <= set(table.columns):
+        raise InputError(f"{registry}: not a model registry (it needs the columns model_id and member)")
     wanted = {mid for mid, _, _ in profile_models(cfg)}
-    return [(str(r.model_id), int(r.member)) for r in pd.read_csv(registry).itertuples()
-            if str(r.model_id) not in wanted]
+    return [(str(m), int(k)) for m, k in zip(table["model_id"], table["member"]) if str(m) not in wanted]
 
 
 def left_out_predictions(cfg, store, test_ids: Iterable[str] | None) -> list[tuple[str, str]]:

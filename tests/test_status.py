@@ -64,3 +64,15 @@ def test_a_profile_whose_cases_cannot_be_split_is_told_to_fail_at_the_splits(tmp
     assert main(["status", "--profile", "smoke", "--out", str(tmp_path / "run"), "--set", "cohort.n_test=99",
                  "--check"]) == 1
     assert "03 training: will fail at its splits: cohort.n_test = 99" in capsys.readouterr().out
+
+
+def test_a_registry_that_is_not_one_is_named(tmp_path, capsys):
+    from ctdose.status import left_out_members
+
+    models = tmp_path / "run" / "models"
+    models.mkdir(parents=True)
+    (models / "registry.csv").write_text("")
+    assert left_out_members(load_profile("smoke"), tmp_path / "run") == []
+    (models / "registry.csv").write_text("name,value\na,1\n")
+    assert main(["status", "--profile", "smoke", "--out", str(tmp_path / "run")]) == 2
+    assert f"{models / 'registry.csv'}: not a model registry" in capsys.readouterr().err
