@@ -253,13 +253,15 @@ def _every_row(table: pd.DataFrame) -> str:
 def _status(args) -> int:
     """``ctdose status``: print what a run would compute; 1 with ``--check`` when anything is
     (or a step will fail)."""
-    from .status import chain_status, format_status
+    from .status import STEPS, chain_status, format_status
 
     cfg = load_profile(args.profile, args.overrides)
     _check_values(cfg, device_available=False)
     run_dir = _run_dir(cfg, args.out)
-    table = chain_status(cfg, run_dir)
-    print(f"ctdose {__version__}: what `ctdose run` of profile {cfg.name!r} into {run_dir} would compute "
+    chosen = {b.stem[:2] for b in select_notebooks(list_notebooks(), args.start, args.only)}
+    table = chain_status(cfg, run_dir, steps=[s for s in STEPS if s[:2] in chosen])
+    which = f" --from {args.start}" if args.start else f" --only {' '.join(args.only)}" if args.only else ""
+    print(f"ctdose {__version__}: what `ctdose run{which}` of profile {cfg.name!r} into {run_dir} would compute "
           f"(nothing is computed or written)")
     record = read_run_record(run_dir)
     if record is not None:
@@ -267,6 +269,12 @@ def _status(args) -> int:
         print(f"last run: {describe_run(record)}{same}")
     print(_every_row(table) if args.every else format_status(table))
     return 1 if args.check and table["state"].isin(["to compute", "will fail"]).any() else 0
+
+
+def _add_selection_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--from`` and ``--only``: which notebooks a run executes."""
+    parser.add_argument("--from", dest="start", default=None, metavar="NB", help="first notebook to run")
+    parser.add_argument("--only", nargs="+", default=None, metavar="NB", help="run only these notebooks")
 
 
 def _prune(args) -> int:
@@ -313,8 +321,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="execute the notebook chain with papermill")
     _add_run_arguments(run)
-    run.add_argument("--from", dest="start", default=None, metavar="NB", help="first notebook to run")
-    run.add_argument("--only", nargs="+", default=None, metavar="NB", help="run only these notebooks")
+    _add_selection_arguments(run)
     run.add_argument("--kernel", default=DEFAULT_KERNEL, help="Jupyter kernel name (default python3)")
     run.add_argument("--figures-dir", default=None,
                      help="where figures are written (default: figures/ for demo, <run_dir>/figures otherwise)")
@@ -323,6 +330,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     stat = sub.add_parser("status", help="what `ctdose run` would compute, without running anything")
     _add_run_arguments(stat)
+    _add_selection_arguments(stat)
     stat.add_argument("--all", dest="every", action="store_true", help="list every item, not a summary")
     stat.add_argument("--check", action="store_true",
                       help="exit with status 1 when anything is to compute (or a step will fail)")

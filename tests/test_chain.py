@@ -91,6 +91,22 @@ def test_status_of_a_finished_run_is_up_to_date_and_follows_a_change_down_the_ch
     assert {item: state for item, state in predictions.items() if state != "up to date"} == {
         f"{m} {c}": "left out" for m in models[1:3] for c in tests}
 
+    # a run from notebook 03 on, after more photons: the doses stay as they are, so training and
+    # predictions have nothing to do
+    told = chain_status(load_profile("smoke", {"mc.n_photons": 30000}), smoke_run[0], steps=STEPS[2:])
+    n_cases = len(told[told["step"] == "01 cohort"])
+    assert (told["state"] == "not run").sum() == n_cases  # each case's dose_mc
+    assert set(told.loc[told["step"].isin(STEPS[2:]), "state"]) == {"up to date"}
+    # notebooks 01 and 03 only, with another synthetic design: 01 builds the synthetic cases
+    # again, which drops their dose; 02 does not run, so the mixes trained on them will fail
+    n = int(load_profile("smoke")["cohort"]["n_synthetic"])
+    told = chain_status(load_profile("smoke", {"cohort.n_synthetic": n - 1}), smoke_run[0],
+                        steps=["01 cohort", "03 training"])
+    members = told[told["step"] == "03 training"]
+    assert dict(zip(members["item"], members["state"])) == {
+        f"{m} member 0": "up to date" if m == "cylinder_mix100" else "will fail" for m in models}
+    assert set(members.loc[members["state"] == "will fail", "reason"].str.endswith("(notebook 02 not run)")) == {True}
+
 
 def _changed(before_dir: Path, after_dir: Path) -> dict[str, set[str]]:
     """Per step of :func:`ctdose.status.chain_status`, the items whose recorded digest (or, for a
@@ -216,3 +232,24 @@ def test_prune_removes_exactly_what_the_status_says_is_left_out(smoke_run, tmp_p
                                                                       "registry.csv"]
     assert set(pd.read_csv(run_dir / "models" / "registry.csv")["model_id"]) == {"cylinder_mix000", "cylinder_mix100"}
     assert prune_plan(cfg, run_dir).empty
+
+
+@pytest.mark.slow
+def test_a_partial_run_computes_what_the_status_says(smoke_run, tmp_path):
+    """``--only 03`` with more epochs: the members are trained again, the predictions (notebook
+    04 not run) stay, and a whole run would then predict again."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(smoke_run[0], run_dir)
+    cfg = load_profile("smoke", {"train.epochs": 3})
+    told = chain_status(cfg, run_dir, steps=["03 training"])
+    log = run_chain("smoke", run_dir, overrides=["train.epochs=3"], only=["03"], progress=False)
+    assert list(log["notebook"]) == ["03_training"]
+    assert _changed(smoke_run[0], run_dir) == {
+        step: set(told.loc[(told["step"] == step) & (told["state"] == "to compute"), "item"]) for step in STEPS}
+    assert len(told[told["state"] == "to compute"]) == 4
+    assert set(told.loc[told["step"] == "04 predictions", "state"]) == {"not run"}
+    after = chain_status(cfg, run_dir)
+    assert set(after.loc[after["step"] != "04 predictions", "state"]) == {"up to date"}
+    assert set(after.loc[after["step"] == "04 predictions", "reason"]) == {"made by other members or from other inputs"}

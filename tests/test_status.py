@@ -76,3 +76,21 @@ def test_a_registry_that_is_not_one_is_named(tmp_path, capsys):
     (models / "registry.csv").write_text("name,value\na,1\n")
     assert main(["status", "--profile", "smoke", "--out", str(tmp_path / "run")]) == 2
     assert f"{models / 'registry.csv'}: not a model registry" in capsys.readouterr().err
+
+
+def test_a_partial_run_says_what_it_leaves_and_what_it_lacks(tmp_path, capsys):
+    """``--only``/``--from`` as for ``ctdose run``: the steps not run compute nothing, and a
+    step whose input a step not run would make will fail (on a run not started)."""
+    cfg = load_profile("smoke")
+    run_dir = tmp_path / "run"
+    only4 = chain_status(cfg, run_dir, steps=["04 predictions"])
+    assert set(only4.loc[only4["step"] == "01 cohort", "state"]) == {"not run"}
+    assert list(only4.loc[only4["step"] == "04 predictions", "state"]) == ["will fail"]
+    assert only4.loc[only4["step"] == "04 predictions", "reason"].iloc[0] == "no splits table (notebook 03 not run)"
+    only3 = chain_status(cfg, run_dir, steps=["03 training"])
+    assert list(only3.loc[only3["state"] == "will fail", "step"]) == ["03 training"]
+    assert "no cases" in only3.loc[only3["state"] == "will fail", "reason"].iloc[0]
+    assert main(["status", "--profile", "smoke", "--out", str(run_dir), "--only", "04", "--check"]) == 1
+    out = capsys.readouterr().out
+    assert "`ctdose run --only 04`" in out and "04 predictions: will fail at its splits" in out
+    assert not run_dir.exists()
