@@ -122,12 +122,12 @@ def _models_to_evaluate(cfg, store, model_ids: Sequence[str] | None) -> list[str
 
     registered = sorted(set(load_registry(store.run_dir)["model_id"].astype(str)))
     if model_ids is not None:
-        wanted = sorted(set(model_ids))
+        wanted = set(model_ids)
     elif cfg is not None:
-        wanted = [mid for mid, _, _ in profile_models(cfg)]
+        wanted = {mid for mid, _, _ in profile_models(cfg)}
     else:
         return registered
-    unknown = [m for m in wanted if m not in registered]
+    unknown = sorted(wanted - set(registered))
     if unknown:
         raise MissingStepError(f"model(s) {', '.join(unknown)} not in models/registry.csv; {_STEP_TRAIN}")
     outside = [m for m in registered if m not in wanted]

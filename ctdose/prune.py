@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from ._atomic import atomic_remove_folder, atomic_write_csv
-from .errors import InputError
+from .errors import InputError, MissingStepError
 from .paths import resolve_path
 
 __all__ = ["PLAN_COLUMNS", "format_plan", "prune", "prune_plan"]
@@ -85,7 +85,7 @@ def prune_plan(cfg, run_dir: str | os.PathLike) -> pd.DataFrame:
     rows += [("model", mid, f"models/{mid}") for mid in models]
     try:
         tests = test_ids(profile_splits(dict(zip(planned["case_id"], planned["cohort"])), cfg))
-    except InputError:  # the profile's cases cannot be split: its test set is not known
+    except (InputError, MissingStepError):  # the profile's cases cannot be split: its test set is not known
         tests = None
     predictions = set(left_out_predictions(cfg, store, tests))
     if store is not None:  # the predictions of a case that goes go with it

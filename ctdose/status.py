@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from ._listing import first_names
-from .errors import InputError
+from .errors import InputError, MissingStepError
 from .paths import resolve_path
 
 __all__ = ["STATES", "STEPS", "chain_status", "format_status", "left_out_cases", "left_out_members",
@@ -138,19 +138,17 @@ def chain_status(cfg: Mapping, run_dir: str | os.PathLike, steps: Iterable[str] 
 
     tests = None
     try:
-        if not cohorts:
-            raise InputError("no cases: run notebooks 01_phantom_sampling and 02_mc_preparation first")
         splits = profile_splits(cohorts, cfg)  # as the run will make them
-    except InputError as exc:  # the run stops at its splits: say so instead of stopping here
+    except (InputError, MissingStepError) as exc:  # the run stops at its splits: say so, do not stop here
         if "03 training" in run:
             rows += [(step, "splits", "will fail", str(exc)) for step in STEPS[2:] if step in run]
         splits = None
-    retrained = set()
+    retrained = set()  # the models notebook 03 trains (again), where it runs
     if splits is not None:
-        member_rows, retrained = _member_rows(cfg, store, run_dir, splits, to_compute, absent)
+        member_rows, trained = _member_rows(cfg, store, run_dir, splits, to_compute, absent)
         rows += member_rows
-        if "03 training" not in run:
-            retrained = set()
+        if "03 training" in run:
+            retrained = trained
     if "03 training" not in run and "04 predictions" in run:  # the predictions take the stored splits
         stored = store is not None and (store.tables_dir / "splits.csv").is_file()
         splits = store.read_table("splits") if stored else None

@@ -178,16 +178,18 @@ def split_cases(
 def make_splits(store, cfg) -> pd.DataFrame:
     """Splits of a run from its store and profile (``cohort.n_test``, ``train.*``, ``seed``)."""
     cohorts = {c: store.case_attrs(c).get("cohort") for c in store.run_case_ids(say="splits")}
-    if not cohorts:
-        raise MissingStepError(
-            f"{store.root}: no cases; run notebooks 01_phantom_sampling and 02_mc_preparation first"
-        )
-    return profile_splits(cohorts, cfg)
+    try:
+        return profile_splits(cohorts, cfg)
+    except MissingStepError as exc:
+        raise MissingStepError(f"{store.root}: {exc}") from None
 
 
 def profile_splits(cohorts: Mapping[str, str], cfg) -> pd.DataFrame:
     """:func:`split_cases` of ``{case_id: cohort}`` with the profile's ``train.mixes_percent_real``,
-    ``cohort.n_test``, ``train.val_fraction`` and ``seed``."""
+    ``cohort.n_test``, ``train.val_fraction`` and ``seed``; :class:`MissingStepError` where there
+    are no cases."""
+    if not cohorts:
+        raise MissingStepError("no cases; run notebooks 01_phantom_sampling and 02_mc_preparation first")
     return split_cases(
         cohorts,
         cfg["train"]["mixes_percent_real"],
