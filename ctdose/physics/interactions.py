@@ -12,11 +12,15 @@ Physics (photon energies 1-150 keV):
 * **Coherent (Rayleigh) scattering**: the form-factor method: x^2 is sampled from the medium's
   F^2(x) by an inverse cumulative table (restricted to x <= x_max(E)), then accepted with the
   Thomson factor (1 + cos^2 theta) / 2. x = sin(theta/2) / lambda in 1/Angstrom.
-* **Photoelectric absorption**: the photon is absorbed and its whole energy deposited locally;
-  fluorescence photons are deposited locally too. For soft tissue, water and PMMA (Z <= 8
+* **Photoelectric absorption**: the photon is absorbed and its energy deposited locally, less
+  that of a fluorescence line of 10 keV or more, which leaves as a photon
+  (:mod:`ctdose.physics.fluorescence`: the K lines of iodine, barium, tin, tungsten, lead).
+  Weaker lines are deposited locally too. For soft tissue, water and PMMA (Z <= 8
   dominated; K-fluorescence yields below 1 %, energies below 3.7 keV, ranges below 0.1 mm)
   this is exact to well below 0.1 % of the dose; in bone a small part (Ca K, 3.7 keV, mean
-  free path 0.1 mm) would travel a little further, still far below a voxel.
+  free path 0.1 mm) would travel a little further, still far below a voxel. The samplers in
+  this module are those of the scattering; the fluorescence line is chosen in the
+  interaction kernel (:func:`ctdose.physics.kernels.fluorescence_line`).
 
 Functions here take per-medium lookup tables built once by :func:`build_scatter_tables`.
 """

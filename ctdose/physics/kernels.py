@@ -51,6 +51,7 @@ import warnings
 
 import torch
 
+from .fluorescence import FLUORESCENCE_MAX_LINES
 from .interactions import ELECTRON_REST_KEV, HC_KEV_ANGSTROM, kn_proposal, rotate_direction
 
 __all__ = [
@@ -62,6 +63,7 @@ __all__ = [
     "collide_interact",
     "counter_key",
     "counter_uniforms",
+    "fluorescence_line",
     "segment_points",
     "score_points",
     "interact",
@@ -485,7 +487,7 @@ def _collision_site(x1, y1, z1, ie, fe, maj, r_real, ew, offset, grid_f, grid_i,
 
 def collide_interact(
     x, y, z, u, v, w, e, ew, weight, offset, rnd, cutoff_kev, grid_f, grid_i, energy_f, maj_ab, voxel_table,
-    total_tr_ab, xs_ab, sf_ratio, coh_x2_inv, coh_frac, scatter_f, scatter_i,
+    total_tr_ab, xs_ab, sf_ratio, coh_x2_inv, coh_frac, scatter_f, scatter_i, fl_ab=None, fl_e=None,
 ):
     """:func:`advance_collision` and :func:`interact` in one pass over the whole pool.
 
@@ -512,7 +514,7 @@ def collide_interact(
         the branch and energy ratio of an incoherent proposal from one number, the azimuth
         from the accepted proposal's acceptance number; both exact, see :func:`_incoherent`).
         Or an int64 key (:func:`counter_key`) for the kernel's own (:func:`counter_uniforms`).
-    cutoff_kev, xs_ab, sf_ratio, coh_x2_inv, coh_frac, scatter_f, scatter_i
+    cutoff_kev, xs_ab, sf_ratio, coh_x2_inv, coh_frac, scatter_f, scatter_i, fl_ab, fl_e
         As in :func:`interact`.
 
     Returns
@@ -543,7 +545,7 @@ def collide_interact(
     )
     e1, u1, v1, w1, alive, deposit, done = _sample_interaction(
         e, u, v, w, weight, fe, rr, med, mi, rho, rnd[2:], cutoff_kev, xs_ab, sf_ratio, coh_x2_inv, coh_frac,
-        scatter_f, scatter_i, real, lean=True,
+        scatter_f, scatter_i, real, lean=True, fl_ab=fl_ab, fl_e=fl_e,
     )
     return (x1, y1, z1, ie, fe, rr, e1, u1, v1, w1, real, inside, alive & inside, real & (~done), index,
             score + deposit)
@@ -733,7 +735,7 @@ def _coherent(e, med, rnd, n_prop, coh_x2_inv, coh_frac, scatter_f, scatter_i, l
 
 
 def interact(idx, rnd, e, u, v, w, weight, x1, y1, z1, ie, fe, rr, offset, cutoff_kev, grid_f, grid_i, voxel_table,
-             xs_ab, sf_ratio, coh_x2_inv, coh_frac, scatter_f, scatter_i):
+             xs_ab, sf_ratio, coh_x2_inv, coh_frac, scatter_f, scatter_i, fl_ab=None, fl_e=None):
     """Real interactions of the photons ``idx``: type, new energy and direction, cutoff deposit.
 
     The rejection samplers of :mod:`ctdose.physics.interactions` with a fixed number of
@@ -770,13 +772,19 @@ def interact(idx, rnd, e, u, v, w, weight, x1, y1, z1, ie, fe, rr, offset, cutof
         largest fractional energy index, ``n_u - 1``, largest fractional u index.
     scatter_i : Tensor (3,) int64
         ``n_x``, ``n_e`` of ``coh_frac``, ``n_u``.
+    fl_ab, fl_e : Tensor or None
+        Transported fluorescence lines (:class:`ctdose.physics.transport.TransportTables`):
+        a photoabsorption emits one of them (:func:`fluorescence_line`) isotropically, and
+        the photon flies on with the line's energy. None: every photoabsorption ends the
+        photon (no medium has a line to transport).
 
     Returns
     -------
     e1, u1, v1, w1 : Tensor (m,)
         New energy and direction (the old ones where not ``done``).
     alive : Tensor (m,) bool
-        False after photoabsorption or below the cutoff.
+        False after photoabsorption (without a transported fluorescence photon) or below the
+        cutoff.
     deposit : Tensor (m,) float64
         Energy (keV x weight) deposited at the cutoff (0 where not ``done``).
     tidx : Tensor (m,) int64
@@ -789,19 +797,42 @@ def interact(idx, rnd, e, u, v, w, weight, x1, y1, z1, ie, fe, rr, offset, cutof
     _, flat, m, row, d = _voxel(x1[idx], y1[idx], z1[idx], ie[idx], grid_f, grid_i, voxel_table)
     e1, u1, v1, w1, alive, deposit, done = _sample_interaction(
         e0, u[idx], v[idx], w[idx], weight[idx], fe[idx], rr[idx], m, row, d, rnd, cutoff_kev, xs_ab, sf_ratio,
-        coh_x2_inv, coh_frac, scatter_f, scatter_i,
+        coh_x2_inv, coh_frac, scatter_f, scatter_i, fl_ab=fl_ab, fl_e=fl_e,
     )
     return e1, u1, v1, w1, alive, deposit, flat + offset[idx], done
 
 
+def fluorescence_line(r, d, row, m, f, fl_ab, fl_e):
+    """The fluorescence line a photoabsorption emits: its energy (keV), 0 for none.
+
+    ``r`` is the rejection variate, uniform on [0, tau) given a photoabsorption (``tau`` the
+    photoelectric coefficient at density ``d``): line ``j`` of medium ``m`` is chosen where
+    ``r`` falls into its part ``P_j tau`` of [0, tau) (the lines' partial coefficients at the
+    table row ``row`` and fraction ``f``, times ``d``), none where ``r`` lies above their sum.
+    ``fl_ab`` (n_media * n_e, 2 L) and ``fl_e`` (n_media * L) as in :func:`interact`.
+    """
+    n_lines = FLUORESCENCE_MAX_LINES
+    line_kev = torch.zeros_like(r)
+    upper = torch.zeros_like(r)
+    for j in range(n_lines):
+        lower = upper
+        upper = lower + (fl_ab[row, j] + f * fl_ab[row, n_lines + j]) * d
+        line_kev = torch.where((r >= lower) & (r < upper), fl_e[m * n_lines + j], line_kev)
+    return line_kev
+
+
 def _sample_interaction(e0, u0, v0, w0, wt, f, r, m, row, d, rnd, cutoff_kev, xs_ab, sf_ratio, coh_x2_inv, coh_frac,
-                        scatter_f, scatter_i, real=None, lean=False):
+                        scatter_f, scatter_i, real=None, lean=False, fl_ab=None, fl_e=None):
     """The interaction of each photon at its site (see :func:`interact`): ``e1, u1, v1, w1, alive,
     deposit, done`` from its energy ``e0``, direction, weight ``wt``, table fraction ``f``,
     rejection variate ``r``, medium ``m``, table row ``row`` and density ``d``. ``real``: a mask
     of the photons that interact (the others come back unchanged, alive and not ``done``);
     None: all of them. ``lean``: the samplers' lean variants (``interaction_uniforms(True)``
-    rows of ``rnd``; the azimuth from the accepted proposal)."""
+    rows of ``rnd``; the azimuth from the accepted proposal). ``fl_ab``, ``fl_e``: transported
+    fluorescence lines (:func:`fluorescence_line`); the line is chosen with ``r`` (uniform
+    on [0, ph) given a photoabsorption, ``r < ph``) and the isotropic direction with
+    ``rnd[0]`` and ``rnd[1]``, the first proposal's numbers that a photoabsorption leaves
+    unused: no numbers beyond the scattering's."""
     ph = (xs_ab[row, 0] + f * xs_ab[row, 1]) * d
     inc = (xs_ab[row, 2] + f * xs_ab[row, 3]) * d
     is_photo = r < ph
@@ -820,18 +851,25 @@ def _sample_interaction(e0, u0, v0, w0, wt, f, r, m, row, d, rnd, cutoff_kev, xs
     done = is_photo | (is_inc & done_inc) | (is_coh & done_coh)
     scattered = done & (~is_photo)
     e1 = torch.where(is_inc & done, e0 * eps, e0)
-    below = scattered & (e1 < cutoff_kev)
-    alive = ~((done & is_photo) | below)
+    u1, v1, w1 = torch.where(scattered, un, u0), torch.where(scattered, vn, v0), torch.where(scattered, wn, w0)
+    absorbed = done & is_photo
+    flying = scattered
+    if fl_ab is not None:
+        line_kev = fluorescence_line(r, d, row, m, f, fl_ab, fl_e)
+        emit = absorbed & (line_kev > 0.0) & (line_kev < e0)
+        cos_iso = 2.0 * rnd[0] - 1.0
+        sin_iso = (1.0 - cos_iso * cos_iso).clamp(min=0.0).sqrt()
+        phi_iso = rnd[1] * (2.0 * math.pi)
+        e1 = torch.where(emit, line_kev, e1)
+        u1 = torch.where(emit, sin_iso * torch.cos(phi_iso), u1)
+        v1 = torch.where(emit, sin_iso * torch.sin(phi_iso), v1)
+        w1 = torch.where(emit, cos_iso, w1)
+        absorbed = absorbed & (~emit)
+        flying = flying | emit
+    below = flying & (e1 < cutoff_kev)
+    alive = ~(absorbed | below)
     deposit = torch.where(below, e1 * wt, torch.zeros_like(e1))
-    return (
-        e1,
-        torch.where(scattered, un, u0),
-        torch.where(scattered, vn, v0),
-        torch.where(scattered, wn, w0),
-        alive,
-        deposit.to(torch.float64),
-        done,
-    )
+    return e1, u1, v1, w1, alive, deposit.to(torch.float64), done
 
 
 def grid_entry(x, y, z, u, v, w, box_f):

@@ -33,6 +33,7 @@ import torch
 from ..config import as_int as _as_int, as_real as _as_real
 from ..errors import InputError
 from .transport import WINDOW_ESTIMATORS, TransportGrid, TransportTally, enter_grid, prepare_transport, run_transport
+from .fluorescence import FLUORESCENCE_MIN_KEV
 from .quasi_random import SOURCE_SAMPLING
 from .weight_window import DEFAULT_MIN_WEIGHT
 from .xsection import ENERGY_MIN_KEV
@@ -411,6 +412,7 @@ def simulate(
     weight_window: bool = False,
     window_min_weight: float | None = None,
     source_sampling: str = "sobol",
+    fluorescence_min_kev: float | None = FLUORESCENCE_MIN_KEV,
 ) -> DoseResult:
     """Run the photon Monte Carlo in ``geometry`` for ``source``.
 
@@ -509,6 +511,14 @@ def simulate(
         independent random numbers. Both are unbiased and keep the batches independent; the
         Sobol' points spread each batch's primary rays evenly, which lowers the noise of the
         expected-track-length estimator's primary dose.
+    fluorescence_min_kev : float or None
+        Fluorescence lines of at least this energy (keV; default
+        :data:`ctdose.physics.fluorescence.FLUORESCENCE_MIN_KEV` = 10 keV) leave a
+        photoabsorption as photons, isotropically, and are transported (iodine, barium,
+        gadolinium, tin, tungsten, lead: their K lines); weaker lines, cascades and Auger
+        electrons are deposited at the absorption. None: every line is deposited there (as
+        codes without atomic relaxation do). No element of the body has a line of 10 keV or
+        more, so this changes nothing for body media. See :mod:`ctdose.physics.fluorescence`.
 
     Returns
     -------
@@ -523,9 +533,16 @@ def simulate(
         ``seed``, ``workers``, ``pool_size`` or ``block_vox`` not an integer in range (a float
         is taken only when integral, e.g. ``1e6``), a ``majorant_floor_per_mm`` or
         ``track_spacing_mm`` that is not finite and positive (the floor may be 0), an
-        ``energy_cutoff_kev`` at or above the source's highest energy.
+        ``energy_cutoff_kev`` at or above the source's highest energy, a
+        ``fluorescence_min_kev`` that is neither None nor a positive number.
     """
     n_photons, n_batches, estimator, cutoff = check_run_settings(n_photons, n_batches, estimator, energy_cutoff_kev)
+    if fluorescence_min_kev is not None:
+        fl_min = _as_real(fluorescence_min_kev)
+        if fl_min is None or fl_min <= 0:
+            raise InputError(f"simulate: fluorescence_min_kev must be a positive number (keV) or None, "
+                             f"got {fluorescence_min_kev!r}")
+        fluorescence_min_kev = fl_min
     seed_in, seed = seed, _as_int(seed)
     if seed is None or not 0 <= seed < 2**63:
         raise InputError(f"simulate: seed must be an integer in [0, 2**63), got {seed_in!r}")
@@ -590,6 +607,7 @@ def simulate(
     prep = prepare_transport(
         mi, rho, geometry.media, geometry.spacing_mm, geometry.origin_mm, max_energy_kev, dev,
         estimator, majorant, block_vox, majorant_floor_per_mm, track_spacing_mm, compile, ambient_medium,
+        fluorescence_min_kev,
     )
     grid, tables, block, track_setup = prep.grid, prep.tables, prep.block, prep.track_setup
     _check_source_reaches(geometry, grid, source, dev)
@@ -679,6 +697,7 @@ def simulate(
                         list(group), int(seed) + _WORKER_SEED_STRIDE * g, estimator, float(energy_cutoff_kev), pool,
                         float(majorant_floor_per_mm), track_spacing_mm, compile, majorant, int(block_vox),
                         ambient_medium, None if window is None else window.target.cpu().numpy(), sample_dims,
+                        fluorescence_min_kev,
                     )
                     for g, group in enumerate(groups[1:], start=1)
                 ]

@@ -53,6 +53,8 @@ class GroupJob:
     window_target: np.ndarray | None = None
     #: uniform numbers per source photon from the batches' Sobol' sequences (0: random sampling)
     sample_dims: int = 0
+    #: fluorescence lines transported from this energy (keV) on; None: all local
+    fluorescence_min_kev: float | None = None
 
 
 @dataclass
@@ -76,7 +78,7 @@ def run_group(job: GroupJob) -> GroupResult:
     prep = prepare_transport(
         job.media_index, job.density_g_cm3, job.media, job.spacing_mm, job.origin_mm, float(job.source.max_energy_kev),
         dev, job.estimator, job.majorant, job.block_vox, job.majorant_floor_per_mm, job.track_spacing_mm, job.compile,
-        job.ambient,
+        job.ambient, job.fluorescence_min_kev,
     )
     gen = torch.Generator(device=dev)
     gen.manual_seed(int(job.seed))

@@ -35,8 +35,10 @@ Estimators
     work (the crossings to the exit), measured in ``benchmarks/bench_mc.py``.
 ``"track_length"``
     The track-length estimator of collision kerma: along every flight segment the photon
-    scores ``int w E mu_tr(E, p(t)) dt`` with ``mu_tr = mu_photo + mu_incoh <1 - E'/E>`` of the
-    sampled models (collision kerma with local fluorescence), estimated by stratified
+    scores ``int w E mu_tr(E, p(t)) dt`` with ``mu_tr = mu_photo (1 - sum_l P_l E_l / E) + mu_incoh
+    <1 - E'/E>`` of the sampled models (collision kerma; the fluorescence lines ``l`` of 10 keV
+    and more leave as photons, :mod:`ctdose.physics.fluorescence`, weaker ones are local),
+    estimated by stratified
     (systematic) sampling at one point per voxel edge (at most ``_TRACK_MAX_SLOTS`` points per
     flight; :func:`ctdose.physics.kernels.segment_points`); every voxel a photon crosses gets
     its share. Real interactions then deposit nothing, except at the energy cutoff. The step
@@ -99,6 +101,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .fluorescence import FLUORESCENCE_MAX_LINES, FLUORESCENCE_MIN_KEV, FluorescenceTable, fluorescence_table
 from .interactions import (
     ScatterTables,
     build_scatter_tables,
@@ -107,7 +110,7 @@ from .interactions import (
     sample_coherent,
     sample_incoherent,
 )
-from .kernels import shape_settings
+from .kernels import fluorescence_line, shape_settings
 from .weight_window import MAX_POOL_GROWTH, WeightWindow, apply_weight_window
 
 __all__ = [
@@ -278,6 +281,12 @@ class TransportTables:
     scatter: ScatterTables
     #: (n_media * n_e, 4): total_a, total_b, tr_a, tr_b side by side (one gather per lookup)
     total_tr_ab: torch.Tensor | None = None
+    #: fluorescence lines transported after photoabsorption (:mod:`ctdose.physics.fluorescence`):
+    #: each line's share of the photoelectric coefficient, P_l x tau (per mm per g/cm^3;
+    #: n_media * n_e, 2 L: values, then slopes per energy step), and the line energies
+    #: (n_media * L, keV), L = ``FLUORESCENCE_MAX_LINES``; None where no medium has a line
+    fl_ab: torch.Tensor | None = None
+    fl_e: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.total_tr_ab is None:
@@ -347,6 +356,32 @@ def build_block_majorant(
     return BlockMajorant(block_vox=b, n_blocks=nb, maj_a=a, maj_b=s)
 
 
+def _fluorescence_tensors(fluor: FluorescenceTable | None, photo_per_mm: np.ndarray, device) -> dict:
+    """``fl_ab`` and ``fl_e`` of :class:`TransportTables` (empty where ``fluor`` is None): the
+    lines' partial photoelectric coefficients P_l x tau (``photo_per_mm`` (n_media, n_e), per mm
+    per g/cm^3), the slots padded to ``FLUORESCENCE_MAX_LINES`` (coefficient 0).
+
+    Interpolated linearly in energy as tau is, they split the interpolated tau exactly, also
+    in the grid step of an absorption edge: the energy the interaction kernel takes away with
+    the lines is the one the kerma estimators leave out of mu_tr there (to the step's variation
+    of 1/E), where interpolating P_l and tau separately would not be (their product is not
+    linear across the step)."""
+    if fluor is None:
+        return {}
+    n_media, n_lines, n_e = fluor.probability.shape
+    prob = np.zeros((n_media, n_e, FLUORESCENCE_MAX_LINES))
+    prob[:, :, :n_lines] = (fluor.probability * np.asarray(photo_per_mm)[:, None, :]).transpose(0, 2, 1)
+    slope = np.zeros_like(prob)
+    slope[:, :-1] = prob[:, 1:] - prob[:, :-1]
+    line_kev = np.zeros((n_media, FLUORESCENCE_MAX_LINES))
+    line_kev[:, :n_lines] = fluor.line_kev
+    f32 = dict(dtype=torch.float32, device=device)
+    return dict(
+        fl_ab=torch.tensor(np.concatenate([prob, slope], axis=2).reshape(n_media * n_e, -1), **f32),
+        fl_e=torch.tensor(line_kev.reshape(-1), **f32),
+    )
+
+
 def _value_slope(arr: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
     a = np.asarray(arr, dtype=np.float64)
     b = np.zeros_like(a)
@@ -367,6 +402,7 @@ def build_tables(
     max_energy_kev: float,
     device,
     majorant_floor_per_mm: float = 0.0,
+    fluorescence_min_kev: float | None = FLUORESCENCE_MIN_KEV,
 ) -> TransportTables:
     """Coefficient, majorant and angular tables for ``media``.
 
@@ -382,11 +418,14 @@ def build_tables(
         Lower bound of the majorant (1/mm). Extra virtual collisions are always allowed in
         Woodcock tracking; they give the track-length estimator more scoring sites in
         low-density voxels (air cavities, ion chambers) at the cost of more steps.
+    fluorescence_min_kev : float or None
+        Fluorescence lines of at least this energy (keV) are transported after
+        photoabsorption (:mod:`ctdose.physics.fluorescence`); None: all are deposited locally.
 
     The per-medium tables are cached (:func:`_medium_tables`); only the majorant depends on
     ``max_density_per_medium``.
     """
-    per_medium = _medium_tables(media, max_energy_kev, device)
+    per_medium = _medium_tables(media, max_energy_kev, device, fluorescence_min_kev)
     total = per_medium["total_per_mm"]
     rho_max = np.asarray(max_density_per_medium, dtype=np.float64)
     maj_a, maj_b = _value_slope(_majorant(total, rho_max, majorant_floor_per_mm), device)
@@ -400,11 +439,13 @@ def _majorant(total_per_mm: np.ndarray, rho_max: np.ndarray, majorant_floor_per_
     return np.maximum(maj * _MAJORANT_MARGIN, max(float(majorant_floor_per_mm), 1e-12))
 
 
-def _medium_tables(media: Sequence, max_energy_kev: float, device) -> dict:
+def _medium_tables(media: Sequence, max_energy_kev: float, device,
+                   fluorescence_min_kev: float | None = FLUORESCENCE_MIN_KEV) -> dict:
     """The per-medium part of :func:`build_tables` (everything but the majorant), cached.
 
-    Keyed by the media's names, densities and compositions and the device: a cohort whose
-    cases share media but not their densest voxel builds these only once.
+    Keyed by the media's names, densities and compositions, the device and the fluorescence
+    threshold: a cohort whose cases share media but not their densest voxel builds these only
+    once.
     """
     from .xsection import attenuation_table, default_energy_grid
 
@@ -418,12 +459,17 @@ def _medium_tables(media: Sequence, max_energy_kev: float, device) -> dict:
     key = (
         tuple((m.name, float(m.density_g_cm3), tuple(sorted(m.mass_fractions.items()))) for m in media),
         str(device),
+        fluorescence_min_kev,
     )
     if key in _TABLE_CACHE:
         return _TABLE_CACHE[key]
     tab = attenuation_table(media, e)
     frac = incoherent_transfer_fractions(media, e)
-    tr = tab.photo_cm2_g + tab.incoh_cm2_g * frac
+    fluor = None if fluorescence_min_kev is None else fluorescence_table(media, e, fluorescence_min_kev)
+    # energy given to electrons: photoabsorption less the transported fluorescence lines
+    # (weaker lines are deposited where the absorption happens), incoherent scattering's share
+    photo_tr = tab.photo_cm2_g if fluor is None else tab.photo_cm2_g * (1.0 - fluor.emitted_fraction())
+    tr = photo_tr + tab.incoh_cm2_g * frac
     per_mm = 1.0 / MM_PER_CM
     total_a, total_b = _value_slope(tab.total_cm2_g * per_mm, device)
     photo_a, photo_b = _value_slope(tab.photo_cm2_g * per_mm, device)
@@ -445,6 +491,7 @@ def _medium_tables(media: Sequence, max_energy_kev: float, device) -> dict:
             tr_b=tr_b,
             scatter=build_scatter_tables(media, float(e[-1]), device),
             total_tr_ab=torch.stack([total_a, total_b, tr_a, tr_b], 1),
+            **_fluorescence_tensors(fluor, tab.photo_cm2_g * per_mm, device),
         ),
     )
     if len(_TABLE_CACHE) >= _TABLE_CACHE_SIZE:
@@ -592,7 +639,9 @@ def _interact(ridx, r, mi, fe, rho, med, tflat, e, w8, u, v, w, alive, tab, tall
     ``r`` is the rejection variate ``r_real * mu_maj`` (uniform on [0, mu) for a real
     collision, so it also picks photoelectric / incoherent / coherent in proportion to the
     partial coefficients). The analogue estimator's local deposits: the whole energy at
-    photoabsorption, E - E' at incoherent scattering, the rest below the cutoff. Updates
+    photoabsorption (less a transported fluorescence line's, :mod:`ctdose.physics.fluorescence`,
+    whose photon flies on isotropically), E - E' at incoherent scattering, the rest below the
+    cutoff. Updates
     ``alive`` in place; returns the new ``e, u, v, w``.
     """
     if ridx.numel() == 0:
@@ -606,6 +655,24 @@ def _interact(ridx, r, mi, fe, rho, med, tflat, e, w8, u, v, w, alive, tab, tall
     flat_r = tflat[ridx]
     dep = torch.where(is_photo, e_r, torch.zeros_like(e_r))
     new_e = e_r.clone()
+    absorbed = is_photo
+    if tab.fl_ab is not None:  # a transported fluorescence line: the photon flies on with it
+        pi = is_photo.nonzero().squeeze(1)
+        line_kev = fluorescence_line(r_r[pi], rho_r[pi], mi_r[pi], med[ridx[pi]], fe_r[pi], tab.fl_ab, tab.fl_e)
+        emit = (line_kev > 0.0) & (line_kev < e_r[pi])
+        ei = pi[emit]
+        if ei.numel() > 0:
+            new_e[ei] = line_kev[emit]
+            dep[ei] = e_r[ei] - line_kev[emit]
+            absorbed = absorbed.index_put((ei,), torch.zeros_like(ei, dtype=torch.bool))
+            cos_iso, phi = torch.rand((2, ei.numel()), generator=gen, device=e.device, dtype=e.dtype)
+            cos_iso = 2.0 * cos_iso - 1.0
+            sin_iso = (1.0 - cos_iso * cos_iso).clamp(min=0.0).sqrt()
+            phi = phi * (2.0 * math.pi)
+            gidx = ridx[ei]
+            u = u.index_put((gidx,), sin_iso * torch.cos(phi))
+            v = v.index_put((gidx,), sin_iso * torch.sin(phi))
+            w = w.index_put((gidx,), cos_iso)
     sc = (~is_photo).nonzero().squeeze(1)
     if sc.numel() > 0:
         inc = _interp(tab.incoh_a, tab.incoh_b, mi_r[sc], fe_r[sc]) * rho_r[sc]
@@ -628,11 +695,11 @@ def _interact(ridx, r, mi, fe, rho, med, tflat, e, w8, u, v, w, alive, tab, tall
         u = u.index_put((gidx,), un)
         v = v.index_put((gidx,), vn)
         w = w.index_put((gidx,), wn)
-    below = (~is_photo) & (new_e < cutoff_kev)
+    below = (~absorbed) & (new_e < cutoff_kev)
     dep = torch.where(below, dep + new_e, dep)
     tally.energy_kev.scatter_add_(0, flat_r, (dep * w_r).to(torch.float64))
     e = e.index_put((ridx,), new_e)
-    alive.index_put_((ridx,), ~(is_photo | below))
+    alive.index_put_((ridx,), ~(absorbed | below))
     return e, u, v, w
 
 
@@ -769,6 +836,9 @@ class TrackLengthSetup:
     coh_frac: torch.Tensor
     scatter_f: torch.Tensor
     scatter_i: torch.Tensor
+    #: transported fluorescence lines (:class:`TransportTables` ``fl_ab``, ``fl_e``), or None
+    fl_ab: torch.Tensor | None
+    fl_e: torch.Tensor | None
     #: voxel edges dx, dy, dz (mm) and the kernels of the expected-track-length flight
     #: (:mod:`ctdose.physics.ray_kernels`)
     cell_f: torch.Tensor | None = None
@@ -857,6 +927,8 @@ def _interaction_tensors(tab: TransportTables) -> dict:
             device=dev,
         ),
         scatter_i=torch.tensor([n_x, n_e, n_u], dtype=torch.int64, device=dev),
+        fl_ab=tab.fl_ab,
+        fl_e=tab.fl_e,
     )
 
 
@@ -1056,7 +1128,7 @@ def _step_collision_interact(
     x1, y1, z1, ie, fe, rr, e1, u1, v1, w1, real, inside, alive, pending, index, score = kernels[7](
         st.x, st.y, st.z, st.u, st.v, st.w, e, ew, st.weight, offset, rnd, cutoff, setup.grid_f, setup.grid_i,
         setup.energy_f, setup.maj_ab, grid.voxel_table, tab.total_tr_ab, setup.xs_ab, setup.sf_ratio,
-        setup.coh_x2_inv, setup.coh_frac, setup.scatter_f, setup.scatter_i,
+        setup.coh_x2_inv, setup.coh_frac, setup.scatter_f, setup.scatter_i, setup.fl_ab, setup.fl_e,
     )
     tally.energy_kev.scatter_add_(0, index, score)
     _tally_escape(tally, ew, inside)
@@ -1435,7 +1507,7 @@ def _interact_fixed(
         e1, u1, v1, w1, alive1, deposit, tidx, done = (t[:m] for t in kernels[3](
             run_idx, rnd, e, u, v, w, weight, x1, y1, z1, ie, fe, rr, offset, cutoff, setup.grid_f, setup.grid_i,
             grid.voxel_table, setup.xs_ab, setup.sf_ratio, setup.coh_x2_inv, setup.coh_frac, setup.scatter_f,
-            setup.scatter_i,
+            setup.scatter_i, setup.fl_ab, setup.fl_e,
         ))
         e.index_copy_(0, idx, e1)
         u.index_copy_(0, idx, u1)
@@ -1474,11 +1546,13 @@ def prepare_transport(
     track_spacing_mm: float | None = None,
     compile: bool | None = None,
     ambient=None,
+    fluorescence_min_kev: float | None = FLUORESCENCE_MIN_KEV,
 ) -> TransportSetup:
     """Grid, coefficient tables, (block) majorant and track-length kernels for one geometry.
 
     ``majorant`` is "global" or "block"; ``estimator`` as in :func:`run_transport`;
-    ``ambient`` the Medium around the grid (None: vacuum), see :func:`attenuate_in_ambient`.
+    ``ambient`` the Medium around the grid (None: vacuum), see :func:`attenuate_in_ambient`;
+    ``fluorescence_min_kev`` as in :func:`build_tables`.
     """
     mi = np.asarray(media_index)
     rho = np.asarray(density_g_cm3, dtype=np.float32)
@@ -1492,7 +1566,8 @@ def prepare_transport(
         amb = (len(table_media), float(ambient.density_g_cm3))
         table_media.append(ambient)
         rho_max = np.append(rho_max, 0.0)
-    tables = build_tables(table_media, rho_max, float(max_energy_kev), device, majorant_floor_per_mm)
+    tables = build_tables(table_media, rho_max, float(max_energy_kev), device, majorant_floor_per_mm,
+                          fluorescence_min_kev)
     block = build_block_majorant(mi, rho, tables, int(block_vox), majorant_floor_per_mm) if majorant == "block" else None
     fused = estimator in FUSED_ESTIMATORS
     track = None
