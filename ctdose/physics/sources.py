@@ -428,6 +428,12 @@ class CTSource:
         uniformly over that interval.
     bowtie : bool
         Apply the bowtie weight (default True).
+    angular_modulation : ctdose.physics.angular_modulation.AngularModulation, optional
+        Tube current over the gantry angle: the load of each source position is multiplied
+        by its factor at the position's angle and z, and all loads are then scaled back to
+        the protocol's total mAs (doses stay per mAs of one rotation at its reference
+        current). With a continuous rotation the current is constant over each position's
+        interval: ``projections_per_rotation`` sets how finely it follows the modulation.
 
     Notes
     -----
@@ -435,13 +441,20 @@ class CTSource:
     rotation: (total mAs of the scan) x (photons per mAs into the field) / (mAs per rotation).
     """
 
-    def __init__(self, scanner, protocol, bowtie: bool = True):
+    def __init__(self, scanner, protocol, bowtie: bool = True, angular_modulation=None):
         self.scanner = scanner
         self.protocol = protocol
+        self.angular_modulation = angular_modulation
         pos = protocol.source_positions(scanner)
         self.angle_rad = np.asarray(pos.angle_rad, dtype=np.float64).ravel()
         self.z_mm = np.asarray(pos.z_mm, dtype=np.float64).ravel()
         self.mas = np.asarray(pos.mas, dtype=np.float64).ravel()
+        if angular_modulation is not None and self.mas.sum() > 0:
+            modulated = self.mas * np.asarray(angular_modulation(self.angle_rad, self.z_mm), dtype=np.float64)
+            if not modulated.sum() > 0:
+                raise InputError(f"CT protocol: the angular modulation ({angular_modulation.source}) is zero at "
+                                 "every source position")
+            self.mas = modulated * (self.mas.sum() / modulated.sum())
         # continuous rotation: the interval each position stands for (None: point projections)
         self.angle_width_rad, self.z_width_mm = (
             None if getattr(pos, name, None) is None else np.asarray(getattr(pos, name), dtype=np.float64).ravel()

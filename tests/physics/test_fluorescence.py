@@ -344,3 +344,12 @@ def test_compiled_interaction_with_fluorescence_equals_the_eager_one():
             assert (ta == tb).float().mean() > 0.999
         else:
             np.testing.assert_allclose(tb.numpy(), ta.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_the_docstring_examples_hold():
+    import doctest
+
+    from ctdose.physics import fluorescence
+
+    result = doctest.testmod(fluorescence)
+    assert result.attempted > 0 and result.failed == 0
