@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from ..errors import InputError
 
-__all__ = ["AngularModulation", "DEFAULT_STRENGTH", "angular_modulation_from_geometry"]
+__all__ = ["AngularModulation", "DEFAULT_STRENGTH", "angular_modulation_from_geometry", "read_angular_modulation_csv"]
 
 #: Exponent ``k`` of :func:`angular_modulation_from_geometry`: current proportional to the
 #: attenuation to the power 1/2 (Gies et al. 1999).
@@ -199,3 +201,55 @@ def angular_modulation_from_geometry(
         limit = f", depth at most {float(max_depth):g}"
     z = z0 + dz * np.arange(nz)
     return AngularModulation(z, np.exp(log_f), f"attenuation model, strength {k:g} at {energy_kev:g} keV{limit}")
+
+
+#: Columns of an angular-modulation CSV file (:func:`read_angular_modulation_csv`).
+CSV_COLUMNS = ("z_mm", "angle_deg", "tube_current_ma")
+
+
+def read_angular_modulation_csv(path: str | Path) -> AngularModulation:
+    """Read an angular modulation from a CSV file with columns ``z_mm``, ``angle_deg`` and
+    ``tube_current_ma`` (one row per view, as a scanner's log or raw data give it; ``#`` lines
+    are comments; any order).
+
+    Gantry angles follow :mod:`ctdose.physics.scanner` (degrees, any range: taken modulo 360).
+    At each z the currents are interpolated periodically in the angle onto as many equally
+    spaced angles as that z has views at most; only their shape is used (each z is scaled to
+    mean 1).
+
+    Raises
+    ------
+    InputError
+        Missing file or column, text that is not a number, a z with fewer than two distinct
+        angles, or a table :class:`AngularModulation` refuses; the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such angular-modulation file")
+    try:
+        table = pd.read_csv(path, comment="#", skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a readable CSV table ({exc})") from None
+    missing = [c for c in CSV_COLUMNS if c not in table.columns]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)} (need {', '.join(CSV_COLUMNS)})")
+    try:
+        values = table[list(CSV_COLUMNS)].to_numpy(dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: {', '.join(CSV_COLUMNS)} must be numbers") from None
+    if values.shape[0] == 0 or not np.all(np.isfinite(values)):
+        raise InputError(f"{path}: no rows, or values that are not finite numbers")
+    z_all, angle_all, current_all = values.T
+    z_values = np.unique(z_all)
+    per_z = []
+    for z in z_values:
+        sel = z_all == z
+        angle = np.mod(angle_all[sel], 360.0)
+        angle, first = np.unique(angle, return_index=True)
+        if angle.size < 2:
+            raise InputError(f"{path}: z = {z:g} mm has fewer than two distinct gantry angles")
+        per_z.append((angle, current_all[sel][first]))
+    n_angles = max(a.size for a, _ in per_z)
+    grid = 360.0 * np.arange(n_angles) / n_angles
+    factor = np.array([np.interp(grid, a, c, period=360.0) for a, c in per_z])
+    return AngularModulation(z_values, factor, path.name)

@@ -12,7 +12,11 @@ import torch
 
 from ctdose.errors import InputError
 from ctdose.materials import get_medium
-from ctdose.physics.angular_modulation import AngularModulation, angular_modulation_from_geometry
+from ctdose.physics.angular_modulation import (
+    AngularModulation,
+    angular_modulation_from_geometry,
+    read_angular_modulation_csv,
+)
 from ctdose.physics.mc import VoxelGeometry
 from ctdose.physics.scanner import CTScanner, Protocol, generic_body_bowtie
 from ctdose.physics.sources import CTSource
@@ -126,3 +130,34 @@ def test_the_docstring_examples_hold():
 
     result = doctest.testmod(angular_modulation)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_a_view_log_is_read_per_z_and_resampled(tmp_path):
+    """Views at uneven angles (some past 360 degrees), two z positions in any row order: each z
+    interpolated periodically onto equally spaced angles, scaled to mean 1."""
+    path = tmp_path / "views.csv"
+    rows = ["# a scanner log", "z_mm,angle_deg,tube_current_ma"]
+    rows += [f"10,{a},{100 + 50 * math.cos(math.radians(2 * a))}" for a in (0, 90, 180, 270)]
+    rows += [f"-10,{a},{200.0}" for a in (370, 100, 190, 280)]
+    path.write_text("\n".join(rows) + "\n")
+    mod = read_angular_modulation_csv(path)
+    np.testing.assert_allclose(mod.z_mm, [-10.0, 10.0])
+    np.testing.assert_allclose(mod.factor[0], 1.0)
+    np.testing.assert_allclose(mod.factor[1], [1.5, 0.5, 1.5, 0.5])
+    assert mod.source == "views.csv"
+
+
+@pytest.mark.parametrize("text, match", [
+    ("z_mm,angle_deg\n0,0\n", "missing column"),
+    ("z_mm,angle_deg,tube_current_ma\n0,0,100\n0,360,120\n", "fewer than two"),
+    ("z_mm,angle_deg,tube_current_ma\n0,zero,100\n", "must be numbers"),
+    ("z_mm,angle_deg,tube_current_ma\n0,0,-1\n0,90,1\n", ">= 0"),
+])
+def test_a_bad_view_log_is_named(tmp_path, text, match):
+    path = tmp_path / "log.csv"
+    path.write_text(text)
+    with pytest.raises(InputError, match=match) as err:
+        read_angular_modulation_csv(path)
+    assert "log.csv" in str(err.value)
+    with pytest.raises(InputError, match="no such"):
+        read_angular_modulation_csv(tmp_path / "absent.csv")
