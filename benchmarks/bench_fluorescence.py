@@ -17,7 +17,6 @@ standard error) and the histories per second; a third run shows that the unenhan
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import replace
@@ -102,15 +101,9 @@ def run(quick: bool = False) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    a = p.parse_args(argv)
-    import pandas as pd
+    from _cli import quick_main
 
-    pd.set_option("display.width", 250)
-    pd.set_option("display.max_colwidth", 160)
-    print(pd.DataFrame(run(a.quick)).to_string(index=False))
-    return 0
+    return quick_main(run, __doc__, argv)
 
 
 if __name__ == "__main__":

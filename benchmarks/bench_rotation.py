@@ -18,7 +18,6 @@ reference runs twice the photons, and its noise is common to all columns.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -111,12 +110,9 @@ def run(quick: bool = False) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args(argv)
-    for row in run(args.quick):
-        print(f"{row['benchmark']}: {row['value']} {row['unit']} ({row['note']})")
-    return 0
+    from _cli import quick_main
+
+    return quick_main(run, __doc__, argv)
 
 
 if __name__ == "__main__":

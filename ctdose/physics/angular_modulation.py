@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from ..errors import InputError
+from ..io.number_csv import read_number_columns
 
 __all__ = ["AngularModulation", "DEFAULT_STRENGTH", "angular_modulation_from_geometry", "read_angular_modulation_csv"]
 
@@ -224,22 +224,10 @@ def read_angular_modulation_csv(path: str | Path) -> AngularModulation:
         angles, or a table :class:`AngularModulation` refuses; the message names the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such angular-modulation file")
-    try:
-        table = pd.read_csv(path, comment="#", skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not a readable CSV table ({exc})") from None
-    missing = [c for c in CSV_COLUMNS if c not in table.columns]
-    if missing:
-        raise InputError(f"{path}: missing column(s) {', '.join(missing)} (need {', '.join(CSV_COLUMNS)})")
-    try:
-        values = table[list(CSV_COLUMNS)].to_numpy(dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InputError(f"{path}: {', '.join(CSV_COLUMNS)} must be numbers") from None
-    if values.shape[0] == 0 or not np.all(np.isfinite(values)):
+    values = read_number_columns(path, CSV_COLUMNS, "angular-modulation")
+    z_all, angle_all, current_all = (values[c] for c in CSV_COLUMNS)
+    if z_all.size == 0 or not all(np.all(np.isfinite(v)) for v in values.values()):
         raise InputError(f"{path}: no rows, or values that are not finite numbers")
-    z_all, angle_all, current_all = values.T
     z_values = np.unique(z_all)
     per_z = []
     for z in z_values:

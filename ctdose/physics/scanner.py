@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from .._data import read_table
 from ..config import as_int, number_from_text
 from ..errors import ConfigError, InputError
+from ..io.number_csv import read_number_columns
 from ..materials import filter_medium
 from .spectrum import Spectrum, spectrum_from_csv, spekpy_spectrum
 from .xsection import default_energy_grid, mass_coefficients
@@ -156,24 +156,17 @@ def bowtie_from_csv(path: str | Path) -> Bowtie:
     Negative angles are allowed if the profile is symmetric; only ``|angle|`` is used.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"bowtie file {path}: not found")
-    try:
-        table = pd.read_csv(path, comment="#", skipinitialspace=True)
-    except Exception as exc:
-        raise InputError(f"bowtie file {path}: not a readable CSV ({exc})") from None
-    return _bowtie_from_table(table, f"file {path}")
+    values = read_number_columns(path, _BOWTIE_COLUMNS, "bowtie")
+    return _bowtie_from_columns(values[_BOWTIE_COLUMNS[0]], values[_BOWTIE_COLUMNS[1]], f"file {path}")
 
 
-def _bowtie_from_table(table: pd.DataFrame, where: str) -> Bowtie:
-    cols = {c.strip().lower(): c for c in table.columns}
-    if "fan_angle_deg" not in cols or "al_thickness_mm" not in cols:
-        raise InputError(f"bowtie {where}: expected columns fan_angle_deg, al_thickness_mm")
-    try:
-        a = pd.to_numeric(table[cols["fan_angle_deg"]]).to_numpy(np.float64)
-        t = pd.to_numeric(table[cols["al_thickness_mm"]]).to_numpy(np.float64)
-    except (ValueError, TypeError):
-        raise InputError(f"bowtie {where}: non-numeric values") from None
+#: Columns of a bowtie profile: fan angle (degrees) and aluminium-equivalent thickness (mm).
+_BOWTIE_COLUMNS = ("fan_angle_deg", "al_thickness_mm")
+
+
+def _bowtie_from_columns(a: np.ndarray, t: np.ndarray, where: str) -> Bowtie:
+    """A bowtie from fan angles ``a`` (degrees) and thicknesses ``t`` (mm); ``where`` names
+    the source in messages."""
     if np.any(a < 0):
         neg, pos = a < 0, a >= 0
         if not np.any(pos):
@@ -187,7 +180,9 @@ def _bowtie_from_table(table: pd.DataFrame, where: str) -> Bowtie:
 
 def generic_body_bowtie() -> Bowtie:
     """The generic body bowtie shipped in ``ctdose/data/bowtie_generic_body.csv``."""
-    return _bowtie_from_table(read_table(GENERIC_BOWTIE_TABLE), f"ctdose/data/{GENERIC_BOWTIE_TABLE}")
+    table = read_table(GENERIC_BOWTIE_TABLE)
+    return _bowtie_from_columns(*(table[c].to_numpy(np.float64) for c in _BOWTIE_COLUMNS),
+                                f"ctdose/data/{GENERIC_BOWTIE_TABLE}")
 
 
 # ---------------------------------------------------------------------------------------------

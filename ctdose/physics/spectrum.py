@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from scipy.constants import electron_volt
 from scipy.optimize import brentq
 
 from ..errors import InputError
+from ..io.number_csv import read_number_columns
 from ..materials import Medium, filter_medium, get_medium
 from .xsection import mass_coefficients
 
@@ -242,20 +242,8 @@ def spectrum_from_csv(path: str | Path, air_kerma_gy_per_mas_at_1m: float | None
         Missing file or columns, NaN, negative weights, non-increasing energies.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"spectrum file {path}: not found")
-    try:
-        table = pd.read_csv(path, comment="#", skipinitialspace=True)
-    except Exception as exc:  # pandas raises several parser errors
-        raise InputError(f"spectrum file {path}: not a readable CSV ({exc})") from None
-    cols = {c.strip().lower(): c for c in table.columns}
-    if "energy_kev" not in cols or "weight" not in cols:
-        raise InputError(f"spectrum file {path}: expected columns energy_kev, weight; got {list(table.columns)}")
-    try:
-        e = pd.to_numeric(table[cols["energy_kev"]], errors="raise").to_numpy(np.float64)
-        w = pd.to_numeric(table[cols["weight"]], errors="raise").to_numpy(np.float64)
-    except (ValueError, TypeError):
-        raise InputError(f"spectrum file {path}: non-numeric values") from None
+    values = read_number_columns(path, ("energy_kev", "weight"), "spectrum")
+    e, w = values["energy_kev"], values["weight"]
     spec = Spectrum(e, w, f"file {path.name}", absolute=False)
     if air_kerma_gy_per_mas_at_1m is not None:
         if not (math.isfinite(air_kerma_gy_per_mas_at_1m) and air_kerma_gy_per_mas_at_1m > 0):

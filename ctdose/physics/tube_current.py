@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import pandas as pd
 
 from ..errors import InputError
+from ..io.number_csv import read_number_columns
 from .scanner import Protocol
 
 __all__ = ["TUBE_CURRENT_CSV", "TubeCurrentProfile", "modulated_protocol", "read_tube_current_csv"]
@@ -133,20 +133,8 @@ def read_tube_current_csv(path: str | Path) -> TubeCurrentProfile:
         :class:`TubeCurrentProfile` refuses; the message names the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such tube-current file")
-    try:
-        table = pd.read_csv(path, comment="#", skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not a readable CSV table ({exc})") from None
-    missing = [c for c in ("z_mm", "tube_current_ma") if c not in table.columns]
-    if missing:
-        raise InputError(f"{path}: missing column(s) {', '.join(missing)} (need z_mm, tube_current_ma)")
-    try:
-        z = table["z_mm"].to_numpy(dtype=np.float64)
-        ma = table["tube_current_ma"].to_numpy(dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InputError(f"{path}: z_mm and tube_current_ma must be numbers") from None
+    values = read_number_columns(path, ("z_mm", "tube_current_ma"), "tube-current")
+    z, ma = values["z_mm"], values["tube_current_ma"]
     order = np.argsort(z, kind="stable")
     return TubeCurrentProfile(z[order], ma[order], path.name)
 

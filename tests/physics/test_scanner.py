@@ -130,7 +130,7 @@ def test_bowtie_csv(tmp_path):
     f.write_text("fan_angle_deg,al_thickness_mm\n-10,3\n0,0\n10,5\n")
     with pytest.raises(InputError, match="asymmetric"):
         bowtie_from_csv(f)
-    with pytest.raises(InputError, match="not found"):
+    with pytest.raises(InputError, match="no such bowtie file"):
         bowtie_from_csv(tmp_path / "x.csv")
     with pytest.raises(InputError):
         Bowtie(np.array([0.0, 0.1]), np.array([0.0, -1.0]))

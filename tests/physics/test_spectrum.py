@@ -99,8 +99,8 @@ def test_csv_reader_and_absolute_scaling(tmp_path):
         ("energy_kev,weight\n30,nan\n40,1\n", "NaN"),
         ("energy_kev,weight\n30,-1\n40,1\n", ">= 0"),
         ("energy_kev,weight\n40,1\n30,1\n", "increasing"),
-        ("e,w\n30,1\n", "expected columns"),
-        ("energy_kev,weight\n30,abc\n", "non-numeric"),
+        ("e,w\n30,1\n", "missing column"),
+        ("energy_kev,weight\n30,abc\n", "must be numbers"),
     ],
 )
 def test_bad_csv(tmp_path, text, match):
@@ -112,7 +112,7 @@ def test_bad_csv(tmp_path, text, match):
 
 
 def test_missing_file_and_bad_spekpy_args(tmp_path):
-    with pytest.raises(InputError, match="not found"):
+    with pytest.raises(InputError, match="no such spectrum file"):
         spectrum_from_csv(tmp_path / "none.csv")
     with pytest.raises(InputError):
         spekpy_spectrum(-120.0)
