@@ -27,7 +27,7 @@ the central ray along ``(-sin a, cos a, 0)``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +94,24 @@ class AngularModulation:
     @property
     def n_angles(self) -> int:
         return int(self.factor.shape[1])
+
+    def apply(self, positions):
+        """``positions`` (:class:`ctdose.physics.scanner.SourcePositions`) with each tube load
+        multiplied by the factor at its angle and z, then all scaled back to the same total
+        mAs (doses stay per mAs of one rotation at the protocol's reference current).
+
+        Raises
+        ------
+        InputError
+            The factor is zero at every position with a load.
+        """
+        mas = np.asarray(positions.mas, dtype=np.float64)
+        if not mas.sum() > 0:  # no load to shape (the caller names that)
+            return positions
+        modulated = mas * self(np.asarray(positions.angle_rad), np.asarray(positions.z_mm))
+        if not modulated.sum() > 0:
+            raise InputError(f"angular modulation ({self.source}): zero at every source position of the scan")
+        return replace(positions, mas=modulated * (mas.sum() / modulated.sum()))
 
     def __call__(self, angle_rad: np.ndarray, z_mm: np.ndarray) -> np.ndarray:
         """Relative current at gantry angles ``angle_rad`` and positions ``z_mm`` (arrays of one

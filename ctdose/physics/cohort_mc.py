@@ -178,7 +178,9 @@ def case_digests(cfg: Mapping[str, Any], scanner, protocol, case_id: str, egsnrc
     attribute ``labels_settings_sha1``, :mod:`ctdose.anatomy.resume`; None for a case written
     without one), the scanner (spectrum, bowtie,
     geometry) and the case's protocol (scan range, mode, tube current: a modulation followed is
-    part of it). ``dose_mc`` adds the MC settings
+    part of it), and the angular modulation's settings where the profile has one
+    (:func:`ctdose.physics.scanner.angular_modulation_settings`; none adds nothing, so that the
+    digests of earlier runs stay valid). ``dose_mc`` adds the MC settings
     that change the dose (:data:`_MC_DOSE_KEYS`) and the case's seed, or, for a case with an
     EGSnrc result, that file's bytes (their digest ``egsnrc_sha1`` where it is known) and its
     unit conversion; ``kerma_<mode>`` adds the mode and the kerma map settings
@@ -188,8 +190,13 @@ def case_digests(cfg: Mapping[str, Any], scanner, protocol, case_id: str, egsnrc
     from .egsnrc_results import EGSNRC_ENGINE, egsnrc_settings
     from .kerma import kerma_settings
 
+    from .scanner import angular_modulation_settings
+
     mc = _mc_cfg(cfg)
     beam = {"anatomy": anatomy, "scanner": scanner, "protocol": protocol}
+    angular = angular_modulation_settings(cfg)
+    if angular is not None:
+        beam["angular_modulation"] = angular
     if egsnrc_path is not None:
         dose = {"engine": EGSNRC_ENGINE, "file_sha1": egsnrc_sha1 or file_digest(egsnrc_path),
                 "particles_per_mas": egsnrc_settings(cfg)[1]}
@@ -344,17 +351,18 @@ def simulate_case(
     followed by the dose and the kerma maps when the profile sets
     ``scanner.tube_current_modulation: ct`` (:func:`ctdose.physics.scanner.case_protocol`).
     ``egsnrc_path`` (a ``.3ddose`` on the case's grid): ``dose_mc`` comes from that EGSnrc result
-    instead of the compendium's Monte Carlo (:mod:`ctdose.physics.egsnrc_results`).
+    instead of the compendium's Monte Carlo (:mod:`ctdose.physics.egsnrc_results`). With
+    ``scanner.angular_modulation: model`` the current's variation over the gantry angle is
+    modelled from the case's labels (:func:`ctdose.physics.scanner.case_angular_modulation`) and
+    followed by the Monte Carlo dose and the kerma maps alike.
 
     Returns
     -------
     dict with ``arrays`` (name -> float32 [z, y, x]), ``attrs`` and ``wall_s``.
     """
-    import xarray as xr
-
     from .kerma import kerma_map, kerma_settings
-    from .mc import geometry_from_case, simulate
-    from .scanner import case_protocol, scanner_from_profile
+    from .mc import simulate
+    from .scanner import angular_modulation_settings, case_angular_modulation, case_protocol, scanner_from_profile
     from .sources import CTSource
 
     t0 = time.perf_counter()
@@ -364,19 +372,25 @@ def simulate_case(
     protocol, tube_note = case_protocol(cfg, roi_z_mm, tube_current)
     arrays: dict[str, np.ndarray] = {}
     attrs: dict[str, Any] = {}
+    geometry = angular = None
+    if angular_modulation_settings(cfg) is not None:  # modelled from the case's own attenuation
+        geometry = _case_geometry(case_id, labels, spacing_mm, origin_mm)
+        angular = case_angular_modulation(cfg, geometry)
+        tube_note += f"; angular modulation: {angular.source}"
+    positions = protocol.source_positions(scanner) if angular is None else angular.apply(
+        protocol.source_positions(scanner))
     if "dose_mc" in missing and egsnrc_path is not None:
         arrays["dose_mc"], arrays["dose_mc_sigma"], attrs = _egsnrc_dose(
             egsnrc_path, labels, spacing_mm, origin_mm, cfg, protocol, scanner
         )
         attrs["mc_tube_current"] = tube_note
     elif "dose_mc" in missing:
-        ds = xr.Dataset({"labels": (("z", "y", "x"), np.asarray(labels))})
-        ds.attrs.update(case_id=case_id, spacing_mm=list(spacing_mm), origin_mm=list(origin_mm))
-        geometry = geometry_from_case(ds)
+        if geometry is None:
+            geometry = _case_geometry(case_id, labels, spacing_mm, origin_mm)
         seed = case_seed(int(cfg.get("seed", 0)), case_id)
         res = simulate(
             geometry,
-            CTSource(scanner, protocol),
+            CTSource(scanner, protocol, angular_modulation=angular),
             int(float(mc["n_photons"])),
             n_batches=int(mc["n_batches"]),
             seed=seed,
@@ -421,11 +435,23 @@ def simulate_case(
                     labels=np.asarray(labels),
                     device=device,
                     **kerma_settings(cfg),
+                    positions=positions,
                     progress=False,
                 ),
                 dtype=np.float32,
             )
     return {"case_id": case_id, "arrays": arrays, "attrs": attrs, "wall_s": time.perf_counter() - t0}
+
+
+def _case_geometry(case_id: str, labels, spacing_mm, origin_mm):
+    """The voxel geometry of a case's labels (:func:`ctdose.physics.mc.geometry_from_case`)."""
+    import xarray as xr
+
+    from .mc import geometry_from_case
+
+    ds = xr.Dataset({"labels": (("z", "y", "x"), np.asarray(labels))})
+    ds.attrs.update(case_id=case_id, spacing_mm=list(spacing_mm), origin_mm=list(origin_mm))
+    return geometry_from_case(ds)
 
 
 def _egsnrc_dose(path, labels, spacing_mm, origin_mm, cfg, protocol, scanner) -> tuple:

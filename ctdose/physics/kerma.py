@@ -562,7 +562,8 @@ def case_kerma_map(cfg, case, mode: str, device: str | torch.device = "cpu", pro
     case : xarray.Dataset
         A case from :class:`ctdose.store.CaseStore` (``labels`` and the attributes
         ``spacing_mm``, ``origin_mm``, ``roi_z_mm``; without ``roi_z_mm`` the whole z extent;
-        a clinical case's tube-current record is followed with ``scanner.tube_current_modulation: ct``).
+        a clinical case's tube-current record is followed with ``scanner.tube_current_modulation: ct``,
+        and the case's modelled angular modulation with ``scanner.angular_modulation: model``).
     mode : {"cylinder", "patient"}
     device : str or torch.device
 
@@ -571,7 +572,8 @@ def case_kerma_map(cfg, case, mode: str, device: str | torch.device = "cpu", pro
     ndarray of float32 (z, y, x)
         Air kerma in Gy per mAs of one rotation.
     """
-    from .scanner import protocol_for_case, scanner_from_profile
+    from .mc import geometry_from_case
+    from .scanner import angular_modulation_settings, case_angular_modulation, protocol_for_case, scanner_from_profile
     from .tube_current import TubeCurrentProfile
 
     attrs = dict(case.attrs)
@@ -588,13 +590,19 @@ def case_kerma_map(cfg, case, mode: str, device: str | torch.device = "cpu", pro
     if roi is None:
         roi = (origin[0], origin[0] + spacing[0] * (shape[0] - 1))
     labels = np.asarray(case["labels"].values) if mode == "patient" else None
+    scanner = scanner_from_profile(cfg)
+    protocol = protocol_for_case(cfg, roi, TubeCurrentProfile.from_attrs(attrs))
+    positions = protocol.source_positions(scanner)
+    modelled = angular_modulation_settings(cfg) is not None
+    angular = case_angular_modulation(cfg, geometry_from_case(case)) if modelled else None
     return kerma_map(
-        mode, shape, spacing, origin, scanner_from_profile(cfg),
-        protocol_for_case(cfg, roi, TubeCurrentProfile.from_attrs(attrs)),
+        mode, shape, spacing, origin, scanner, protocol,
         labels=labels, device=device,
         **kerma_settings(cfg),
+        positions=positions if angular is None else angular.apply(positions),
         progress=progress,
     )
+
 
 
 def kerma_settings(cfg: Mapping[str, Any]) -> dict:

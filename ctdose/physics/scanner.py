@@ -72,7 +72,16 @@ DEFAULT_SCANNER = {
     "projections_per_rotation": 16,
     "rotation": "continuous",
     "tube_current_modulation": "none",
+    "angular_modulation": "none",
+    "angular_modulation_strength": 0.5,
+    "angular_modulation_max_depth": None,
 }
+
+#: Values of the profile key ``scanner.angular_modulation``: ``none``, the current is constant
+#: within each rotation; ``model``, it follows each case's own attenuation over the gantry
+#: angle (:func:`ctdose.physics.angular_modulation.angular_modulation_from_geometry` with
+#: ``angular_modulation_strength`` and ``angular_modulation_max_depth``), at the same mAs.
+ANGULAR_MODULATIONS = ("none", "model")
 
 #: Values of the profile key ``scanner.tube_current_modulation``: ``none``, a constant
 #: ``tube_current_ma`` for every case (the paper's normalisation); ``ct``, each case that
@@ -546,8 +555,53 @@ def case_protocol(cfg: Mapping[str, Any], roi_z_mm: Sequence[float], tube_curren
 
 def check_protocol_profile(cfg: Mapping[str, Any]) -> None:
     """Check a profile's protocol keys before any work (``ctdose run``, ``ctdose profile``):
-    :func:`protocol_for_case` over an empty ROI. Raises ConfigError naming the key."""
+    :func:`protocol_for_case` over an empty ROI and :func:`angular_modulation_settings`.
+    Raises ConfigError naming the key."""
     protocol_for_case(cfg, (0.0, 0.0))
+    angular_modulation_settings(cfg)
+
+
+def angular_modulation_settings(cfg: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The profile's angular tube-current modulation: None for ``scanner.angular_modulation:
+    none`` (the default), else ``{"mode": "model", "strength": ..., "max_depth": ...}``
+    (keys ``angular_modulation_strength`` >= 0, ``angular_modulation_max_depth`` null or
+    >= 1).
+
+    Raises
+    ------
+    ConfigError
+        A value that cannot be used; the message names the key.
+    """
+    s = _scanner_cfg(cfg)
+    mode = s["angular_modulation"]
+    if mode not in ANGULAR_MODULATIONS:
+        raise ConfigError(f"profile scanner section: angular_modulation must be one of "
+                          f"{', '.join(ANGULAR_MODULATIONS)}, got {mode!r}")
+    if mode == "none":
+        return None
+    strength = _profile_number(s, "angular_modulation_strength")
+    if not (math.isfinite(strength) and strength >= 0):
+        raise ConfigError(f"profile scanner section: angular_modulation_strength must be a number >= 0, "
+                          f"got {s['angular_modulation_strength']!r}")
+    depth = s["angular_modulation_max_depth"]
+    if depth is not None:
+        depth = _profile_number(s, "angular_modulation_max_depth")
+        if not (math.isfinite(depth) and depth >= 1):
+            raise ConfigError(f"profile scanner section: angular_modulation_max_depth must be null or a number "
+                              f">= 1, got {s['angular_modulation_max_depth']!r}")
+    return {"mode": mode, "strength": strength, "max_depth": depth}
+
+
+def case_angular_modulation(cfg: Mapping[str, Any], geometry):
+    """The angular modulation of a case with the profile's settings
+    (:func:`angular_modulation_settings`), modelled from its ``geometry``
+    (:class:`ctdose.physics.mc.VoxelGeometry`); None where the profile has none."""
+    settings = angular_modulation_settings(cfg)
+    if settings is None:
+        return None
+    from .angular_modulation import angular_modulation_from_geometry
+
+    return angular_modulation_from_geometry(geometry, settings["strength"], max_depth=settings["max_depth"])
 
 
 def _profile_number(s: Mapping[str, Any], key: str) -> float:

@@ -446,15 +446,11 @@ class CTSource:
         self.protocol = protocol
         self.angular_modulation = angular_modulation
         pos = protocol.source_positions(scanner)
+        if angular_modulation is not None:
+            pos = angular_modulation.apply(pos)
         self.angle_rad = np.asarray(pos.angle_rad, dtype=np.float64).ravel()
         self.z_mm = np.asarray(pos.z_mm, dtype=np.float64).ravel()
         self.mas = np.asarray(pos.mas, dtype=np.float64).ravel()
-        if angular_modulation is not None and self.mas.sum() > 0:
-            modulated = self.mas * np.asarray(angular_modulation(self.angle_rad, self.z_mm), dtype=np.float64)
-            if not modulated.sum() > 0:
-                raise InputError(f"CT protocol: the angular modulation ({angular_modulation.source}) is zero at "
-                                 "every source position")
-            self.mas = modulated * (self.mas.sum() / modulated.sum())
         # continuous rotation: the interval each position stands for (None: point projections)
         self.angle_width_rad, self.z_width_mm = (
             None if getattr(pos, name, None) is None else np.asarray(getattr(pos, name), dtype=np.float64).ravel()
