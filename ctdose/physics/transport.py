@@ -369,16 +369,15 @@ def _fluorescence_tensors(fluor: FluorescenceTable | None, photo_per_mm: np.ndar
     if fluor is None:
         return {}
     n_media, n_lines, n_e = fluor.probability.shape
-    prob = np.zeros((n_media, n_e, FLUORESCENCE_MAX_LINES))
-    prob[:, :, :n_lines] = (fluor.probability * np.asarray(photo_per_mm)[:, None, :]).transpose(0, 2, 1)
-    slope = np.zeros_like(prob)
-    slope[:, :-1] = prob[:, 1:] - prob[:, :-1]
+    shape = (n_media, FLUORESCENCE_MAX_LINES, n_e)
+    partial = np.zeros(shape)
+    partial[:, :n_lines] = fluor.probability * np.asarray(photo_per_mm)[:, None, :]
+    value, slope = (t.view(shape) for t in _value_slope(partial, device))
     line_kev = np.zeros((n_media, FLUORESCENCE_MAX_LINES))
     line_kev[:, :n_lines] = fluor.line_kev
-    f32 = dict(dtype=torch.float32, device=device)
     return dict(
-        fl_ab=torch.tensor(np.concatenate([prob, slope], axis=2).reshape(n_media * n_e, -1), **f32),
-        fl_e=torch.tensor(line_kev.reshape(-1), **f32),
+        fl_ab=torch.cat([value, slope], 1).permute(0, 2, 1).reshape(n_media * n_e, -1).contiguous(),
+        fl_e=torch.tensor(line_kev.reshape(-1), dtype=torch.float32, device=device),
     )
 
 
