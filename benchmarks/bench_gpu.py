@@ -9,7 +9,9 @@ Usage::
     bash benchmarks/gpu_check.sh                                 # on the device tool's machine (see there)
 
 Phantoms and source are ``bench_mc``'s: a 32 cm water cylinder (5 mm voxels) and the demo
-thorax (6 mm), one 120 kVp projection (:func:`bench_mc.projection_source`).
+thorax (6 mm), one 120 kVp projection (:func:`bench_mc.projection_source`); for the agreement
+also the demo thorax with iodinated blood (``bench_fluorescence.contrast_thorax``: the
+kernels with the fluorescence line tables).
 
 1. **Agreement.** Per phantom and estimator (collision, and the default expected track length),
    ``--check-photons`` histories on the CPU and on the device (other seeds): the energy deposited
@@ -42,6 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import bench_fluorescence  # noqa: E402
 import bench_mc  # noqa: E402
 
 from ctdose.physics import kernels  # noqa: E402
@@ -130,11 +133,12 @@ def main(argv=None) -> int:
             return 2
         print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(a.device)}")
     phantoms = [bench_mc.water_cylinder(), bench_mc.demo_phantom()]
+    contrast, _, _, contrast_name = bench_fluorescence.contrast_thorax()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         rng_ok = rng_bits_agree(a.device)
         rows, ok = [], rng_ok
-        for geo, _, name in phantoms:
+        for geo, _, name in phantoms + [(contrast, None, contrast_name + " + iodinated blood")]:
             for estimator in ESTIMATORS:
                 r, good = agreement(geo, name, estimator, a.device, int(a.check_photons))
                 rows += r
