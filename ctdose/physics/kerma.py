@@ -604,7 +604,6 @@ def case_kerma_map(cfg, case, mode: str, device: str | torch.device = "cpu", pro
     )
 
 
-
 def kerma_settings(cfg: Mapping[str, Any]) -> dict:
     """The profile's ``inputs.kerma_density_set`` (null: ``paper``), ``kerma_grid_mm`` (null:
     :data:`DEFAULT_GRID_MM`) and ``kerma_ray_step_mm`` (null: the smallest voxel spacing) as

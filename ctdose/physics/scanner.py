@@ -35,6 +35,7 @@ from ..config import as_int, number_from_text
 from ..errors import ConfigError, InputError
 from ..io.number_csv import read_number_columns
 from ..materials import filter_medium
+from .angular_modulation import DEFAULT_STRENGTH as ANGULAR_DEFAULT_STRENGTH
 from .spectrum import Spectrum, spectrum_from_csv, spekpy_spectrum
 from .xsection import default_energy_grid, mass_coefficients
 
@@ -73,7 +74,7 @@ DEFAULT_SCANNER = {
     "rotation": "continuous",
     "tube_current_modulation": "none",
     "angular_modulation": "none",
-    "angular_modulation_strength": 0.5,
+    "angular_modulation_strength": ANGULAR_DEFAULT_STRENGTH,
     "angular_modulation_max_depth": None,
 }
 

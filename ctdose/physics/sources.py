@@ -444,7 +444,6 @@ class CTSource:
     def __init__(self, scanner, protocol, bowtie: bool = True, angular_modulation=None):
         self.scanner = scanner
         self.protocol = protocol
-        self.angular_modulation = angular_modulation
         pos = protocol.source_positions(scanner)
         if angular_modulation is not None:
             pos = angular_modulation.apply(pos)
