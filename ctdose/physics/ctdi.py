@@ -20,9 +20,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._data import read_table, table_source
 from .mc import VoxelGeometry, simulate
 
-__all__ = ["CTDIResult", "ctdi_phantom", "simulate_ctdi"]
+__all__ = ["CTDIResult", "CTDISurvey", "ctdi_phantom", "ctdi_survey", "simulate_ctdi"]
+
+_SURVEY_TABLE = "ctdi_body_survey.csv"
 
 PHANTOM_DIAMETER_MM = 320.0
 PHANTOM_LENGTH_MM = 150.0
@@ -50,6 +53,66 @@ class CTDIResult:
     #: 1-sd batch uncertainties of the centre and the four peripheral readings (mGy)
     ctdi100_center_sigma_mgy: float = float("nan")
     ctdi100_periphery_sigma_mgy: list | None = None
+
+
+@dataclass(frozen=True)
+class CTDISurvey:
+    """Published CTDIvol per 100 mAs of clinical scanners in one CTDI phantom (a survey).
+
+    Attributes
+    ----------
+    phantom : str
+        ``"body"`` (320 mm) or ``"head"`` (160 mm).
+    kvp : float
+        Tube voltage of ``mean_mgy`` (kV).
+    mean_mgy, sd_mgy : float
+        Mean and 1-sd spread over the surveyed scanners, mGy per 100 mAs of one rotation
+        (pitch 1: CTDIvol = CTDIw).
+    kv_exponent : float
+        CTDIvol proportional to ``kvp ** kv_exponent`` across tube voltages.
+    source : str
+        The table's citation.
+    """
+
+    phantom: str
+    kvp: float
+    mean_mgy: float
+    sd_mgy: float
+    kv_exponent: float
+    source: str
+
+    def at_kvp(self, kvp: float) -> tuple[float, float]:
+        """The survey's mean and 1-sd spread at ``kvp`` (kV) by its power law, mGy per 100 mAs."""
+        scale = (float(kvp) / self.kvp) ** self.kv_exponent
+        return self.mean_mgy * scale, self.sd_mgy * scale
+
+
+def ctdi_survey(phantom: str = "body") -> CTDISurvey:
+    """The published CTDIvol range of clinical scanners (``ctdose/data/ctdi_body_survey.csv``).
+
+    The reference a simulated CTDIw is checked against in notebook 02: a generic spectrum and
+    bowtie are expected within the spread of real scanners, not equal to any one of them.
+
+    Parameters
+    ----------
+    phantom : {"body", "head"}
+
+    Returns
+    -------
+    CTDISurvey
+
+    Examples
+    --------
+    >>> s = ctdi_survey("body")
+    >>> [round(v, 2) for v in s.at_kvp(120.0)], round(s.at_kvp(140.0)[0] / s.at_kvp(80.0)[0], 2)
+    ([7.8, 2.2], 4.28)
+    """
+    table = read_table(_SURVEY_TABLE).set_index("phantom")
+    if phantom not in table.index:
+        raise ValueError(f"ctdose/data/{_SURVEY_TABLE}: no phantom {phantom!r} (has {', '.join(table.index)})")
+    row = table.loc[phantom]
+    return CTDISurvey(phantom, float(row["kvp"]), float(row["ctdivol_mgy_per_100mas"]), float(row["sd_mgy_per_100mas"]),
+                      float(row["kv_exponent"]), table_source(_SURVEY_TABLE))
 
 
 def ctdi_phantom(pixel_mm: float = 2.0, slice_mm: float = 5.0, diameter_mm: float = PHANTOM_DIAMETER_MM):

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ctdose.physics.ctdi import HOLE_DIAMETER_MM, ctdi_phantom, simulate_ctdi
+import math
+
+import pytest
+
+from ctdose.physics.ctdi import HOLE_DIAMETER_MM, ctdi_phantom, ctdi_survey, simulate_ctdi
 
 
 def test_phantom_holes_and_mass():
@@ -52,3 +56,37 @@ def test_continuous_rotation_removes_the_projection_pattern():
     assert np.all(np.abs(pc - pm) < 4 * np.hypot(sc, sm))
     assert abs(cont.ctdi100_center_mgy - many.ctdi100_center_mgy) < 4 * np.hypot(
         cont.ctdi100_center_sigma_mgy, many.ctdi100_center_sigma_mgy)
+
+
+def test_survey_table_reads_with_its_source_and_refuses_an_unknown_phantom():
+    body, head = ctdi_survey("body"), ctdi_survey("head")
+    assert (body.kvp, body.mean_mgy, body.sd_mgy) == (120.0, 7.8, 2.2)
+    assert head.mean_mgy > 2 * body.mean_mgy  # the smaller phantom attenuates less
+    assert "ImPACT" in body.source and "43" in body.source
+    assert math.isclose(body.at_kvp(140.0)[0] / body.at_kvp(80.0)[0], (140 / 80) ** 2.6)
+    assert math.isclose(body.at_kvp(100.0)[1] / body.at_kvp(100.0)[0], 2.2 / 7.8)
+    with pytest.raises(ValueError, match=r"ctdi_body_survey\.csv: no phantom 'chest'"):
+        ctdi_survey("chest")
+
+
+def test_ctdiw_within_the_clinical_survey_and_following_its_kv_power_law():
+    # the generic scanner (spekpy spectrum, generic bowtie) is not any surveyed scanner, so its
+    # CTDIw at 120 kV must lie within the survey's spread (mean +- 2 sd over 43 scanners), and
+    # its rise from 80 to 140 kV must follow the survey's power law kV^2.6 within +- 0.4 in the
+    # exponent (+- 25 % in the ratio): a spectrum whose photons per mAs did not grow with kV,
+    # or a wrong kerma scale, fails
+    from ctdose.physics.scanner import CTScanner, generic_body_bowtie
+    from ctdose.physics.spectrum import spekpy_spectrum
+
+    survey = ctdi_survey("body")
+    ctdiw = {}
+    for kvp in (80.0, 120.0, 140.0):
+        scanner = CTScanner(spekpy_spectrum(kvp), bowtie=generic_body_bowtie())
+        r = simulate_ctdi(scanner, n_photons=100_000, projections_per_rotation=8, pixel_mm=4.0, seed=2)
+        ctdiw[kvp] = (r.ctdiw_mgy, r.ctdiw_sigma_mgy)
+    exponent = math.log(ctdiw[140.0][0] / ctdiw[80.0][0]) / math.log(140.0 / 80.0)
+    print(f"CTDIw mGy/100 mAs: " + ", ".join(f"{k:.0f} kV {v:.2f} +- {s:.2f}" for k, (v, s) in ctdiw.items())
+          + f"; survey at 120 kV {survey.mean_mgy} +- {survey.sd_mgy}; kV exponent {exponent:.2f} "
+          f"(survey {survey.kv_exponent})")
+    assert abs(ctdiw[120.0][0] - survey.mean_mgy) < 2 * survey.sd_mgy
+    assert abs(exponent - survey.kv_exponent) < 0.4
