@@ -85,7 +85,7 @@ def test_ctdiw_within_the_clinical_survey_and_following_its_kv_power_law():
         r = simulate_ctdi(scanner, n_photons=100_000, projections_per_rotation=8, pixel_mm=4.0, seed=2)
         ctdiw[kvp] = (r.ctdiw_mgy, r.ctdiw_sigma_mgy)
     exponent = math.log(ctdiw[140.0][0] / ctdiw[80.0][0]) / math.log(140.0 / 80.0)
-    print(f"CTDIw mGy/100 mAs: " + ", ".join(f"{k:.0f} kV {v:.2f} +- {s:.2f}" for k, (v, s) in ctdiw.items())
+    print("CTDIw mGy/100 mAs: " + ", ".join(f"{k:.0f} kV {v:.2f} +- {s:.2f}" for k, (v, s) in ctdiw.items())
           + f"; survey at 120 kV {survey.mean_mgy} +- {survey.sd_mgy}; kV exponent {exponent:.2f} "
           f"(survey {survey.kv_exponent})")
     assert abs(ctdiw[120.0][0] - survey.mean_mgy) < 2 * survey.sd_mgy
