@@ -16,8 +16,8 @@ attenuation ratio is taken at the beam's effective energy: the energy of a monoe
 with the spectrum's first half-value layer in aluminium.
 
 The coefficients are ``ctdose/data/aapm204_ssde.csv``. An SSDE is an independent check of a
-Monte Carlo dose's absolute scale and of its dependence on patient size: the report's groups
-agree with the fit within about 10-20 %.
+Monte Carlo dose's absolute scale and of its dependence on patient size
+(:mod:`ctdose.physics.ssde_check`), against other groups' dosimetry rather than this code's.
 """
 
 from __future__ import annotations

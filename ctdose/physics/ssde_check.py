@@ -123,7 +123,7 @@ def cylinder_ssde_check(scanner, ctdiw_mgy: float, diameters_cm=(10.0, 16.0, 24.
     return pd.DataFrame(rows)
 
 
-def case_ssde_check(case, ctdiw_mgy: float, energy_kev: float, collimation_mm: float) -> dict:
+def case_ssde_check(case, ctdivol_mgy: float, energy_kev: float, advance_mm: float) -> dict:
     """A stored case's Monte Carlo dose at the centre of its scan range against its SSDE.
 
     Parameters
@@ -131,14 +131,15 @@ def case_ssde_check(case, ctdiw_mgy: float, energy_kev: float, collimation_mm: f
     case : xarray.Dataset
         A case with ``labels``, ``dose_mc`` (Gy per mAs of one rotation), the ``z`` coordinate
         and ``roi_z_mm`` (the scan range); ``body_mask`` where stored.
-    ctdiw_mgy : float
-        The scanner's CTDIw in the 32 cm phantom (mGy per 100 mAs), CTDIvol of a contiguous
-        axial scan.
+    ctdivol_mgy : float
+        The protocol's CTDIvol in the 32 cm phantom, mGy per 100 mAs of one rotation: CTDIw for
+        a contiguous axial scan, CTDIw / pitch for a helical one.
     energy_kev : float
         Effective energy of the beam (:func:`ctdose.ssde.effective_energy_kev`).
-    collimation_mm : float
-        The central slab's thickness: one rotation's advance, so that an axial series' pattern
-        along z (beam centres and junctions) averages out.
+    advance_mm : float
+        The central slab's thickness: the table's advance per rotation (the collimation for a
+        contiguous axial scan, pitch x collimation for a helical one), so that the pattern
+        along z (an axial series' beam centres and junctions, a helix's start angle) averages out.
 
     Returns
     -------
@@ -155,7 +156,7 @@ def case_ssde_check(case, ctdiw_mgy: float, energy_kev: float, collimation_mm: f
     z = np.asarray(case["z"].values, dtype=float)
     roi = case.attrs.get("roi_z_mm")
     z_mid = float(np.mean(roi)) if roi is not None and len(roi) == 2 else float(z.mean())
-    central = np.abs(z - z_mid) < collimation_mm / 2.0
+    central = np.abs(z - z_mid) < advance_mm / 2.0
     if not central.any():
         central = np.abs(z - z_mid) == np.abs(z - z_mid).min()
     labels = np.asarray(case["labels"].values)
@@ -166,7 +167,7 @@ def case_ssde_check(case, ctdiw_mgy: float, energy_kev: float, collimation_mm: f
     mc_mgy = float((dose * mass).sum() / mass.sum()) * REFERENCE_MAS * MGY_PER_GY
     d_w = float(np.mean(water_equivalent_diameter_cm(geometry, energy_kev)[central]))
     try:
-        ssde = float(ssde_conversion_factor(d_w)) * float(ctdiw_mgy)
+        ssde = float(ssde_conversion_factor(d_w)) * float(ctdivol_mgy)
     except InputError:
         ssde = float("nan")
     return {"case_id": case_id, "d_w_cm": d_w, "ssde_mgy": ssde, "mc_mgy": mc_mgy, "ratio": mc_mgy / ssde}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from ctdose.physics.ctdi import simulate_ctdi
 from ctdose.physics.scanner import CTScanner, generic_body_bowtie
@@ -38,3 +39,40 @@ def test_central_dose_follows_the_aapm_204_size_dependence():
     fit = ssde_conversion_factor(table["d_w_cm"].iloc[0]) / ssde_conversion_factor(table["d_w_cm"].iloc[1])
     print(f"16 cm over 32 cm: MC {trend:.3f}, AAPM 204 {fit:.3f}")
     assert abs(trend / fit - 1.0) < TREND_TOLERANCE
+
+
+def test_case_check_takes_the_mass_weighted_dose_of_the_body_in_the_central_advance():
+    # a box of muscle (label 3) and lung (label 4) in air (label 0); the dose is 2 and 5 uGy
+    # per mAs in the central 40 mm and 100 times that outside it; the check's dose is the
+    # energy over the mass of the body in the central 40 mm, its D_w that of the same slices
+    import xarray as xr
+
+    from ctdose.physics.ssde_check import case_ssde_check
+
+    nz, ny, nx, px = 20, 40, 40, 10.0
+    z = 300.0 + np.arange(nz) * 10.0  # slice centres 300 ... 490 mm
+    labels = np.zeros((nz, ny, nx), np.uint8)
+    labels[:, 5:35, 5:35] = 3
+    labels[:, 10:30, 12:20] = 4
+    dose = np.where(labels == 3, 2e-6, np.where(labels == 4, 5e-6, 0.0))
+    roi = (345.0, 465.0)  # centre 405 mm: the slices 390 ... 420 mm lie within 20 mm
+    central = np.abs(z - 405.0) < 20.0
+    dose[~central] *= 100.0
+    case = xr.Dataset({"labels": (("z", "y", "x"), labels), "dose_mc": (("z", "y", "x"), dose.astype(np.float32))},
+                      coords={"z": z, "y": np.arange(ny) * px, "x": np.arange(nx) * px})
+    case.attrs.update(case_id="box", roi_z_mm=list(roi), spacing_mm=[10.0, px, px], origin_mm=[300.0, 0.0, 0.0])
+    row = case_ssde_check(case, 10.0, 60.0, 40.0)
+    m_muscle, m_lung = 1.04 * (30 * 30 - 20 * 8), 0.27 * 20 * 8  # g per slice (1 cm^3 voxels)
+    expected = (m_muscle * 2e-6 + m_lung * 5e-6) / (m_muscle + m_lung) * 1e5  # mGy per 100 mAs
+    print(row)
+    assert central.sum() == 4
+    assert row["case_id"] == "box"
+    assert row["mc_mgy"] == pytest.approx(expected, rel=1e-5)
+    from ctdose.materials import get_medium
+    from ctdose.physics.xsection import mass_coefficients
+
+    mu = {n: mass_coefficients(get_medium(n), np.array([60.0]))["total"][0] * get_medium(n).density_g_cm3
+          for n in ("muscle", "lung", "water")}
+    area_w_cm2 = ((30 * 30 - 20 * 8) * mu["muscle"] + 20 * 8 * mu["lung"]) / mu["water"]  # 1 cm^2 pixels
+    assert row["d_w_cm"] == pytest.approx(2 * np.sqrt(area_w_cm2 / np.pi), rel=1e-6)
+    assert row["ratio"] == pytest.approx(row["mc_mgy"] / row["ssde_mgy"])
