@@ -15,7 +15,7 @@ import pandas as pd
 
 from .errors import InputError
 
-__all__ = ["read_table", "table_source"]
+__all__ = ["read_table", "table_row", "table_source"]
 
 
 def _text(name: str) -> str:
@@ -44,6 +44,21 @@ def read_table(name: str) -> pd.DataFrame:
         A fresh copy; callers may modify it.
     """
     return _cached(name).copy()
+
+
+def table_row(name: str, column: str, value) -> pd.Series:
+    """The row of a shipped table whose ``column`` equals ``value``.
+
+    Raises
+    ------
+    InputError
+        No such row; the message names the file and the values it has.
+    """
+    table = _cached(name)
+    hit = table[table[column] == value]
+    if hit.empty:
+        raise InputError(f"ctdose/data/{name}: no {column} {value!r} (has {', '.join(map(str, table[column]))})")
+    return hit.iloc[0].copy()
 
 
 def table_source(name: str) -> str:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import brentq
 
-from ._data import read_table, table_source
+from ._data import table_row, table_source
 from .errors import InputError
 from .materials import filter_medium, get_medium
 
@@ -83,10 +83,7 @@ def ssde_coefficients(phantom: str = "body") -> SSDECoefficients:
     >>> c.a, c.b_per_cm
     (3.704369, 0.03671937)
     """
-    table = read_table(_TABLE).set_index("phantom")
-    if phantom not in table.index:
-        raise InputError(f"ctdose/data/{_TABLE}: no phantom {phantom!r} (has {', '.join(table.index)})")
-    row = table.loc[phantom]
+    row = table_row(_TABLE, "phantom", phantom)
     return SSDECoefficients(phantom, float(row["a"]), float(row["b_per_cm"]), float(row["d_min_cm"]),
                             float(row["d_max_cm"]), table_source(_TABLE))
 

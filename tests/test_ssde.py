@@ -82,7 +82,7 @@ def test_conversion_factor_is_the_report_fit_within_its_range():
     assert ssde_conversion_factor(50.0, extrapolate=True) < ssde_conversion_factor(45.0)
     with pytest.raises(InputError, match="finite and > 0"):
         ssde_conversion_factor(float("nan"))
-    with pytest.raises(InputError, match=r"aapm204_ssde\.csv: no phantom 'chest'"):
+    with pytest.raises(InputError, match=r"aapm204_ssde\.csv: no phantom 'chest' \(has body, head\)"):
         ssde_coefficients("chest")
 
 

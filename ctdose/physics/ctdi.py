@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._data import read_table, table_source
+from .._data import table_row, table_source
 from .mc import VoxelGeometry, simulate
 
 __all__ = ["CTDIResult", "CTDISurvey", "ctdi_phantom", "ctdi_survey", "simulate_ctdi"]
@@ -107,10 +107,7 @@ def ctdi_survey(phantom: str = "body") -> CTDISurvey:
     >>> [round(v, 2) for v in s.at_kvp(120.0)], round(s.at_kvp(140.0)[0] / s.at_kvp(80.0)[0], 2)
     ([7.8, 2.2], 4.28)
     """
-    table = read_table(_SURVEY_TABLE).set_index("phantom")
-    if phantom not in table.index:
-        raise ValueError(f"ctdose/data/{_SURVEY_TABLE}: no phantom {phantom!r} (has {', '.join(table.index)})")
-    row = table.loc[phantom]
+    row = table_row(_SURVEY_TABLE, "phantom", phantom)
     return CTDISurvey(phantom, float(row["kvp"]), float(row["ctdivol_mgy_per_100mas"]), float(row["sd_mgy_per_100mas"]),
                       float(row["kv_exponent"]), table_source(_SURVEY_TABLE))
 

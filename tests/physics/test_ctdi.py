@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 import math
 
+import numpy as np
 import pytest
 
+from ctdose.errors import InputError
 from ctdose.physics.ctdi import HOLE_DIAMETER_MM, ctdi_phantom, ctdi_survey, simulate_ctdi
 
 
@@ -65,7 +65,7 @@ def test_survey_table_reads_with_its_source_and_refuses_an_unknown_phantom():
     assert "ImPACT" in body.source and "43" in body.source
     assert math.isclose(body.at_kvp(140.0)[0] / body.at_kvp(80.0)[0], (140 / 80) ** 2.6)
     assert math.isclose(body.at_kvp(100.0)[1] / body.at_kvp(100.0)[0], 2.2 / 7.8)
-    with pytest.raises(ValueError, match=r"ctdi_body_survey\.csv: no phantom 'chest'"):
+    with pytest.raises(InputError, match=r"ctdi_body_survey\.csv: no phantom 'chest' \(has head, body\)"):
         ctdi_survey("chest")
 
 
