@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.optimize import brentq
@@ -31,6 +32,10 @@ from scipy.optimize import brentq
 from ._data import table_row, table_source
 from .errors import InputError
 from .materials import filter_medium, get_medium
+
+if TYPE_CHECKING:
+    from .physics.mc import VoxelGeometry
+    from .physics.spectrum import Spectrum
 
 __all__ = [
     "SSDECoefficients",
@@ -88,7 +93,8 @@ def ssde_coefficients(phantom: str = "body") -> SSDECoefficients:
                             float(row["d_max_cm"]), table_source(_TABLE))
 
 
-def ssde_conversion_factor(d_w_cm, phantom: str = "body", extrapolate: bool = False):
+def ssde_conversion_factor(d_w_cm: float | np.ndarray, phantom: str = "body",
+                           extrapolate: bool = False) -> float | np.ndarray:
     """AAPM Report 204's conversion factor ``f = a exp(-b D_w)`` (dimensionless).
 
     Parameters
@@ -120,12 +126,13 @@ def ssde_conversion_factor(d_w_cm, phantom: str = "body", extrapolate: bool = Fa
     return float(f) if f.ndim == 0 else f
 
 
-def size_specific_dose(ctdivol, d_w_cm, phantom: str = "body", extrapolate: bool = False):
+def size_specific_dose(ctdivol: float | np.ndarray, d_w_cm: float | np.ndarray, phantom: str = "body",
+                       extrapolate: bool = False) -> np.ndarray:
     """SSDE = f(D_w) CTDIvol, in the unit of ``ctdivol`` (AAPM Reports 204 and 220)."""
     return np.asarray(ctdivol, dtype=float) * ssde_conversion_factor(d_w_cm, phantom, extrapolate)
 
 
-def effective_energy_kev(spectrum) -> float:
+def effective_energy_kev(spectrum: "Spectrum") -> float:
     """The energy (keV) of the monoenergetic beam with the spectrum's first HVL in aluminium.
 
     Parameters
@@ -152,7 +159,7 @@ def effective_energy_kev(spectrum) -> float:
     return float(brentq(excess, lo, hi, xtol=1e-4))
 
 
-def relative_attenuation(geometry, energy_kev: float) -> np.ndarray:
+def relative_attenuation(geometry: "VoxelGeometry", energy_kev: float) -> np.ndarray:
     """Per voxel, the linear attenuation coefficient relative to water's, ``mu / mu_w``, at
     ``energy_kev``: the ``CT / 1000 + 1`` of an ideal CT image (AAPM Report 220).
 
@@ -175,7 +182,8 @@ def relative_attenuation(geometry, energy_kev: float) -> np.ndarray:
     return mass_ratio[np.asarray(geometry.media_index)] * np.asarray(geometry.density_g_cm3, dtype=np.float64)
 
 
-def water_equivalent_diameter_cm(geometry, energy_kev: float, slices: slice | np.ndarray | None = None) -> np.ndarray:
+def water_equivalent_diameter_cm(geometry: "VoxelGeometry", energy_kev: float,
+                                 slices: slice | np.ndarray | None = None) -> np.ndarray:
     """AAPM Report 220's water-equivalent diameter of every axial slice (cm).
 
     ``D_w = 2 sqrt(A_w / pi)`` with ``A_w`` the slice's sum of ``mu / mu_w`` times the pixel
