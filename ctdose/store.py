@@ -529,6 +529,7 @@ _STEP_OF = {
     "dose_mc_sigma": "02_mc_preparation",
     "kerma_cylinder": "02_mc_preparation",
     "kerma_patient": "02_mc_preparation",
+    "ssde_check": "02_mc_preparation",
     "splits": "03_training",
 }
 

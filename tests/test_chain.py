@@ -45,6 +45,10 @@ def test_tables_and_figures_are_written(smoke_run):
     run_dir, figures, _ = smoke_run
     for name in ("table3", "table4"):
         assert not pd.read_csv(run_dir / "tables" / f"{name}.csv").empty
+    ssde = pd.read_csv(run_dir / "tables" / "ssde_check.csv")  # notebook 02's SSDE check, one row per case
+    assert len(ssde) == len(CaseStore.for_run(run_dir).run_case_ids())
+    assert {"case_id", "ctdivol_mgy", "d_w_cm", "ssde_mgy", "mc_mgy", "ratio"} <= set(ssde.columns)
+    assert (ssde["mc_mgy"] > 0).all()
     pngs = {p.stem for p in figures.glob("*.png")}
     assert len(pngs) >= 5, pngs
     assert (figures / "README.md").is_file()
