@@ -2,11 +2,8 @@
 voxels, user-defined media (heavy elements among them) and beam directions, through the public
 API. The expected-value estimators must agree with the analogue one region by region, and the
 analogue one must conserve energy exactly: nothing in the engine may hold only for the shapes
-the other tests use.
-
-Fluorescence lines are deposited locally here (``fluorescence_min_kev=None``): the kernels with
-line tables are checked in ``test_fluorescence.py``, and compiling all of their variants once
-more (the estimators here, with void flights) would cost CI a minute."""
+the other tests use. Media with fluorescence lines of 10 keV or more transport them (the
+kernels with line tables, with void flights beside them in the collision estimator)."""
 
 from __future__ import annotations
 
@@ -62,14 +59,13 @@ def test_estimators_agree_in_random_geometries_with_user_media(seed):
     first_half = np.zeros(shape)
     first_half[: shape[0] // 2] = 1.0
     regions = {"all": np.ones(shape), "first half in z": first_half}
-    kw = dict(keep_batches=True, fluorescence_min_kev=None)
-    ana = simulate(geo, src, 100_000, seed=seed, estimator="analogue", **kw)
+    ana = simulate(geo, src, 100_000, seed=seed, estimator="analogue", keep_batches=True)
     assert ana.deposited_energy_ev + ana.escaped_energy_ev == pytest.approx(ana.emitted_energy_ev, rel=1e-5)
     heavy = [m.name for m in geo.media if max(m.mass_fractions) >= 50]
     print(f"seed {seed}: grid {shape}, spacing {np.round(geo.spacing_mm, 2)} mm, {np.asarray(geo.media_index).dtype}, "
           f"media {[m.name for m in geo.media]} (Z >= 50: {heavy}), {src.energy_kev:.1f} keV")
     for estimator in ("collision", "track_length", "expected_track_length"):
-        res = simulate(geo, src, 50_000, seed=seed + 1, estimator=estimator, **kw)
+        res = simulate(geo, src, 50_000, seed=seed + 1, estimator=estimator, keep_batches=True)
         for name, w in regions.items():
             a, sa = ana.sum_with_sigma(w)
             t, st = res.sum_with_sigma(w)
