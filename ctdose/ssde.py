@@ -172,14 +172,20 @@ def relative_attenuation(geometry: "VoxelGeometry", energy_kev: float) -> np.nda
     -------
     ndarray [z, y, x] float64
     """
+    geometry.validate()
+    mass_ratio = _mass_attenuation_over_water(geometry.media, energy_kev)
+    return mass_ratio[np.asarray(geometry.media_index)] * np.asarray(geometry.density_g_cm3, dtype=np.float64)
+
+
+def _mass_attenuation_over_water(media, energy_kev: float) -> np.ndarray:
+    """Per medium, ``(mu/rho) / mu_w`` at ``energy_kev`` (cm^3/g): times a voxel's density, its
+    ``mu / mu_w``."""
     from .physics.xsection import mass_coefficients
 
-    geometry.validate()
     e = np.array([float(energy_kev)])
     water = get_medium("water")
     mu_w = mass_coefficients(water, e)["total"][0] * water.density_g_cm3
-    mass_ratio = np.array([mass_coefficients(m, e)["total"][0] for m in geometry.media]) / mu_w
-    return mass_ratio[np.asarray(geometry.media_index)] * np.asarray(geometry.density_g_cm3, dtype=np.float64)
+    return np.array([mass_coefficients(m, e)["total"][0] for m in media]) / mu_w
 
 
 def water_equivalent_diameter_cm(geometry: "VoxelGeometry", energy_kev: float,
@@ -222,10 +228,12 @@ def water_equivalent_diameter_cm(geometry: "VoxelGeometry", energy_kev: float,
     """
     from .physics.void import void_mask
 
-    ratio = relative_attenuation(geometry, energy_kev)
-    ratio[void_mask(np.asarray(geometry.density_g_cm3))] = 0.0
-    if slices is not None:
-        ratio = ratio[slices]
+    geometry.validate()
+    index, rho = np.asarray(geometry.media_index), np.asarray(geometry.density_g_cm3, dtype=np.float64)
+    if slices is not None:  # only the slices asked for
+        index, rho = index[slices], rho[slices]
+    ratio = _mass_attenuation_over_water(geometry.media, energy_kev)[index] * rho
+    ratio[void_mask(rho)] = 0.0
     _, dy_mm, dx_mm = (float(v) for v in geometry.spacing_mm)
     area_cm2 = ratio.sum(axis=(1, 2)) * dy_mm * dx_mm / _MM2_PER_CM2
     return 2.0 * np.sqrt(area_cm2 / math.pi)

@@ -126,7 +126,7 @@ def cylinder_ssde_check(scanner: "CTScanner", ctdiw_mgy: float,
                        **simulate_kw)
         dose, sigma = res.sum_with_sigma(weights, quantity="dose_gy")
         scale = REFERENCE_MAS * MGY_PER_GY  # Gy per mAs -> mGy per 100 mAs
-        d_w = float(np.mean(water_equivalent_diameter_cm(geometry, e_eff)[central]))
+        d_w = float(np.mean(water_equivalent_diameter_cm(geometry, e_eff, slices=central)))
         f = ssde_conversion_factor(d_w)
         rows.append({"diameter_cm": float(d_cm), "d_w_cm": d_w, "mc_mgy": dose * scale, "mc_sigma_mgy": sigma * scale,
                      "f": f, "ssde_mgy": f * ctdiw_mgy, "ratio": dose * scale / (f * ctdiw_mgy)})
@@ -175,7 +175,7 @@ def case_ssde_check(case: "xr.Dataset", ctdivol_mgy: float, energy_kev: float, a
     mass = np.asarray(geometry.density_g_cm3, dtype=float) * slab
     dose = np.asarray(case["dose_mc"].values, dtype=float)
     mc_mgy = float((dose * mass).sum() / mass.sum()) * REFERENCE_MAS * MGY_PER_GY
-    d_w = float(np.mean(water_equivalent_diameter_cm(geometry, energy_kev)[central]))
+    d_w = float(np.mean(water_equivalent_diameter_cm(geometry, energy_kev, slices=central)))
     try:
         ssde = float(ssde_conversion_factor(d_w)) * float(ctdivol_mgy)
     except InputError:
