@@ -918,9 +918,11 @@ def _interaction_tensors(tab: TransportTables) -> dict:
     top = _TABLE_INDEX_MARGIN
     return dict(
         xs_ab=torch.stack([tab.photo_a, tab.photo_b, tab.incoh_a, tab.incoh_b], 1).contiguous(),
-        sf_ratio=sc.sf_ratio.reshape(-1).contiguous(),
-        coh_x2_inv=sc.coh_x2_inv.reshape(-1).contiguous(),
-        coh_frac=sc.coh_frac.reshape(-1).contiguous(),
+        # flattened copies, not views: a view's base enters the compiled kernels' guards, and a
+        # one-medium table's base (size 1) would compile them once more for that alone
+        sf_ratio=sc.sf_ratio.reshape(-1).clone(),
+        coh_x2_inv=sc.coh_x2_inv.reshape(-1).clone(),
+        coh_frac=sc.coh_frac.reshape(-1).clone(),
         scatter_f=torch.tensor(
             [1.0 / sc.sf_x_step, n_x - top, 1.0 / e_step, n_e - top, n_u - 1, n_u - top], dtype=torch.float32,
             device=dev,
@@ -1358,7 +1360,9 @@ def _step_expected_track_length_window(
     while True:
         m = state[0].numel()
         rnd = torch.rand((3, m), generator=gen, device=dev, dtype=e.dtype)
-        out = _ray_chunk(setup, 2, [*state, *const, rnd[0], rnd[1], rnd[2]],
+        # three tensors, not rows of one: views enter the compiled kernel's guards, and the padded
+        # calls of the flights' ends (new tensors) would compile it once more
+        out = _ray_chunk(setup, 2, [*state, *const, *(r.clone() for r in rnd)],
                          (vox_table, tab.total_tr_ab, target_vox, window_f, setup.grid_i, CROSSINGS_PER_CALL))
         flat, tx, ty, tz, rx, ry, rz, t, tau, att, lam, tau_r, wgt, index, score, t_coll, w_coll = out
         tally.energy_kev.scatter_add_(0, index.view(-1), score.view(-1))

@@ -329,9 +329,12 @@ def test_compiled_interaction_with_fluorescence_equals_the_eager_one():
     row = ie + on_iodine.long() * tab.n_e
     mu = (tab.total_a[row] + fe * tab.total_b[row]) * torch.from_numpy(rho.ravel())[on_iodine.long()]
     rr = torch.rand(n, generator=gen) * mu
-    u = torch.nn.functional.normalize(torch.randn(3, n, generator=gen), dim=0)
-    rnd = torch.rand((kernels.interaction_uniforms(), n), generator=gen)
-    args = (torch.arange(n), rnd, e, u[0], u[1], u[2], torch.ones(n), x1, torch.full((n,), 5.0),
+    # the arguments as the transport passes them (separate tensors, not rows of one; a key for the
+    # kernel's own random numbers, the same bits compiled and eager), so that this compiles the
+    # kernel a run uses
+    u, v, w = (c.clone() for c in torch.nn.functional.normalize(torch.randn(3, n, generator=gen), dim=0))
+    rnd = kernels.counter_key(gen, "cpu")
+    args = (torch.arange(n), rnd, e, u, v, w, torch.ones(n), x1, torch.full((n,), 5.0),
             torch.full((n,), 5.0), ie, fe, rr, torch.zeros(n, dtype=torch.int64), torch.tensor(1.0), eager.grid_f,
             eager.grid_i, grid.voxel_table, eager.xs_ab, eager.sf_ratio, eager.coh_x2_inv, eager.coh_frac,
             eager.scatter_f, eager.scatter_i, eager.fl_ab, eager.fl_e)

@@ -378,7 +378,9 @@ def _random_pool(grid, n, seed):
     d = torch.randn((n, 3), generator=g)
     d = d / d.norm(dim=1, keepdim=True)
     e = 20.0 + 100.0 * torch.rand(n, generator=g)
-    return pos.T.contiguous(), d.T.contiguous(), e, torch.rand((3, n), generator=g)
+    # separate tensors, not rows of one (views): a photon pool's arrays are separate, and views
+    # as arguments would compile the kernels once more
+    return tuple(c.clone() for c in pos.unbind(1)), tuple(c.clone() for c in d.unbind(1)), e, torch.rand((3, n), generator=g)
 
 
 def _bone_cube():
@@ -408,12 +410,17 @@ def _chi2_ok(samples: np.ndarray, pdf, bins: int = 40) -> tuple[bool, float, int
 
 
 def _water_voxel_world(compiled: bool, energy_kev: float):
-    """One 100 mm water voxel centred on the origin, its tables and fused-step set-up, and the
+    """A 100 mm water cube centred on the origin, its tables and fused-step set-up, and the
     interaction probabilities at ``energy_kev``: ``water, grid, tab, setup, (pe, mu, photo,
-    incoh)`` (``pe`` the fractional table index, ``mu`` the attenuation in 1/mm)."""
+    incoh)`` (``pe`` the fractional table index, ``mu`` the attenuation in 1/mm).
+
+    The cube is two 50 mm voxels along x, not one voxel: a one-voxel grid would compile the
+    kernels once more for that size alone (``torch.compile`` specialises sizes of 1), which
+    cost a fresh CI run the better part of a minute per kernel."""
     water = get_medium("water")
-    mi = np.zeros((1, 1, 1), np.uint8)
-    grid = TransportGrid.from_arrays(mi, np.ones((1, 1, 1), np.float32), (100.0,) * 3, (0.0,) * 3, "cpu")
+    mi = np.zeros((1, 1, 2), np.uint8)
+    grid = TransportGrid.from_arrays(mi, np.ones((1, 1, 2), np.float32), (100.0, 100.0, 50.0), (0.0, 0.0, -25.0),
+                                     "cpu")
     tab = build_tables([water], np.array([1.0]), 150.0, "cpu")
     setup = TrackLengthSetup.build(grid, tab, None, compile=compiled)
     if compiled and (not setup.compiled or kernels._FAILED):
@@ -425,6 +432,12 @@ def _water_voxel_world(compiled: bool, energy_kev: float):
     photo = float(coef[0] + (pe - int(pe)) * coef[1]) / mu
     incoh = float(coef[2] + (pe - int(pe)) * coef[3]) / mu
     return water, grid, tab, setup, (pe, mu, photo, incoh)
+
+
+def _origins(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x, y, z of ``n`` photons at the origin: three tensors, not one passed three times (the
+    transport never passes one tensor twice; aliased arguments would compile a kernel anew)."""
+    return tuple(torch.zeros(n, **F32) for _ in range(3))
 
 
 def _assert_exact_interactions(water, energy_kev: float, photo: float, incoh: float, e: np.ndarray,
@@ -469,11 +482,11 @@ def test_interaction_passes_sample_the_exact_distributions(compiled):
     fe = torch.full((n,), pe - int(pe), **F32)
     e = torch.full((n,), energy, **F32)
     u, v, w = torch.ones(n), torch.zeros(n), torch.zeros(n)  # along +x: cos theta is the new u
-    zero = torch.zeros(n, **F32)
+    x1, y1, z1 = _origins(n)
     tally = TransportTally(torch.zeros(grid.n_vox, dtype=torch.float64))
     alive = torch.ones(n, dtype=torch.bool)
     rr = torch.rand(n, generator=gen) * mu
-    transport._interact_fixed(torch.arange(n), e, u, v, w, torch.ones(n), zero, zero, zero, ie, fe, rr,
+    transport._interact_fixed(torch.arange(n), e, u, v, w, torch.ones(n), x1, y1, z1, ie, fe, rr,
                               torch.zeros(n, dtype=torch.int64), alive, tally, gen, cutoff, grid, setup, setup.kernels)
     is_inc, _ = _assert_exact_interactions(water, energy, photo, incoh, e.numpy(), u.numpy(), alive.numpy())
     np.testing.assert_allclose(torch.sqrt(u * u + v * v + w * w).numpy(), 1.0, rtol=1e-5)
@@ -508,16 +521,16 @@ def test_fused_collision_step_samples_the_exact_distributions(compiled):
     maj = float(setup.maj_ab[int(pe), 0] + (pe - int(pe)) * setup.maj_ab[int(pe), 1])
     e = torch.full((n,), energy, **F32)
     u, v, w = torch.ones(n), torch.zeros(n), torch.zeros(n)  # along +x: cos theta is the new u
-    zero = torch.zeros(n, **F32)
     offset = torch.zeros(n, dtype=torch.int64)
-    rnd = torch.rand((2 + kernels.interaction_uniforms(lean=True), n), generator=gen)
-    out = setup.kernels[7](zero, zero, zero, u, v, w, e, e, torch.ones(n), offset, rnd, torch.tensor(cutoff),
+    key = kernels.counter_key(gen, "cpu")  # the kernel's own numbers, as the collision step draws them
+    out = setup.kernels[7](*_origins(n), u, v, w, e, e.clone(), torch.ones(n), offset, key, torch.tensor(cutoff),
                            setup.grid_f, setup.grid_i, setup.energy_f, setup.maj_ab, grid.voxel_table,
                            tab.total_tr_ab, setup.xs_ab, setup.sf_ratio, setup.coh_x2_inv, setup.coh_frac,
-                           setup.scatter_f, setup.scatter_i)
+                           setup.scatter_f, setup.scatter_i, setup.fl_ab, setup.fl_e)
     x1, y1, z1, ie, fe, rr, e1, u1, v1, w1, real, inside, alive, pending, index, score = out
     # the free paths: the sites lie at -ln(1 - r) / mu_maj along +x
-    np.testing.assert_allclose(x1.numpy(), (-torch.log1p(-rnd[0].double()) / maj).numpy(), rtol=1e-4, atol=1e-4)
+    r_path = kernels.counter_uniforms(key, 2 + kernels.interaction_uniforms(lean=True), n)[0]
+    np.testing.assert_allclose(x1.numpy(), (-torch.log1p(-r_path.double()) / maj).numpy(), rtol=1e-4, atol=1e-4)
     # inside, all but a few sites are real (the majorant's margin of 1e-5); escapes: exp(-50 mm mu)
     assert not bool((real & ~inside).any()) and int((inside & ~real).sum()) < 30
     assert 0.1 < 1.0 - float(inside.float().mean()) < 0.2
@@ -590,17 +603,21 @@ def test_compiled_kernels_equal_the_eager_ones():
     np.testing.assert_allclose(vb.sum().item(), va.sum().item(), rtol=1e-5)
     assert (ia == ib).float().mean() > 0.999
     idx = real.nonzero().view(-1).clone()
-    rnd = torch.rand((kernels.interaction_uniforms(), idx.numel()), generator=torch.Generator().manual_seed(3))
-    args = (idx, rnd, e, u, v, w, torch.ones(n), x1, y1, z1, ie, fe, rr, torch.zeros(n, dtype=torch.int64),
-            torch.tensor(1.0), eager.grid_f, eager.grid_i, grid.voxel_table, eager.xs_ab, eager.sf_ratio,
-            eager.coh_x2_inv, eager.coh_frac, eager.scatter_f, eager.scatter_i)
+    # the random numbers as the transport draws them: a key for the kernels' own (the same bits
+    # compiled and eager, test_counter_uniforms_compiled_give_the_same_bits); the arguments as
+    # the transport passes them, so that the compiled kernels are the ones a run uses
+    args = (idx, kernels.counter_key(torch.Generator().manual_seed(3), "cpu"), e, u, v, w, torch.ones(n), x1, y1, z1,
+            ie, fe, rr, torch.zeros(n, dtype=torch.int64), torch.tensor(1.0), eager.grid_f, eager.grid_i,
+            grid.voxel_table, eager.xs_ab, eager.sf_ratio, eager.coh_x2_inv, eager.coh_frac, eager.scatter_f,
+            eager.scatter_i, eager.fl_ab, eager.fl_e)
     _assert_same(eager.kernels[3](*args), fused.kernels[3](*args), "interact")
-    rnd = torch.rand((2 + kernels.interaction_uniforms(lean=True), n), generator=torch.Generator().manual_seed(4))
-    args = (x, y, z, u, v, w, e, e * r[2], r[2], torch.arange(n) % 3 * grid.n_vox, rnd, torch.tensor(20.0),
+    rnd = kernels.counter_key(torch.Generator().manual_seed(4), "cpu")
+    args = (x, y, z, u, v, w, e, e * r[2], r[2].clone(), torch.arange(n) % 3 * grid.n_vox, rnd, torch.tensor(20.0),
             eager.grid_f, eager.grid_i, eager.energy_f, eager.maj_ab, grid.voxel_table, tab.total_tr_ab, eager.xs_ab,
-            eager.sf_ratio, eager.coh_x2_inv, eager.coh_frac, eager.scatter_f, eager.scatter_i)
+            eager.sf_ratio, eager.coh_x2_inv, eager.coh_frac, eager.scatter_f, eager.scatter_i, eager.fl_ab,
+            eager.fl_e)
     _assert_same(eager.kernels[7](*args), fused.kernels[7](*args), "collide_interact")
-    rnd = torch.rand((2 * kernels.COLLISION_SITES_PER_CALL, n), generator=torch.Generator().manual_seed(5))
+    rnd = kernels.counter_key(torch.Generator().manual_seed(5), "cpu")
     voids = transport._void_tensors(grid, tab, 0.0)
     assert float(voids["void_table"][:, 2].max()) > 4.0  # the air at the cube's faces: void flights (low energies)
     args = (x, y, z, u, v, w, e, e * r[2], rnd, torch.arange(n) % 3 * grid.n_vox, eager.grid_f, eager.grid_i,
@@ -711,6 +728,63 @@ def test_compiled_and_eager_runs_agree_and_each_is_reproducible(estimator):
     ta, sa = a.sum_with_sigma(np.ones(geo.shape))
     tb, sb = b.sum_with_sigma(np.ones(geo.shape))
     assert abs(ta - tb) < 4 * math.hypot(sa, sb)
+
+
+#: Run in a fresh process by the test below: every estimator on a three-media box, then on a
+#: one-medium water box of another shape and spacing (in this order: the first compilation
+#: assumes sizes of at least 2 where the arrays have them); prints how many compiled versions
+#: (Dynamo cache entries) each kernel has.
+_COMPILE_COUNT_SCRIPT = """
+import json
+import numpy as np, torch
+from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+from ctdose.materials import get_medium
+from ctdose.physics import kernels, ray_kernels
+from ctdose.physics.mc import VoxelGeometry, simulate
+from ctdose.physics.sources import PointSource
+torch.set_num_threads(1)
+water = get_medium("water")
+one = VoxelGeometry(np.zeros((8, 8, 8), np.uint8), np.ones((8, 8, 8), np.float32), [water], (5.0,) * 3,
+                    (-17.5,) * 3)
+media = [get_medium("air"), water, get_medium("spine_bone")]
+mi = np.zeros((10, 9, 11), np.uint8)
+mi[2:8, 2:7, 2:9] = 1
+mi[4:6, 4:5, 4:7] = 2
+rho = np.array([m.density_g_cm3 for m in media], np.float32)[mi]
+three = VoxelGeometry(mi, rho, media, (4.0, 5.0, 6.0), (-18.0, -20.0, -30.0))
+src = PointSource((0, -300.0, 0), (0, 1, 0), energy_kev=60.0, collimation="fan", half_angles_rad=(0.08, 0.08))
+for geo in (three, one):
+    for kw in (dict(estimator="expected_track_length"), dict(estimator="expected_track_length", weight_window=True),
+               dict(estimator="collision"), dict(estimator="track_length")):
+        simulate(geo, src, 20_000, seed=1, compile=True, **kw)
+print(json.dumps({f.__name__: len(_debug_get_cache_entry_list(f.__code__))
+                  for f in (*kernels.EAGER_KERNELS, *ray_kernels.EAGER_RAY_KERNELS)}))
+"""
+
+
+def test_each_kernel_compiles_once_whatever_the_geometry():
+    """A process compiles each kernel once for any geometry, estimator and weight window (one
+    thread): no new version for another grid, number of media, the tails of flights (the
+    padded calls) or a weight window. Each further version costs a fresh process the better
+    part of a minute of C++ compilation on two cores. Two things did: tables that were views of
+    a per-medium array (a one-medium array's size of 1 entered the guards) and random numbers
+    passed as rows of one array where the padded calls passed separate tensors."""
+    import json
+    import subprocess
+    import sys
+
+    if not kernels.compile_enabled():
+        pytest.skip("compilation is turned off (CTDOSE_MC_COMPILE=0)")
+    out = subprocess.run([sys.executable, "-c", _COMPILE_COUNT_SCRIPT], capture_output=True, text=True, check=True)
+    counts = json.loads(out.stdout.strip().splitlines()[-1])
+    if not any(counts.values()):
+        pytest.skip("torch.compile is not available here")
+    print(counts)
+    assert max(counts.values()) == 1, counts
+    # the kernels of the default estimator, the collision estimator's and the track-length one's
+    for name in ("grid_entry", "ray_start", "ray_chunk", "ray_chunk_split", "interact", "collide_interact",
+                 "advance_collision_sites", "advance_block", "score_points"):
+        assert counts[name] == 1, (name, counts)
 
 
 def test_threads_inside_the_kernels_do_not_change_the_result(monkeypatch):

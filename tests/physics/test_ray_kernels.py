@@ -420,10 +420,18 @@ def _started_rays(seed, m):
 
 def _split_args(state, const, r):
     """Per-ray arguments of ``ray_chunk_split`` at the start of a flight: t, tau 0, att 1,
-    lam = -U, no roulette, weight 1."""
+    lam = -U, no roulette, weight 1; distinct tensors, as the transport passes them (one tensor
+    passed twice would compile the kernel anew)."""
     m = r.shape[1]
-    ones, zeros = torch.ones(m), torch.zeros(m)
-    return [*state, zeros, zeros, ones, -r[0], torch.full((m,), 99.0), ones, *const, r[0], r[1], r[2]]
+    return [*state, torch.zeros(m), torch.zeros(m), torch.ones(m), -r[0], torch.full((m,), 99.0), torch.ones(m),
+            *const, *(c.clone() for c in r)]
+
+
+def _window_table(voxel_table: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The voxel table of a weight-window run, rows [medium, density, target, 0], and its target
+    column (a strided view), as ``transport`` passes them to ``ray_chunk_split``."""
+    wide = torch.stack([voxel_table[:, 0], voxel_table[:, 1], target, torch.zeros_like(target)], 1)
+    return wide, wide[:, 2]
 
 
 def test_split_chunk_reads_the_target_from_a_column_of_a_wider_voxel_table():
@@ -438,13 +446,13 @@ def test_split_chunk_reads_the_target_from_a_column_of_a_wider_voxel_table():
     args = _split_args(state, const, r)
     target = torch.tensor(rng.choice([0.0, 0.1, 2.0], grid.n_vox), dtype=torch.float32)  # split, roulette, none
     window_f = torch.tensor([0.8, 1.25, 8.0])
-    wide = torch.stack([grid.voxel_table[:, 0], grid.voxel_table[:, 1], target, torch.zeros_like(target)], 1)
+    wide, wide_target = _window_table(grid.voxel_table, target)
     want = ray_chunk_split(*args, grid.voxel_table, tab.total_tr_ab, target, window_f, ts.grid_i, 8)
     runs = [("eager", ray_chunk_split)]
     if ts.compiled and not kernels._FAILED:
         runs.append(("compiled", ts.ray_kernels[2]))
     for name, kernel in runs:
-        got = kernel(*args, wide, tab.total_tr_ab, wide[:, 2], window_f, ts.grid_i, 8)
+        got = kernel(*args, wide, tab.total_tr_ab, wide_target, window_f, ts.grid_i, 8)
         for g, w_ in zip(got, want):
             np.testing.assert_allclose(g.double().numpy(), w_.double().numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
     assert float(want[16].sum()) > 0 and float(want[14].sum()) > 0  # collisions and scores
@@ -463,14 +471,14 @@ def test_few_rays_run_the_compiled_chunks_padded():
     ts, tab, grid = prep.track_setup, prep.tables, prep.grid
     if not ts.compiled or kernels._FAILED:
         pytest.skip("torch.compile is not available here")
-    ones, zeros = torch.ones(m), torch.zeros(m)
     # t, tau, att, the collision's optical depth 0.05 (inside the grid), t_c unknown, no roulette, w E
-    plain = [*state, zeros, zeros, ones, torch.full((m,), 0.05), -ones, torch.full((m,), 99.0), *const, r[0]]
+    plain = [*state, torch.zeros(m), torch.zeros(m), torch.ones(m), torch.full((m,), 0.05), -torch.ones(m),
+             torch.full((m,), 99.0), *const, r[0]]
     fixed = (grid.voxel_table, tab.total_tr_ab, ts.grid_i, 8)
     # a window everywhere at a tenth of the weight: the rays split
     split = _split_args(state, const, r)
-    sfixed = (grid.voxel_table, tab.total_tr_ab, torch.full((grid.n_vox,), 0.1), torch.tensor([0.8, 1.25, 8.0]),
-              ts.grid_i, 8)
+    wide, wide_target = _window_table(grid.voxel_table, torch.full((grid.n_vox,), 0.1))
+    sfixed = (wide, tab.total_tr_ab, wide_target, torch.tensor([0.8, 1.25, 8.0]), ts.grid_i, 8)
     for k, eager, args, fix in [(1, ray_chunk, plain, fixed), (2, ray_chunk_split, split, sfixed)]:
         got, want = _ray_chunk(ts, k, args, fix), eager(*args, *fix)
         assert len(got) == len(want)
