@@ -380,7 +380,8 @@ def _random_pool(grid, n, seed):
     e = 20.0 + 100.0 * torch.rand(n, generator=g)
     # separate tensors, not rows of one (views): a photon pool's arrays are separate, and views
     # as arguments would compile the kernels once more
-    return tuple(c.clone() for c in pos.unbind(1)), tuple(c.clone() for c in d.unbind(1)), e, torch.rand((3, n), generator=g)
+    xyz, uvw = (tuple(c.clone() for c in a.unbind(1)) for a in (pos, d))
+    return xyz, uvw, e, torch.rand((3, n), generator=g)
 
 
 def _bone_cube():
@@ -737,7 +738,11 @@ def test_compiled_and_eager_runs_agree_and_each_is_reproducible(estimator):
 _COMPILE_COUNT_SCRIPT = """
 import json
 import numpy as np, torch
-from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+try:  # a private helper of torch._dynamo: where this torch lacks it, the test skips
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+except ImportError:
+    print("null")
+    raise SystemExit
 from ctdose.materials import get_medium
 from ctdose.physics import kernels, ray_kernels
 from ctdose.physics.mc import VoxelGeometry, simulate
@@ -777,6 +782,8 @@ def test_each_kernel_compiles_once_whatever_the_geometry():
         pytest.skip("compilation is turned off (CTDOSE_MC_COMPILE=0)")
     out = subprocess.run([sys.executable, "-c", _COMPILE_COUNT_SCRIPT], capture_output=True, text=True, check=True)
     counts = json.loads(out.stdout.strip().splitlines()[-1])
+    if counts is None:
+        pytest.skip("this torch has no torch._dynamo.eval_frame._debug_get_cache_entry_list")
     if not any(counts.values()):
         pytest.skip("torch.compile is not available here")
     print(counts)
