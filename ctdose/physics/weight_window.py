@@ -53,6 +53,7 @@ __all__ = [
     "apply_weight_window",
     "pilot_photons",
     "voxel_targets",
+    "voxel_table_with_targets",
     "window_targets",
     "window_voxel_table",
 ]
@@ -201,11 +202,15 @@ def window_voxel_table(win: WeightWindow, voxel_table: torch.Tensor, cell_f: tor
     becomes the table's third column (a view), so the targets are held once.
     """
     if win.voxel_table is None:
-        target = voxel_targets(win, cell_f)
-        table = torch.stack([voxel_table[:, 0], voxel_table[:, 1], target, torch.zeros_like(target)], 1)
-        win.voxel_table = table.contiguous()
+        win.voxel_table = voxel_table_with_targets(voxel_table, voxel_targets(win, cell_f))
         win.target_vox = win.voxel_table[:, 2]
     return win.voxel_table
+
+
+def voxel_table_with_targets(voxel_table: torch.Tensor, target_vox: torch.Tensor) -> torch.Tensor:
+    """Rows ``[medium, density, target, 0]`` (contiguous float32) from the ``[medium, density]``
+    rows of ``voxel_table`` and one target weight per voxel (``target_vox``, 0: no window)."""
+    return torch.stack([voxel_table[:, 0], voxel_table[:, 1], target_vox, torch.zeros_like(target_vox)], 1).contiguous()
 
 
 def apply_weight_window(

@@ -430,7 +430,9 @@ def _split_args(state, const, r):
 def _window_table(voxel_table: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The voxel table of a weight-window run, rows [medium, density, target, 0], and its target
     column (a strided view), as ``transport`` passes them to ``ray_chunk_split``."""
-    wide = torch.stack([voxel_table[:, 0], voxel_table[:, 1], target, torch.zeros_like(target)], 1)
+    from ctdose.physics.weight_window import voxel_table_with_targets
+
+    wide = voxel_table_with_targets(voxel_table, target)
     return wide, wide[:, 2]
 
 
