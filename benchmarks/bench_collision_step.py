@@ -6,6 +6,8 @@ Usage::
     python benchmarks/bench_collision_step.py              # 1e6 histories, 3 rounds
     python benchmarks/bench_collision_step.py --quick      # 2e5 histories, 1 round
     python benchmarks/bench_collision_step.py --breakdown  # where a run's time goes, per kernel
+    python benchmarks/bench_collision_step.py --scaling    # what the second core adds
+    python benchmarks/bench_collision_step.py --tail       # the steps of a run's last few photons
 
 The collision estimator's step either calls a flight kernel and then the interaction kernel
 on the indices of the real collisions, or does both in one pass over the whole pool
@@ -32,11 +34,27 @@ cylinder and the demo thorax) and times every call of each compiled kernel and o
 history and nanoseconds per element. The rest of the time is the steps' glue: the tally's
 ``scatter_add_``, the gathers and scatters around the interaction kernel, the pool's
 compaction, the source and Python.
+
+``--scaling`` asks what two cores can give the collision estimator (the water cylinder and the
+demo thorax, each run in fresh processes after a warm-up): one process with one core alone;
+``simulate(workers=2)``; and two independent one-core processes started at the same moment,
+each with half the histories (their histories over the later one's wall time: the most that two
+workers could reach on this machine, where each pays the other's use of the shared cache and
+memory, and nothing else). The configurations alternate in every round; the table gives
+medians and ranges and the ratios to one core.
+
+``--tail`` times the steps of the last photons of a run (pools of fewer than 64 photons), which
+ran the eager kernels before ``ctdose.physics.kernels.MIN_COMPILED_PHOTONS`` became 2: the
+collision estimator in the demo thorax and the water cylinder, and the default estimator in the
+demo thorax (1 core), with the old threshold of 64 and the shipped one alternating in one
+process; per run the wall time, the steps with fewer than 64 photons and their time (medians).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -223,17 +241,154 @@ def breakdown(quick: bool = False) -> list[dict]:
     return rows
 
 
+#: ``--scaling``: seconds between starting the processes and their common start of the timed
+#: run (imports, the phantom and the warm-up run take about 10-20 s).
+_SCALING_LEAD_S = 30.0
+_PHANTOMS = {"water": bench_mc.water_cylinder, "thorax": bench_mc.demo_phantom}
+
+
+def solo(phantom: str, n: int, workers: int, start_at: float) -> dict:
+    """One timed collision run of ``n`` histories with ``workers`` workers in this process,
+    started at the epoch time ``start_at`` (after a warm-up); prints and returns its figures."""
+    import torch
+
+    torch.set_num_threads(1)
+    geo, _, name = _PHANTOMS[phantom]()
+    src = _source(geo)
+    simulate(geo, src, 100_000, estimator="collision", workers=workers, seed=0)  # compilation, worker start
+    wait = start_at - time.time()
+    if wait < 0:
+        raise RuntimeError(f"the warm-up took {-wait:.1f} s longer than the lead of {_SCALING_LEAD_S:g} s")
+    time.sleep(wait)
+    t0 = time.perf_counter()
+    simulate(geo, src, n, estimator="collision", workers=workers, seed=1)
+    out = dict(name=name, histories=n, wall_s=time.perf_counter() - t0)
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def _solo_processes(phantom: str, n: int, workers: list[int]) -> list[dict]:
+    """Run :func:`solo` with ``n`` histories in one fresh process per entry of ``workers``, all
+    timed from the same moment; their figures."""
+    start_at = time.time() + _SCALING_LEAD_S
+    procs = [subprocess.Popen([sys.executable, __file__, "--solo", phantom, str(n), str(w), repr(start_at)],
+                              stdout=subprocess.PIPE, text=True) for w in workers]
+    out = []
+    for proc in procs:
+        stdout, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"a --solo process failed (exit status {proc.returncode})")
+        out.append(json.loads(stdout.strip().splitlines()[-1]))
+    return out
+
+
+def scaling(quick: bool = False, rounds: int = 3) -> list[dict]:
+    """Histories/s of the collision estimator on one core, on two workers, and of two one-core
+    processes side by side (see the module's docstring)."""
+    n = 1_000_000 if quick else 4_000_000
+    configs = {"1 core": [1], "simulate(workers=2)": [2], "two 1-core processes at once, half each": [1, 1]}
+    rows = []
+    for phantom in _PHANTOMS:
+        rates: dict = {c: [] for c in configs}
+        name = ""
+        for _ in range(1 if quick else rounds):
+            for c, workers in configs.items():
+                res = _solo_processes(phantom, n // len(workers), workers)
+                name = res[0]["name"]
+                rates[c].append(sum(r["histories"] for r in res) / max(r["wall_s"] for r in res))
+        one = float(np.median(rates["1 core"]))
+        for c, v in rates.items():
+            med = float(np.median(v))
+            rows.append(dict(benchmark=f"{name}: {c}", value=f"{med:.3g}", unit="histories/s",
+                             note=f"range {min(v):.3g}-{max(v):.3g}, {med / one:.2f}x one core, {len(v)} round(s) "
+                                  f"of {n} histories"))
+    return rows
+
+
+#: ``--tail``: the pool size below which the kernels ran eager before (and the size counted).
+_OLD_MIN_COMPILED_PHOTONS = 64
+
+
+def tail(quick: bool = False, rounds: int = 3) -> list[dict]:
+    """The tail of a run: its steps with fewer than 64 photons, eager (the old threshold) against
+    compiled (see the module's docstring)."""
+    import torch
+
+    from ctdose.physics import kernels
+
+    shipped = kernels.MIN_COMPILED_PHOTONS
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cases = [(bench_mc.demo_phantom, "collision", 500_000), (bench_mc.water_cylinder, "collision", 500_000),
+             (bench_mc.demo_phantom, "expected_track_length", 200_000)]
+    rows = []
+    try:
+        for make, estimator, n in cases:
+            n = n // 5 if quick else n
+            geo, _, name = make()
+            src = _source(geo)
+            step = transport._FUSED_STEPS[estimator]
+            small: list = []
+
+            def timed(st, *args, step=step, small=small):
+                t0 = time.perf_counter()
+                out = step(st, *args)
+                if len(st) < _OLD_MIN_COMPILED_PHOTONS:
+                    small.append(time.perf_counter() - t0)
+                return out
+
+            transport._FUSED_STEPS[estimator] = timed
+            figures: dict = {}
+            try:
+                for threshold in (_OLD_MIN_COMPILED_PHOTONS, shipped):  # warm-up: compilation
+                    kernels.MIN_COMPILED_PHOTONS = threshold
+                    simulate(geo, src, 50_000, estimator=estimator, seed=0)
+                for r in range(1 if quick else rounds):
+                    order = (_OLD_MIN_COMPILED_PHOTONS, shipped) if r % 2 == 0 else (shipped, _OLD_MIN_COMPILED_PHOTONS)
+                    for threshold in order:
+                        kernels.MIN_COMPILED_PHOTONS = threshold
+                        small.clear()
+                        t0 = time.perf_counter()
+                        simulate(geo, src, n, estimator=estimator, seed=1)
+                        figures.setdefault(threshold, []).append((time.perf_counter() - t0, len(small), sum(small)))
+            finally:
+                transport._FUSED_STEPS[estimator] = step
+                kernels.MIN_COMPILED_PHOTONS = shipped
+            for threshold, runs in figures.items():
+                wall, steps, dt = (float(np.median([f[i] for f in runs])) for i in range(3))
+                how = "eager" if threshold == _OLD_MIN_COMPILED_PHOTONS else "compiled"
+                rows.append(dict(benchmark=f"{name}, {estimator}: threshold {threshold} ({how})",
+                                 value=round(1e3 * dt, 1), unit="ms in the tail",
+                                 note=f"{steps:.0f} steps below {_OLD_MIN_COMPILED_PHOTONS} photons, run {wall:.3f} s "
+                                      f"({n} histories, 1 core, medians of {len(runs)})"))
+    finally:
+        torch.set_num_threads(threads)
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--breakdown", action="store_true", help="where a collision run's time goes, per kernel")
+    p.add_argument("--scaling", action="store_true", help="what the second core adds")
+    p.add_argument("--tail", action="store_true", help="the steps of a run's last few photons")
+    p.add_argument("--solo", nargs=4, metavar=("PHANTOM", "N", "WORKERS", "START_AT"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.solo:
+        phantom, n, workers, start_at = a.solo
+        solo(phantom, int(n), int(workers), float(start_at))
+        return 0
     import pandas as pd
 
     pd.set_option("display.width", 220)
     pd.set_option("display.max_colwidth", 120)
-    rows = breakdown(a.quick) if a.breakdown else run(a.quick, a.rounds)
+    if a.scaling:
+        rows = scaling(a.quick, a.rounds)
+    elif a.tail:
+        rows = tail(a.quick, a.rounds)
+    else:
+        rows = breakdown(a.quick) if a.breakdown else run(a.quick, a.rounds)
     print(pd.DataFrame(rows).to_string(index=False))
     return 0
 

@@ -37,6 +37,7 @@ geometric mean is that round's reference; the table gives medians and ranges (:f
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
 import sys
@@ -189,12 +190,7 @@ def run(quick: bool = False, device: str = "cpu", rounds: int = 1) -> list[dict]
     """
     n = 200_000 if quick else 2_000_000
     rows = []
-    try:
-        import ompmc  # noqa: F401
-
-        have_ompmc = True
-    except ImportError:
-        have_ompmc = False
+    have_ompmc = importlib.util.find_spec("ompmc") is not None
     omp_threads = os.environ.get("OMP_NUM_THREADS", "default")
     etl = "expected_track_length"
     configs = ([(etl, 1, False), (etl, 2, False), (etl, 2, True), ("track_length", 2, False),

@@ -80,10 +80,14 @@ __all__ = [
     "COHERENT_PROPOSALS",
 ]
 
-#: Pools smaller than this run the eager kernels (the tail of a run; also avoids the
-#: compiler's specialisation on sizes 0 and 1); smaller interaction passes and the last few
-#: rays of an expected-track-length flight are padded to it.
-MIN_COMPILED_PHOTONS = 64
+#: Pools smaller than this run the eager kernels, and smaller interaction passes and ray sets
+#: are padded to it: the compiled kernels are traced for any size but 0 and 1, which the
+#: compiler specialises. Any larger pool runs compiled. At the tail of a run the last photons
+#: take 5-30 steps in pools of fewer than 64, where an eager step took 2.6-11 ms and a compiled
+#: one 1.2-3.7 ms (the threshold was 64 before; 1 core, ``benchmarks/bench_collision_step.py
+#: --tail``): 25 ms less per run in the demo thorax (collision estimator, 5e5 histories), 47 ms
+#: with the default estimator (2e5), 7 ms in the water cylinder.
+MIN_COMPILED_PHOTONS = 2
 
 _log = logging.getLogger(__name__)
 _LOCK = threading.Lock()

@@ -1430,12 +1430,17 @@ def _score_track(
 
     The points lie photon after photon in one flat array (no empty slots) for
     :func:`ctdose.physics.kernels.score_points`; one serial ``scatter_add_`` adds the scores
-    (bit-for-bit reproducible).
+    (bit-for-bit reproducible). A single point is scored by the eager kernel (the compiled one
+    would specialise on it, see :data:`ctdose.physics.kernels.MIN_COMPILED_PHOTONS`).
     """
+    from .kernels import EAGER_KERNELS, MIN_COMPILED_PHOTONS
+
     ends = count.cumsum(0)
     total = int(ends[-1])
     if total == 0:
         return
+    if total < MIN_COMPILED_PHOTONS:
+        score = EAGER_KERNELS[1]
     pid = _owners(ends, total)
     sidx, sval = score(
         pid, ends - count, st.x, st.y, st.z, st.u, st.v, st.w, hi, ew, ie, fe, offset, r_strat, setup.grid_f,

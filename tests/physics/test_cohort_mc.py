@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pytest
 
@@ -10,8 +12,11 @@ from ctdose.errors import ConfigError
 from ctdose.physics.cohort_mc import case_seed, cases_to_run, check_mc_profile, run_cohort_mc
 from ctdose.store import CaseStore, make_case
 
+if TYPE_CHECKING:
+    import xarray as xr
 
-def _case(case_id: str, radius_mm: float) -> "xr.Dataset":  # noqa: F821
+
+def _case(case_id: str, radius_mm: float) -> "xr.Dataset":
     nz, ny, nx, sp = 6, 12, 12, 20.0
     c = (np.arange(nx) - (nx - 1) / 2) * sp
     yy, xx = np.meshgrid(c, c, indexing="ij")
@@ -346,7 +351,7 @@ def test_the_case_digests_cover_anatomy_beam_and_seed_but_not_the_worker_count()
     assert case_digests(workers, scanner, protocol, "synthetic_000", anatomy="a") == base
 
 
-def _ellipse_case(case_id: str) -> "xr.Dataset":  # noqa: F821
+def _ellipse_case(case_id: str) -> "xr.Dataset":
     """Fat in an ellipse 240 mm wide (x) and 120 mm deep (y), 10 mm voxels, 3 slices."""
     nz, ny, nx, sp = 3, 16, 28, 10.0
     x = (np.arange(nx) - (nx - 1) / 2) * sp

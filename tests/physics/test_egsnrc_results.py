@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pytest
 
@@ -17,10 +19,13 @@ from ctdose.physics.spectrum import spekpy_spectrum
 from ctdose.provenance import file_digest
 from ctdose.store import CaseStore, make_case
 
+if TYPE_CHECKING:
+    import xarray as xr
+
 SHAPE, SPACING, ORIGIN = (6, 12, 12), (20.0, 20.0, 20.0), (0.0, -110.0, -110.0)
 
 
-def _case(case_id: str) -> "xr.Dataset":  # noqa: F821
+def _case(case_id: str) -> "xr.Dataset":
     c = ORIGIN[1] + SPACING[1] * np.arange(SHAPE[1])
     yy, xx = np.meshgrid(c, c, indexing="ij")
     body = (xx**2 + yy**2 <= 100.0**2).astype(np.uint8) * 2
