@@ -86,7 +86,9 @@ __all__ = [
 #: take 5-30 steps in pools of fewer than 64, where an eager step took 2.6-11 ms and a compiled
 #: one 1.2-3.7 ms (the threshold was 64 before; 1 core, ``benchmarks/bench_collision_step.py
 #: --tail``): 25 ms less per run in the demo thorax (collision estimator, 5e5 histories), 47 ms
-#: with the default estimator (2e5), 7 ms in the water cylinder.
+#: with the default estimator (2e5), 7 ms in the water cylinder. The threshold is part of a
+#: run's random stream: a padded pass draws its counter-based numbers for the padded size
+#: (:func:`counter_uniforms`), so another threshold gives a run of another seed (exact alike).
 MIN_COMPILED_PHOTONS = 2
 
 _log = logging.getLogger(__name__)
