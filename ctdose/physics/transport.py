@@ -1217,11 +1217,11 @@ def _ray_chunk(setup: TrackLengthSetup, k: int, per_ray: list, fixed: tuple) -> 
     """Call chunk kernel ``k`` (1: ``ray_chunk``, 2: ``ray_chunk_split``) with the per-ray
     arguments ``per_ray`` and then ``fixed``.
 
-    A few rays (the end of every flight: the longest rays need dozens of calls) are padded
-    with copies of the last ray to the compiled kernels' smallest size, instead of running the
-    eager kernel (some hundred tensor operations per call); the outputs are cut back to the
-    ``m`` rays (the copies' scores and collisions are dropped), so they are the compiled
-    kernel's for these rays.
+    Fewer rays than the compiled kernels' smallest size (``MIN_COMPILED_PHOTONS``: one ray, at
+    the end of a flight) are padded with copies of the last ray to that size, instead of
+    running the eager kernel (some hundred tensor operations per call); the outputs are cut
+    back to the ``m`` rays (the copies' scores and collisions are dropped), so they are the
+    compiled kernel's for these rays.
     """
     from .kernels import MIN_COMPILED_PHOTONS
 
@@ -1508,8 +1508,8 @@ def _interact_fixed(
         m = idx.numel()
         if m == 0:
             return
-        # few photons (the passes over those left over, the tail of a run): padded with copies
-        # of the last one to the compiled kernels' smallest size; the copies are dropped
+        # fewer photons than the compiled kernels' smallest size (one, in the passes over those
+        # left over): padded with copies of the last one to that size; the copies are dropped
         run_idx = idx if m >= MIN_COMPILED_PHOTONS else torch.cat([idx, idx[-1:].expand(MIN_COMPILED_PHOTONS - m)])
         rnd = _uniforms(gen, interaction_uniforms(), run_idx.numel(), e)
         e1, u1, v1, w1, alive1, deposit, tidx, done = (t[:m] for t in kernels[3](

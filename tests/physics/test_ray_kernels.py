@@ -461,14 +461,14 @@ def test_split_chunk_reads_the_target_from_a_column_of_a_wider_voxel_table():
 
 
 def test_few_rays_run_the_compiled_chunks_padded():
-    """Fewer rays than the compiled kernels' smallest size (the end of every flight) run the
+    """Fewer rays than the compiled kernels' smallest size (the end of a flight) run the
     compiled chunks padded with copies of the last ray: the real rays get the eager kernel's
     results (up to rounding), the copies' outputs are dropped."""
     from ctdose.physics import kernels
     from ctdose.physics.ray_kernels import ray_chunk_split
     from ctdose.physics.transport import _ray_chunk
 
-    m = 5
+    m = kernels.MIN_COMPILED_PHOTONS - 1  # the largest set that is padded
     prep, state, const, r, _ = _started_rays(11, m)
     ts, tab, grid = prep.track_setup, prep.tables, prep.grid
     if not ts.compiled or kernels._FAILED:
