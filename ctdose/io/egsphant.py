@@ -216,6 +216,11 @@ def write_egsphant(
     return atomic_write_text(path, "".join(parts), encoding="ascii")
 
 
+def _fortran_float(token: str) -> float:
+    """A number as Fortran may write it (``1.0D0``: a 'D' exponent), as :func:`float` reads it."""
+    return float(token.replace("D", "E").replace("d", "e"))
+
+
 def _fail(path: Path, what: str) -> InputError:
     return InputError(f"{path}: not a valid .egsphant file ({what})")
 
@@ -260,12 +265,14 @@ def read_egsphant(path: str | Path) -> EgsPhantom:
             raise _fail(path, f"expected {nmed} medium names, but line {i + 2} is {m!r}, not a medium name")
     estepe_line = next_line("ESTEPE line")
     try:
-        estepe = np.array([float(v) for v in estepe_line.split()])
+        estepe = np.array([_fortran_float(v) for v in estepe_line.split()])
     except ValueError:
-        raise _fail(path, f"bad ESTEPE line {estepe_line.strip()!r} (line {pos}; expected {nmed} numbers)") from None
+        estepe = None
+    if estepe is None or estepe.size != nmed:
+        raise _fail(path, f"bad ESTEPE line {estepe_line.strip()!r} (line {pos}; expected {nmed} numbers)")
     voxel_line = next_line("voxel numbers")
     try:
-        nx, ny, nz = (int(v) for v in voxel_line.split()[:3])
+        nx, ny, nz = (int(v) for v in voxel_line.split())
     except ValueError:
         raise _fail(path, f"bad voxel-number line {voxel_line.strip()!r} (line {pos}; expected nx ny nz)") from None
     if min(nx, ny, nz) < 1:
@@ -275,10 +282,11 @@ def read_egsphant(path: str | Path) -> EgsPhantom:
     need = nx + ny + nz + 3
     vals: list[float] = []
     while len(vals) < need:
+        line = next_line("voxel boundaries")  # its own error: the file ends too soon
         try:
-            vals += [float(v) for v in next_line("voxel boundaries").split()]
+            vals += [_fortran_float(v) for v in line.split()]
         except ValueError:
-            raise _fail(path, "non-numeric voxel boundary") from None
+            raise _fail(path, f"non-numeric voxel boundary in line {pos}: {line.strip()!r}") from None
     if len(vals) != need:
         raise _fail(path, f"expected {need} voxel boundaries, found {len(vals)} on their lines")
     xb = np.array(vals[: nx + 1])
@@ -319,8 +327,11 @@ def read_egsphant(path: str | Path) -> EgsPhantom:
         raise _fail(path, f"expected {nx * ny * nz} densities, found {len(rest)}")
     try:
         rho = np.array(rest[: nx * ny * nz], dtype=np.float64)
-    except ValueError:
-        raise _fail(path, "non-numeric density") from None
+    except ValueError:  # 'D' exponents, or not numbers
+        try:
+            rho = np.array([_fortran_float(v) for v in rest[: nx * ny * nz]], dtype=np.float64)
+        except ValueError:
+            raise _fail(path, "non-numeric density") from None
     if len(rest) > nx * ny * nz:
         raise _fail(path, f"{len(rest) - nx * ny * nz} values after the density array")
     rho = rho.reshape(nz, ny, nx).astype(np.float32)

@@ -20,7 +20,7 @@ Coordinates follow docs/architecture.md: arrays ``[z, y, x]``, ``origin_mm`` = c
 from __future__ import annotations
 
 import contextlib
-import math
+import numbers
 import sys
 import time
 import warnings
@@ -36,7 +36,7 @@ from .transport import WINDOW_ESTIMATORS, TransportGrid, TransportTally, enter_g
 from .fluorescence import FLUORESCENCE_MIN_KEV
 from .quasi_random import SOURCE_SAMPLING
 from .weight_window import DEFAULT_MIN_WEIGHT
-from .xsection import ENERGY_MIN_KEV
+from .xsection import ENERGY_MAX_KEV, ENERGY_MIN_KEV
 
 __all__ = [
     "DEFAULT_ESTIMATOR",
@@ -77,6 +77,30 @@ _WORKER_SEED_STRIDE = 1_000_003
 _PILOT_STREAM = 0x57
 #: Photons sampled to check that a source reaches the geometry at all.
 _PROBE_PHOTONS = 4096
+#: Largest mass density (g/cm^3) of a voxel or medium. The densest element, osmium, has
+#: 22.59 g/cm^3; more is a unit mistake (water in kg/m^3 reads as 1000 g/cm^3), and densities
+#: beyond float32's range (3.4e38) hang the transport or give infinite doses.
+MAX_DENSITY_G_CM3 = 100.0
+#: Farthest a voxel grid may reach from the origin of coordinates (mm): 1 km, far beyond any
+#: scanner or phantom and far inside float32's range (the transport's coordinates): a grid of
+#: 1e38 mm voxels overflows it and gives NaN doses.
+MAX_WORLD_MM = 1.0e6
+#: Smallest voxel edge (mm): 0.1 micrometre, far below any CT or micro-CT voxel; smaller
+#: spacings lose their inverse (1/mm) in float32.
+MIN_SPACING_MM = 1.0e-4
+#: A composition summing to 1 within this was normalised already (check_composition's or
+#: custom_medium's result is 1 to a few float64 roundings, < 1e-14 for 98 elements) and is
+#: transported as given; a sum further from 1 is renormalised as custom_medium does.
+_NORMALISED_SUM_TOLERANCE = 1.0e-12
+#: Relative tolerance of a source's photon energies above its ``max_energy_kev``: the float32
+#: rounding of the energies and bin edges (float32's epsilon is 1.2e-7).
+_ENERGY_ROUNDING = 1.0e-6
+#: Largest deviation of a source photon's direction from unit length: float32 normalisation and
+#: rotation leave it unit to about 1e-7; a direction off by more would scale every path.
+_UNIT_DIRECTION_TOLERANCE = 1.0e-5
+#: Relative tolerance of uniform coordinates in a stored case (their float32/float64 rounding
+#: is about 1e-6 of a spacing; a missing slice or a varying slice spacing is off by far more).
+_UNIFORM_SPACING_RTOL = 1.0e-3
 
 
 @dataclass
@@ -106,10 +130,15 @@ class VoxelGeometry:
         Raises
         ------
         InputError
-            Unequal or empty shapes, bad medium indices, NaN or negative densities, a medium
-            whose composition is empty, has Z outside 1..98, negative or NaN fractions or
-            fractions not summing to 1 (:func:`ctdose.materials.check_composition`), or a
-            spacing or origin that is not finite.
+            Unequal or empty shapes, bad medium indices (or not of an integer dtype), densities
+            that are not real numbers, NaN, negative or above :data:`MAX_DENSITY_G_CM3`, a
+            medium that is not a :class:`ctdose.materials.Medium` (a medium's name, for
+            instance), a medium whose composition is empty, has Z outside 1..98, negative,
+            NaN or non-numeric fractions or fractions not summing to 1 within 1 %
+            (:func:`ctdose.materials.check_composition`; :func:`simulate` transports them
+            renormalised, as :func:`ctdose.materials.custom_medium` does), a spacing that is not
+            finite or below :data:`MIN_SPACING_MM`, an origin that is not finite, or a grid
+            reaching farther than :data:`MAX_WORLD_MM` from the origin of coordinates.
         """
         mi = np.asarray(self.media_index)
         rho = np.asarray(self.density_g_cm3)
@@ -119,8 +148,10 @@ class VoxelGeometry:
             )
         if mi.size == 0:
             raise InputError("VoxelGeometry: empty grid")
-        if not np.issubdtype(mi.dtype, np.integer) or mi.min() < 0:
-            raise InputError("VoxelGeometry: media_index must hold non-negative integers")
+        if not np.issubdtype(mi.dtype, np.integer):
+            raise InputError(f"VoxelGeometry: media_index must hold non-negative integers, got dtype {mi.dtype}")
+        if mi.min() < 0:
+            raise InputError(f"VoxelGeometry: media_index must hold non-negative integers, got {int(mi.min())}")
         if not self.media:
             raise InputError("VoxelGeometry: no media given")
         if len(self.media) > MAX_MEDIA:
@@ -132,20 +163,19 @@ class VoxelGeometry:
             raise InputError(
                 f"VoxelGeometry: media_index refers to medium {int(mi.max())} but only {len(self.media)} media are given"
             )
+        if rho.dtype.kind not in "fiu":  # complex would lose its imaginary part in the float32 cast
+            raise InputError(f"VoxelGeometry: density_g_cm3 must hold real numbers (g/cm^3), got dtype {rho.dtype}")
         if not np.all(np.isfinite(rho)):
             raise InputError("VoxelGeometry: density_g_cm3 contains NaN or infinite values")
         if rho.min() < 0:
             raise InputError(f"VoxelGeometry: negative density ({float(rho.min())} g/cm^3)")
-        from ..materials import check_composition
-
-        for m in self.media:
-            fr = getattr(m, "mass_fractions", None)
-            if not fr:
-                raise InputError(f"VoxelGeometry: medium {getattr(m, 'name', m)!r} has no elemental composition")
-            try:  # a Medium built directly is not checked: fractions summing to 1, Z in range
-                check_composition(getattr(m, "name", str(m)), fr)
-            except InputError as exc:
-                raise InputError(f"VoxelGeometry: {exc}") from None
+        if rho.max() > MAX_DENSITY_G_CM3:
+            raise InputError(
+                f"VoxelGeometry: density {float(rho.max()):g} g/cm^3 is above {MAX_DENSITY_G_CM3:g} g/cm^3 (the "
+                "densest element, osmium, has 22.59 g/cm^3); densities must be in g/cm^3 (not kg/m^3)"
+            )
+        for i, m in enumerate(self.media):
+            _clean_composition(m, f"VoxelGeometry: media[{i}]", "VoxelGeometry: ")
         try:
             sp = np.asarray(self.spacing_mm, dtype=float)
             og = np.asarray(self.origin_mm, dtype=float)
@@ -155,6 +185,18 @@ class VoxelGeometry:
                 or not np.all(np.isfinite(og))):
             raise InputError(f"VoxelGeometry: spacing_mm {self.spacing_mm!r} must be 3 finite positive numbers, "
                              f"origin_mm {self.origin_mm!r} 3 finite numbers")
+        if sp.min() < MIN_SPACING_MM:
+            raise InputError(f"VoxelGeometry: spacing_mm {self.spacing_mm!r}: every voxel edge must be at least "
+                             f"{MIN_SPACING_MM:g} mm")
+        # the grid's corners: voxel centres origin + i * spacing, i = 0 .. n - 1, +- half a voxel
+        n = np.asarray(mi.shape, dtype=float)
+        reach = float(np.max(np.maximum(np.abs(og - 0.5 * sp), np.abs(og + (n - 0.5) * sp))))
+        if not reach <= MAX_WORLD_MM:
+            raise InputError(
+                f"VoxelGeometry: the grid (shape {mi.shape}, spacing_mm {self.spacing_mm!r}, origin_mm "
+                f"{self.origin_mm!r}) reaches {reach:g} mm from the origin of coordinates; at most "
+                f"{MAX_WORLD_MM:g} mm (1 km) is supported (spacing and origin in mm?)"
+            )
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -167,6 +209,53 @@ class VoxelGeometry:
     def voxel_mass_kg(self) -> np.ndarray:
         """Mass per voxel in kg, [z, y, x]."""
         return np.asarray(self.density_g_cm3, dtype=np.float64) * self.voxel_volume_cm3 / 1000.0
+
+
+def _clean_composition(medium, where: str, prefix: str):
+    """The medium to transport: ``medium`` itself when its composition is normalised already (a
+    shipped medium, one from :func:`ctdose.materials.custom_medium`), else the same medium with
+    the composition :func:`ctdose.materials.check_composition` returns, as ``custom_medium``
+    would have built it (fractions summing to 1 within 1 % renormalised, zeros dropped).
+
+    ``where`` names the entry for a medium given by name (``"VoxelGeometry: media[0]"``);
+    ``prefix`` goes before the composition checks' messages (``"VoxelGeometry: "``).
+
+    Raises
+    ------
+    InputError
+        A string instead of a Medium, no composition, non-numeric fractions (text: build the
+        medium with ``custom_medium``, which reads it), or what ``check_composition`` refuses.
+    """
+    from dataclasses import replace
+
+    from ..materials import Medium, check_composition
+
+    if isinstance(medium, str):
+        raise InputError(
+            f"{where} is the string {medium!r}, not a Medium: use ctdose.materials.get_medium({medium!r}) for a "
+            "shipped medium, or ctdose.materials.custom_medium(name, density, fractions)"
+        )
+    name = getattr(medium, "name", str(medium))
+    fractions = getattr(medium, "mass_fractions", None)
+    if not fractions:
+        raise InputError(f"{prefix}medium {name!r} has no elemental composition")
+    if hasattr(fractions, "items"):
+        for z, w in fractions.items():
+            value = w.item() if isinstance(w, np.ndarray) and w.ndim == 0 else w
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise InputError(
+                    f"{prefix}medium {name!r}: mass fraction of Z={z!r} is {w!r} ({type(w).__name__}), not a number; "
+                    "give numbers, or build the medium with ctdose.materials.custom_medium (which reads text)"
+                )
+    try:
+        clean = check_composition(name, fractions)
+    except InputError as exc:
+        raise InputError(f"{prefix}{exc}") from None
+    if abs(sum(float(w) for w in fractions.values()) - 1.0) <= _NORMALISED_SUM_TOLERANCE:
+        return medium  # as given: the same tables (and random stream) as before
+    if isinstance(medium, Medium):
+        return replace(medium, mass_fractions=clean)
+    return Medium(name=name, density_g_cm3=float(medium.density_g_cm3), mass_fractions=clean)
 
 
 @dataclass
@@ -351,10 +440,60 @@ def check_run_settings(
     return n_photons, n_batches, estimator, cutoff
 
 
-def _check_source_reaches(geometry: VoxelGeometry, grid: TransportGrid, source, device) -> None:
+def _source_max_energy(source) -> float:
+    """The source's ``max_energy_kev``: a finite number in (0, ENERGY_MAX_KEV] (the tables' top)."""
+    for attr in ("sample", "max_energy_kev"):
+        if not hasattr(source, attr):
+            raise InputError(f"simulate: the source {type(source).__name__} has no {attr!r} (give a PointSource, a "
+                             "CTSource, or an object with sample(n, gen), max_energy_kev and dose_scale_per_mas)")
+    raw = source.max_energy_kev
+    energy = _as_real(raw)
+    if energy is None or not 0.0 < energy <= ENERGY_MAX_KEV:
+        raise InputError(f"simulate: the source's max_energy_kev must be a finite number in (0, {ENERGY_MAX_KEV:g}] "
+                         f"keV (the cross-section tables end at {ENERGY_MAX_KEV:g} keV), got {raw!r}")
+    return energy
+
+
+def _probe_source(source, device, max_energy_kev: float):
+    """Photons of the source from a generator of its own (seed 0; the run's stream is untouched),
+    checked: finite positions, unit directions, energies in (0, max_energy_kev], weights >= 0.
+
+    Only these ``_PROBE_PHOTONS`` photons are checked, not every photon of the run.
+    """
     gen = torch.Generator(device=device)
     gen.manual_seed(0)
     probe = source.sample(_PROBE_PHOTONS, gen)
+    what = f"simulate: the source's photons (a probe of {_PROBE_PHOTONS} from sample(n, gen))"
+    cols = {}
+    for f in ("x", "y", "z", "u", "v", "w", "energy_kev", "weight"):
+        t = getattr(probe, f, None)
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != (_PROBE_PHOTONS,):
+            raise InputError(f"{what}: sample(n, gen) must return a PhotonState of n photons; its {f!r} is "
+                             f"{'missing' if t is None else tuple(getattr(t, 'shape', ())) or type(t).__name__}")
+        if t.is_complex() or not t.is_floating_point():
+            raise InputError(f"{what}: {f} must be real floating-point numbers, got {t.dtype}")
+        cols[f] = t.detach().to("cpu", torch.float64)
+    pos = torch.stack([cols["x"], cols["y"], cols["z"]])
+    if not bool(torch.isfinite(pos).all()):
+        raise InputError(f"{what}: {int((~torch.isfinite(pos)).any(0).sum())} have NaN or infinite positions")
+    length = torch.sqrt(cols["u"] ** 2 + cols["v"] ** 2 + cols["w"] ** 2)
+    off = (length - 1.0).abs()
+    if not bool((off <= _UNIT_DIRECTION_TOLERANCE).all()):  # NaN fails too
+        raise InputError(f"{what}: directions (u, v, w) must be unit vectors (within {_UNIT_DIRECTION_TOLERANCE:g}), "
+                         f"got lengths {float(length.min()):g}..{float(length.max()):g} "
+                         f"({int((~(off <= _UNIT_DIRECTION_TOLERANCE)).sum())} photons off)")
+    e = cols["energy_kev"]
+    top = max_energy_kev * (1.0 + _ENERGY_ROUNDING)
+    if not bool(((e > 0.0) & (e <= top)).all()):
+        raise InputError(f"{what}: energies must be finite and in (0, {max_energy_kev:g}] keV (the source's "
+                         f"max_energy_kev), got {float(e.min()):g}..{float(e.max()):g} keV")
+    wt = cols["weight"]
+    if not bool((torch.isfinite(wt) & (wt >= 0.0)).all()):
+        raise InputError(f"{what}: weights must be finite and >= 0, got {float(wt.min()):g}..{float(wt.max()):g}")
+    return probe
+
+
+def _check_source_reaches(grid: TransportGrid, probe) -> None:
     _, missed = enter_grid(probe, grid)
     if bool(missed.all()):
         raise InputError(
@@ -365,9 +504,19 @@ def _check_source_reaches(geometry: VoxelGeometry, grid: TransportGrid, source, 
         )
 
 
+def _check_flag(value, name: str, allow_none: bool = False):
+    """``value`` as a bool (or None where allowed); a string such as "no" is refused, not read as True."""
+    if allow_none and value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise InputError(f"simulate: {name} must be True or False{' (or None)' if allow_none else ''}, got {value!r}")
+
+
 def _ambient_medium(ambient):
-    """None or "vacuum", a medium name of :func:`ctdose.materials.get_medium`, or a Medium."""
-    if ambient is None or ambient == "vacuum":
+    """None or "vacuum", a medium name of :func:`ctdose.materials.get_medium`, or a Medium (its
+    composition checked and, like a voxel medium's, renormalised as custom_medium does)."""
+    if ambient is None or (isinstance(ambient, str) and ambient == "vacuum"):
         return None
     if isinstance(ambient, str):
         from ..materials import get_medium, media_names
@@ -376,18 +525,14 @@ def _ambient_medium(ambient):
             raise InputError(f"simulate: ambient medium {ambient!r} unknown; use 'vacuum' (or None) or one of "
                              f"{', '.join(media_names())}")
         return get_medium(ambient)
-    if not getattr(ambient, "mass_fractions", None) or not ambient.density_g_cm3 > 0:
-        raise InputError(f"simulate: ambient medium {getattr(ambient, 'name', ambient)!r} needs a composition and a density")
-    from ..materials import check_composition
-
-    if not math.isfinite(ambient.density_g_cm3):
-        raise InputError(f"simulate: ambient medium {getattr(ambient, 'name', ambient)!r}: density must be finite, "
-                         f"got {ambient.density_g_cm3!r}")
-    try:
-        check_composition(getattr(ambient, "name", str(ambient)), ambient.mass_fractions)
-    except InputError as exc:
-        raise InputError(f"simulate: ambient {exc}") from None
-    return ambient
+    name = getattr(ambient, "name", ambient)
+    density = _as_real(getattr(ambient, "density_g_cm3", None))
+    if not getattr(ambient, "mass_fractions", None) or getattr(ambient, "density_g_cm3", None) is None:
+        raise InputError(f"simulate: ambient medium {name!r} needs a composition and a density")
+    if density is None or not 0.0 < density <= MAX_DENSITY_G_CM3:
+        raise InputError(f"simulate: ambient medium {name!r}: density must be finite, > 0 and at most "
+                         f"{MAX_DENSITY_G_CM3:g} g/cm^3, got {ambient.density_g_cm3!r}")
+    return _clean_composition(ambient, "simulate: ambient", "simulate: ambient ")
 
 
 def simulate(
@@ -421,6 +566,9 @@ def simulate(
     geometry : VoxelGeometry
     source : PointSource or CTSource (anything with ``sample(n, gen)``, ``max_energy_kev``,
         ``dose_scale_per_mas``)
+        ``max_energy_kev`` must be finite, > 0 and at most the tables' 150 keV; a probe of the
+        source's photons (its own generator: the run's stream is untouched) must have finite
+        positions, unit directions, energies in (0, ``max_energy_kev``] and finite weights >= 0.
     n_photons : int
         Source photons (histories), split into ``n_batches`` batches.
     n_batches : int
@@ -534,7 +682,13 @@ def simulate(
         is taken only when integral, e.g. ``1e6``), a ``majorant_floor_per_mm`` or
         ``track_spacing_mm`` that is not finite and positive (the floor may be 0), an
         ``energy_cutoff_kev`` at or above the source's highest energy, a
-        ``fluorescence_min_kev`` that is neither None nor a positive number.
+        ``fluorescence_min_kev`` that is neither None nor a positive number, ``progress``,
+        ``keep_batches``, ``weight_window`` or ``compile`` not a bool (``compile`` may be None),
+        a ``window_min_weight`` without ``weight_window=True`` or outside (0, 1], a source whose
+        ``max_energy_kev`` or probe photons are bad (see ``source``).
+
+    A :class:`ctdose.materials.Medium` built directly whose fractions sum to 1 within 1 % is
+    transported renormalised, exactly as :func:`ctdose.materials.custom_medium` builds it.
     """
     n_photons, n_batches, estimator, cutoff = check_run_settings(n_photons, n_batches, estimator, energy_cutoff_kev)
     if fluorescence_min_kev is not None:
@@ -571,8 +725,21 @@ def simulate(
     if source_sampling not in SOURCE_SAMPLING:
         raise InputError(f"simulate: source_sampling must be one of {', '.join(SOURCE_SAMPLING)}, "
                          f"got {source_sampling!r}")
+    progress = _check_flag(progress, "progress")
+    keep_batches = _check_flag(keep_batches, "keep_batches")
+    weight_window = _check_flag(weight_window, "weight_window")
+    compile = _check_flag(compile, "compile", allow_none=True)
+    if window_min_weight is not None and not weight_window:
+        raise InputError(f"simulate: window_min_weight ({window_min_weight!r}) is given but weight_window is off; "
+                         "pass weight_window=True, or leave window_min_weight at None")
+    if window_min_weight is not None:
+        min_weight = _as_real(window_min_weight)
+        if min_weight is None or not 0.0 < min_weight <= 1.0:
+            raise InputError(f"simulate: window_min_weight must be in (0, 1], got {window_min_weight!r}")
+    else:
+        min_weight = DEFAULT_MIN_WEIGHT
     sample_dims = int(getattr(source, "sample_dims", 0)) if source_sampling == "sobol" else 0
-    max_energy_kev = float(source.max_energy_kev)
+    max_energy_kev = _source_max_energy(source)
     if cutoff >= max_energy_kev:
         # every photon would deposit its whole energy at its first interaction
         raise InputError(
@@ -597,20 +764,22 @@ def simulate(
             f"simulate: weight_window needs the expected_track_length or track_length estimator with the block "
             f"majorant, got estimator={estimator!r}, majorant={majorant!r}"
         )
-    min_weight = DEFAULT_MIN_WEIGHT if window_min_weight is None else float(window_min_weight)
-    if weight_window and not (0.0 < min_weight <= 1.0):
-        raise InputError(f"simulate: window_min_weight must be in (0, 1], got {window_min_weight!r}")
     t0 = time.perf_counter()
     mi = np.asarray(geometry.media_index)
     rho = np.asarray(geometry.density_g_cm3, dtype=np.float32)
+    # a Medium built directly with fractions summing to 1 within 1 % goes in renormalised, as
+    # custom_medium builds it (the shipped media and custom_medium's go in as given)
+    media = [_clean_composition(m, f"VoxelGeometry: media[{i}]", "VoxelGeometry: ")
+             for i, m in enumerate(geometry.media)]
     ambient_medium = _ambient_medium(ambient)
+    probe = _probe_source(source, dev, max_energy_kev)
     prep = prepare_transport(
-        mi, rho, geometry.media, geometry.spacing_mm, geometry.origin_mm, max_energy_kev, dev,
+        mi, rho, media, geometry.spacing_mm, geometry.origin_mm, max_energy_kev, dev,
         estimator, majorant, block_vox, majorant_floor_per_mm, track_spacing_mm, compile, ambient_medium,
         fluorescence_min_kev,
     )
     grid, tables, block, track_setup = prep.grid, prep.tables, prep.block, prep.track_setup
-    _check_source_reaches(geometry, grid, source, dev)
+    _check_source_reaches(grid, probe)
     gen = torch.Generator(device=dev)
     gen.manual_seed(int(seed))
     pool = pool_size if pool_size is not None else POOL_SIZE.get(dev.type, 1 << 17)
@@ -693,7 +862,7 @@ def simulate(
             if n_workers > 1 and len(groups) == n_workers and use_processes:
                 jobs = [
                     mc_workers.GroupJob(
-                        mi, rho, list(geometry.media), tuple(geometry.spacing_mm), tuple(geometry.origin_mm), source,
+                        mi, rho, list(media), tuple(geometry.spacing_mm), tuple(geometry.origin_mm), source,
                         list(group), int(seed) + _WORKER_SEED_STRIDE * g, estimator, float(energy_cutoff_kev), pool,
                         float(majorant_floor_per_mm), track_spacing_mm, compile, majorant, int(block_vox),
                         ambient_medium, None if window is None else window.target.cpu().numpy(), sample_dims,
@@ -825,6 +994,12 @@ def geometry_from_case(case_ds, density_set: str = "paper") -> VoxelGeometry:
     Returns
     -------
     VoxelGeometry
+
+    Raises
+    ------
+    InputError
+        No ``labels``, a label without a medium, or an unknown voxel grid: neither the
+        attributes nor uniform coordinates, or an axis of one voxel without ``spacing_mm``.
     """
     from ..materials import get_medium, medium_index_map, medium_of_label
 
@@ -851,12 +1026,37 @@ def geometry_from_case(case_ds, density_set: str = "paper") -> VoxelGeometry:
 
 
 def _grid_of(case_ds) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Spacing and origin (z, y, x) of a case: its ``spacing_mm`` and ``origin_mm`` attributes,
+    else its z/y/x coordinates (uniform, within ``_UNIFORM_SPACING_RTOL``); an axis of one
+    voxel takes its spacing from the ``spacing_mm`` attribute. Nothing is assumed.
+
+    Raises
+    ------
+    InputError
+        A case without the attributes whose coordinates are missing or not uniform, or an axis of
+        one voxel without a ``spacing_mm`` attribute.
+    """
     attrs = case_ds.attrs
     if "spacing_mm" in attrs and "origin_mm" in attrs:
         return tuple(float(v) for v in attrs["spacing_mm"]), tuple(float(v) for v in attrs["origin_mm"])
+    case = f"case {attrs.get('case_id', '?')}"
     sp, og = [], []
-    for dim in ("z", "y", "x"):
-        c = np.asarray(case_ds[dim].values, dtype=float)
-        sp.append(float(c[1] - c[0]) if c.size > 1 else 1.0)
+    for i, dim in enumerate(("z", "y", "x")):
+        c = np.asarray(case_ds[dim].values, dtype=float) if dim in case_ds.coords else np.empty(0)
+        if c.size == 0:
+            raise InputError(f"{case}: no 'spacing_mm'/'origin_mm' attributes and no {dim!r} coordinates (mm): the "
+                             "voxel grid is unknown")
+        if c.size > 1:
+            d = np.diff(c)
+            if not (np.all(np.isfinite(c)) and np.all(np.abs(d - d[0]) <= _UNIFORM_SPACING_RTOL * abs(d[0]))):
+                raise InputError(f"{case}: the {dim!r} coordinates are not uniformly spaced (steps "
+                                 f"{float(d.min()):g}..{float(d.max()):g} mm); give a uniform grid or the "
+                                 "'spacing_mm'/'origin_mm' attributes")
+            sp.append(float(c[1] - c[0]))
+        elif "spacing_mm" in attrs:
+            sp.append(float(attrs["spacing_mm"][i]))
+        else:
+            raise InputError(f"{case}: the {dim!r} axis has one voxel and the case no 'spacing_mm' attribute: its "
+                             "spacing is unknown")
         og.append(float(c[0]))
     return tuple(sp), tuple(og)

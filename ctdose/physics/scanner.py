@@ -117,12 +117,17 @@ class Bowtie:
         a = np.asarray(self.fan_angle_rad, dtype=np.float64).ravel()
         t = np.asarray(self.al_thickness_mm, dtype=np.float64).ravel()
         where = f" ({self.description})" if self.description else ""
-        if a.size == 0 or a.shape != t.shape:
+        if a.size == 0:
+            raise InputError(f"bowtie{where}: no fan angles (an empty profile)")
+        if a.shape != t.shape:
             raise InputError(f"bowtie{where}: angle and thickness must be 1-D arrays of equal length")
         if not (np.all(np.isfinite(a)) and np.all(np.isfinite(t))):
             raise InputError(f"bowtie{where}: NaN or infinite values")
         if np.any(a < 0) or np.any(np.diff(a) <= 0):
             raise InputError(f"bowtie{where}: fan angles must be >= 0 and strictly increasing")
+        if a.max() >= math.pi / 2:
+            raise InputError(f"bowtie{where}: fan angles must be below 90 degrees (got up to "
+                             f"{math.degrees(a.max()):g}; a fan angle is measured from the central ray)")
         if np.any(t < 0):
             raise InputError(f"bowtie{where}: negative thickness")
         self.fan_angle_rad, self.al_thickness_mm = a, t
@@ -177,6 +182,8 @@ _BOWTIE_COLUMNS = ("fan_angle_deg", "al_thickness_mm")
 def _bowtie_from_columns(a: np.ndarray, t: np.ndarray, where: str) -> Bowtie:
     """A bowtie from fan angles ``a`` (degrees) and thicknesses ``t`` (mm); ``where`` names
     the source in messages."""
+    if a.size == 0:
+        raise InputError(f"bowtie {where}: no rows (a header only)")
     if np.any(a < 0):
         neg, pos = a < 0, a >= 0
         if not np.any(pos):
@@ -196,6 +203,15 @@ def generic_body_bowtie() -> Bowtie:
 
 
 # ---------------------------------------------------------------------------------------------
+#: Longest scan a :class:`Protocol` takes (mm): a whole-body scan is about 2 m; beyond this the
+#: source positions alone would not fit in memory at small pitches.
+MAX_SCAN_LENGTH_MM = 5000.0
+
+#: Most source positions per rotation a :class:`Protocol` takes (a real scanner reads about
+#: 1000-5000 views per rotation; the discretisation needs far fewer, see ``projections_per_rotation``).
+MAX_PROJECTIONS_PER_ROTATION = 100_000
+
+
 @dataclass
 class CTScanner:
     """Geometry, spectrum and bowtie of a CT scanner.
@@ -231,6 +247,8 @@ class CTScanner:
         d, fov, col = self.source_to_isocentre_mm, self.fan_fov_mm, self.collimation_mm
         if fov / 2 >= d:
             raise InputError(f"CTScanner: fan_fov_mm/2 = {fov / 2} must be below the source distance {d}")
+        if col / 2 >= d:  # a cone of 45 degrees or more in z: no CT scanner, and no sampler for it
+            raise InputError(f"CTScanner: collimation_mm/2 = {col / 2} must be below the source distance {d}")
 
     def fan_half_angle_rad(self) -> float:
         """In-plane half-angle of the fan, asin(FOV/2 / D)."""
@@ -356,19 +374,28 @@ class Protocol:
             raise InputError(f"Protocol: mode must be 'axial' or 'helical', got {self.mode!r}")
         if self.rotation not in ("continuous", "discrete"):
             raise InputError(f"Protocol: rotation must be 'continuous' or 'discrete', got {self.rotation!r}")
-        for name in ("z_start_mm", "z_end_mm", "start_angle_deg"):
-            if not math.isfinite(float(getattr(self, name))):
-                raise InputError(f"Protocol: {name} must be finite")
+        for name in ("z_start_mm", "z_end_mm", "start_angle_deg", "pitch", "tube_current_ma", "rotation_time_s",
+                     "projections_per_rotation"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise InputError(f"Protocol: {name} must be a number, got {v!r}")
+        for name in ("z_start_mm", "z_end_mm", "start_angle_deg", "projections_per_rotation"):
+            v = getattr(self, name)
+            if not math.isfinite(v):
+                raise InputError(f"Protocol: {name} must be finite, got {v!r}")
         if self.z_end_mm < self.z_start_mm:
             raise InputError(f"Protocol: z_end_mm {self.z_end_mm} < z_start_mm {self.z_start_mm}")
+        if self.z_end_mm - self.z_start_mm > MAX_SCAN_LENGTH_MM:
+            raise InputError(f"Protocol: a scan of {self.z_end_mm - self.z_start_mm:g} mm (z_start_mm to z_end_mm) "
+                             f"is longer than {MAX_SCAN_LENGTH_MM:g} mm")
         for name in ("pitch", "tube_current_ma", "rotation_time_s"):
             v = float(getattr(self, name))
             if not (math.isfinite(v) and v > 0):
                 raise InputError(f"Protocol: {name} must be > 0, got {v}")
-        if int(self.projections_per_rotation) != self.projections_per_rotation or self.projections_per_rotation < 1:
-            raise InputError(
-                f"Protocol: projections_per_rotation must be a positive integer, got {self.projections_per_rotation}"
-            )
+        n = self.projections_per_rotation
+        if int(n) != n or not 1 <= n <= MAX_PROJECTIONS_PER_ROTATION:
+            raise InputError(f"Protocol: projections_per_rotation must be an integer from 1 to "
+                             f"{MAX_PROJECTIONS_PER_ROTATION}, got {n!r}")
         if (self.current_profile_z_mm is None) != (self.current_profile_ma is None):
             raise InputError("Protocol: give both current_profile_z_mm and current_profile_ma or neither")
         if self.current_profile_z_mm is not None:

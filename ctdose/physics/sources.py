@@ -38,6 +38,7 @@ import torch
 
 from ..errors import InputError
 from .interactions import rotate_direction
+from .spectrum import bin_middle_and_width_kev
 from .transport import PhotonState
 from .xsection import ENERGY_MIN_KEV
 
@@ -47,6 +48,18 @@ __all__ = ["CTSource", "PointSource", "rectangle_solid_angle_sr", "tangent_recta
 _REFERENCE_DISTANCE_MM = 1000.0
 #: Fan-angle samples of the bowtie weight table.
 _N_BOWTIE_ANGLES = 513
+#: Largest tangent of a rectangular field's edge (|a|, |b|; about 89.94 degrees from the axis):
+#: beyond it a direction ``axis + a e1 + b e2`` loses the axis in float32 and its squares head
+#: for float32's overflow.
+_MAX_FIELD_TAN = 1.0e3
+#: Smallest share of the tangent-plane rectangle's points that the solid-angle sampler may keep
+#: (the field's solid angle over the rectangle's area, times the density's peak): a field of
+#: nearly 90 degrees keeps almost none, and the rejection loop would run for ever. A square
+#: field of half-angles up to about 85 degrees keeps more.
+_MIN_FIELD_ACCEPTANCE = 0.01
+#: Rounds of the rejection loop after which it gives up: a field with the smallest accepted
+#: share needs about a hundred for 1e9 photons.
+_MAX_REJECTION_ROUNDS = 1000
 
 
 def rectangle_solid_angle_sr(half_angle_1_rad: float, half_angle_2_rad: float) -> float:
@@ -78,8 +91,17 @@ def tangent_rectangle_solid_angle_sr(a_bounds: Sequence[float], b_bounds: Sequen
 
 
 def _spectrum_arrays(energy_kev, spectrum):
-    """(bin centres, bin widths, probabilities, photons per mm^2 per mAs at 1 m or None)."""
+    """(bin centres, middles of the bins' edges, bin widths (keV), probabilities, photons per mm^2
+    per mAs at 1 m or None).
+
+    The bins are those of :func:`ctdose.physics.spectrum.bin_middle_and_width_kev`: edges
+    halfway between neighbouring centres, so that uneven centres give bins that do not overlap;
+    a photon's energy is uniform between its bin's edges.
+    """
     if spectrum is not None:
+        if energy_kev is not None:
+            raise InputError(f"source: give energy_kev (monoenergetic) or a spectrum, not both "
+                             f"(got energy_kev={energy_kev!r} and a spectrum)")
         e = np.asarray(spectrum.energy_kev, dtype=np.float64)
         f = np.asarray(spectrum.fluence_per_mas_per_mm2_at_1m, dtype=np.float64)
         if e.ndim != 1 or e.size == 0 or f.shape != e.shape:
@@ -88,14 +110,19 @@ def _spectrum_arrays(energy_kev, spectrum):
             raise InputError("source spectrum: NaN or infinite values")
         if np.any(f < 0) or not np.any(f > 0):
             raise InputError("source spectrum: weights must be >= 0 and not all zero")
+        with np.errstate(over="ignore"):
+            total = f.sum()
+        if not np.isfinite(total):
+            raise InputError(f"source spectrum: the weights' sum overflows (sum of {f.size} values up to {f.max():g}); "
+                             "scale them down")
         # as Spectrum requires (for a spectrum object that is not a Spectrum)
         if e.min() < ENERGY_MIN_KEV:
             raise InputError(f"source spectrum: energies must be >= {ENERGY_MIN_KEV:g} keV, got {e.min():g} keV")
         if np.any(np.diff(e) <= 0):
             raise InputError("source spectrum: energies must be strictly increasing")
-        width = np.gradient(e) if e.size > 1 else np.zeros(1)
+        middle, width = bin_middle_and_width_kev(e, f, "source spectrum")
         absolute = bool(getattr(spectrum, "absolute", True))
-        return e, width, f / f.sum(), (float(f.sum()) if absolute else None)
+        return e, middle, width, f / f.sum(), (float(f.sum()) if absolute else None)
     if energy_kev is None:
         raise InputError("source: give energy_kev (monoenergetic) or a spectrum")
     e = np.atleast_1d(np.asarray(energy_kev, dtype=np.float64))
@@ -106,11 +133,22 @@ def _spectrum_arrays(energy_kev, spectrum):
             f"source energy_kev must be >= {ENERGY_MIN_KEV:g} keV (where the cross-section tables start), "
             f"got {energy_kev!r}"
         )
-    return e, np.zeros(1), np.ones(1), None
+    return e, e, np.zeros(1), np.ones(1), None
+
+
+def _vector3(vec, what: str) -> np.ndarray:
+    """``vec`` as a float64 3-vector, or an InputError naming ``what``."""
+    try:
+        v = np.asarray(vec, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"{what}: must be three numbers (x, y, z), got {vec!r}") from None
+    if v.size != 3:
+        raise InputError(f"{what}: must be three numbers (x, y, z), got {v.size} ({vec!r})")
+    return v.reshape(3)
 
 
 def _unit(vec, what: str) -> np.ndarray:
-    v = np.asarray(vec, dtype=np.float64).reshape(3)
+    v = _vector3(vec, what)
     n = float(np.linalg.norm(v))
     if not np.isfinite(n) or n == 0:
         raise InputError(f"{what}: must be a finite non-zero 3-vector, got {vec!r}")
@@ -141,7 +179,11 @@ def _alias_table(probs) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _EnergySampler:
-    """Bin by Walker's alias method, then uniform within the bin (continuous spectrum)."""
+    """Bin by Walker's alias method, then uniform within the bin (continuous spectrum).
+
+    ``centres`` are the middles of the bins' edges (keV; the spectrum's energies where they are
+    uniformly spaced), ``widths`` the bins' widths (keV), ``probs`` their probabilities.
+    """
 
     def __init__(self, centres, widths, probs, device):
         self.centres = torch.tensor(centres, dtype=torch.float32, device=device)
@@ -184,6 +226,12 @@ def _sample_rectangle(
     Uniform per solid angle (isotropic source; default), by rejection against the density's
     largest value in the rectangle (at its point nearest the axis), or uniform on the plane (a
     source behind a rectangular opening sampled by area, as some codes do).
+
+    Raises
+    ------
+    InputError
+        The rejection loop has not found ``n`` directions after ``_MAX_REJECTION_ROUNDS``
+        rounds (a field too wide; :func:`_check_field` refuses those up front).
     """
     (a0, a1), (b0, b1) = a_bounds, b_bounds
 
@@ -197,8 +245,14 @@ def _sample_rectangle(
     peak = (1.0 + a_near * a_near + b_near * b_near) ** 1.5  # 1 where the field holds the axis
     a_far, b_far = max(abs(a0), abs(a1)), max(abs(b0), abs(b1))
     acc_min = peak * (1.0 + a_far * a_far + b_far * b_far) ** -1.5
-    out_a, out_b, got = [], [], 0
+    out_a, out_b, got, rounds = [], [], 0, 0
     while got < n:
+        if rounds == _MAX_REJECTION_ROUNDS:
+            raise InputError(
+                f"source field a in [{a0:g}, {a1:g}], b in [{b0:g}, {b1:g}] (tangents): only {got} of {n} directions "
+                f"after {rounds} rounds of rejection sampling; the field is too wide to sample (narrow it)"
+            )
+        rounds += 1
         m = int((n - got) / max(acc_min, 0.05) * 1.05) + 16
         a = uniform(a0, a1, m)
         b = uniform(b0, b1, m)
@@ -208,6 +262,44 @@ def _sample_rectangle(
         out_b.append(b)
         got += int(a.numel())
     return torch.cat(out_a)[:n], torch.cat(out_b)[:n]
+
+
+def _check_field(a_bounds: tuple[float, float], b_bounds: tuple[float, float], per_solid_angle: bool,
+                 what: str) -> None:
+    """Refuse a rectangular field the samplers cannot handle.
+
+    Parameters
+    ----------
+    a_bounds, b_bounds : (lo, hi)
+        The field's tangent-plane bounds (tangents of the angles from the axis, lo < hi).
+    per_solid_angle : bool
+        Directions uniform per solid angle (sampled by rejection) rather than over the plane.
+    what : str
+        The field as given, for the message.
+
+    Raises
+    ------
+    InputError
+        A bound beyond ``_MAX_FIELD_TAN`` in magnitude, or (per solid angle) a field of which
+        the rejection sampler would keep less than ``_MIN_FIELD_ACCEPTANCE`` of its draws.
+    """
+    (a0, a1), (b0, b1) = a_bounds, b_bounds
+    far = max(abs(a0), abs(a1), abs(b0), abs(b1))
+    if not far <= _MAX_FIELD_TAN:
+        raise InputError(
+            f"{what}: the field reaches a tangent of {far:g} ({math.degrees(math.atan(far)):.4f} degrees from the "
+            f"axis); at most {_MAX_FIELD_TAN:g} ({math.degrees(math.atan(_MAX_FIELD_TAN)):.2f} degrees) is supported"
+        )
+    if per_solid_angle:
+        a_near, b_near = min(max(0.0, a0), a1), min(max(0.0, b0), b1)
+        peak = (1.0 + a_near * a_near + b_near * b_near) ** 1.5
+        kept = peak * tangent_rectangle_solid_angle_sr(a_bounds, b_bounds) / ((a1 - a0) * (b1 - b0))
+        if kept < _MIN_FIELD_ACCEPTANCE:
+            raise InputError(
+                f"{what}: the field is too wide to sample per solid angle: its directions would be kept from only "
+                f"{kept:.2g} of the tangent-plane draws (at least {_MIN_FIELD_ACCEPTANCE:g} needed; a square field "
+                f"of half-angles up to about 85 degrees is fine); narrow the field"
+            )
 
 
 #: Newton steps of the field's marginal inversion: at most this many; it stops once the largest
@@ -260,18 +352,22 @@ class PointSource:
     Parameters
     ----------
     position_mm : (x, y, z)
-        Focal spot in patient coordinates, mm.
+        Focal spot in patient coordinates, mm (three finite numbers).
     direction : (u, v, w)
-        Central axis of the beam (normalised here).
+        Central axis of the beam (three numbers, not all zero; normalised here).
     energy_kev : float, optional
         Monoenergetic source (keV, >= 1 keV where the cross-section tables start; give this or
-        ``spectrum``).
+        ``spectrum``, not both).
     spectrum : ctdose.physics.spectrum.Spectrum, optional
-        Energy distribution; if absolute, results are also available per mAs.
+        Energy distribution; if absolute, results are also available per mAs. Photon energies
+        are uniform within each bin, whose edges lie halfway between neighbouring energies
+        (:func:`ctdose.physics.spectrum.bin_middle_and_width_kev`).
     collimation : "fan" | "cone"
     half_angles_rad : (fan, perpendicular)
-        Half-angles of the rectangular field: within the fan plane (spanned by ``direction`` and
-        ``fan_axis``) and perpendicular to it.
+        Half-angles of the rectangular field in radians, each in (0, pi/2): within the fan plane
+        (spanned by ``direction`` and ``fan_axis``) and perpendicular to it. Their tangents
+        must not exceed 1000 (89.94 degrees), and per solid angle the field must not be so wide
+        that its sampler keeps less than 1 % of its draws (a square field up to about 85 degrees).
     fan_axis : (x, y, z), optional
         A vector in the fan plane; default: perpendicular to ``direction`` in the xy-plane
         (a fan in the axial plane, collimated in z).
@@ -287,7 +383,14 @@ class PointSource:
         ``a`` and ``b`` (tangents of the angles from the axis) in these bounds. A field that
         just covers a rectangle [x0, x1] x [y0, y1] on a plane at distance ``h`` perpendicular
         to ``direction`` has ``a`` in [x0 / h, x1 / h] (e.g. a mammography field whose edge is
-        the chest wall).
+        the chest wall). The same limits as for ``half_angles_rad`` apply.
+
+    Raises
+    ------
+    InputError
+        A vector that is not three numbers, half-angles that are not two numbers in range, a
+        field too wide to sample, both or neither of ``energy_kev`` and ``spectrum``, or a
+        spectrum refused (see :class:`ctdose.physics.spectrum.Spectrum`).
     """
 
     position_mm: Sequence[float]
@@ -303,7 +406,7 @@ class PointSource:
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
-        p = np.asarray(self.position_mm, dtype=np.float64).reshape(3)
+        p = _vector3(self.position_mm, "PointSource.position_mm")
         if not np.all(np.isfinite(p)):
             raise InputError(f"PointSource.position_mm must be finite, got {self.position_mm!r}")
         self._pos = p
@@ -321,19 +424,28 @@ class PointSource:
                     )
                 self._field = tuple((float(lo), float(hi)) for lo, hi in bounds)
             else:
-                a1, a2 = (float(a) for a in self.half_angles_rad)
+                try:
+                    a1, a2 = (float(a) for a in np.asarray(self.half_angles_rad, dtype=np.float64).reshape(2))
+                except (TypeError, ValueError):
+                    raise InputError(
+                        f"PointSource.half_angles_rad must be two numbers (fan, perpendicular) in radians, "
+                        f"got {self.half_angles_rad!r}"
+                    ) from None
                 if not (0 < a1 < math.pi / 2 and 0 < a2 < math.pi / 2):
                     raise InputError(
                         f"PointSource.half_angles_rad must be in (0, pi/2), got {self.half_angles_rad!r}"
                     )
                 t1, t2 = math.tan(a1), math.tan(a2)
                 self._field = ((-t1, t1), (-t2, t2))
+            given = "field_tan" if self.field_tan is not None else "half_angles_rad"
+            _check_field(*self._field, self.sampling == "solid_angle",
+                         f"PointSource.{given}={getattr(self, given)!r}")
             if self.fan_axis is None:
                 ax = np.cross([0.0, 0.0, 1.0], self._d)
                 if np.linalg.norm(ax) < 1e-9:
                     ax = np.array([1.0, 0.0, 0.0])
             else:
-                ax = np.asarray(self.fan_axis, dtype=np.float64)
+                ax = _vector3(self.fan_axis, "PointSource.fan_axis")
             ax = ax - np.dot(ax, self._d) * self._d
             self._e1 = _unit(ax, "PointSource.fan_axis (must not be parallel to direction)")
             self._e2 = np.cross(self._d, self._e1)
@@ -346,13 +458,13 @@ class PointSource:
             if not (0 < a <= math.pi):
                 raise InputError(f"PointSource.cone_half_angle_rad must be in (0, pi], got {a}")
             self.solid_angle_sr = 2.0 * math.pi * (1.0 - math.cos(a))
-        self._e, self._w, self._p, self._phi = _spectrum_arrays(self.energy_kev, self.spectrum)
+        self._e, self._mid, self._w, self._p, self._phi = _spectrum_arrays(self.energy_kev, self.spectrum)
 
     # -- public properties -------------------------------------------------------------------
     @property
     def max_energy_kev(self) -> float:
         """Highest energy a photon can have (keV): the top edge of the highest bin of non-zero weight."""
-        return float(np.max((self._e + 0.5 * self._w)[self._p > 0]))
+        return float(np.max((self._mid + 0.5 * self._w)[self._p > 0]))
 
     @property
     def photons_per_mas(self) -> float | None:
@@ -384,7 +496,7 @@ class PointSource:
         dev = gen.device
         key = str(dev)
         if key not in self._cache:
-            self._cache[key] = _EnergySampler(self._e, self._w, self._p, dev)
+            self._cache[key] = _EnergySampler(self._mid, self._w, self._p, dev)
         if u is not None:
             u = u.to(dev)
         energy, _ = self._cache[key].sample(n, gen) if u is None else self._cache[key].from_uniform(u[:, 2])
@@ -467,7 +579,10 @@ class CTSource:
         self.fan_half_angle_rad = float(scanner.fan_half_angle_rad())
         self.z_half_angle_rad = math.atan(0.5 * float(scanner.collimation_mm) / self.distance_mm)
         self.solid_angle_sr = rectangle_solid_angle_sr(self.fan_half_angle_rad, self.z_half_angle_rad)
-        self._e, self._w, self._p, self._phi = _spectrum_arrays(None, scanner.spectrum)
+        t1, t2 = math.tan(self.fan_half_angle_rad), math.tan(self.z_half_angle_rad)
+        _check_field((-t1, t1), (-t2, t2), True, f"CT scanner field (fan half-angle {self.fan_half_angle_rad:g} rad, "
+                     f"z half-angle {self.z_half_angle_rad:g} rad)")
+        self._e, self._mid, self._w, self._p, self._phi = _spectrum_arrays(None, scanner.spectrum)
         self.use_bowtie = bool(bowtie) and getattr(scanner, "bowtie", None) is not None
         self._gamma = np.linspace(-self.fan_half_angle_rad, self.fan_half_angle_rad, _N_BOWTIE_ANGLES)
         if self.use_bowtie:
@@ -489,7 +604,7 @@ class CTSource:
     @property
     def max_energy_kev(self) -> float:
         """Highest energy a photon can have (keV): the top edge of the highest bin of non-zero weight."""
-        return float(np.max((self._e + 0.5 * self._w)[self._p > 0]))
+        return float(np.max((self._mid + 0.5 * self._w)[self._p > 0]))
 
     @property
     def photons_per_mas(self) -> float | None:
@@ -510,7 +625,7 @@ class CTSource:
             cdf = np.cumsum(self.mas)
             cdf /= cdf[-1]
             self._cache[key] = dict(
-                energy=_EnergySampler(self._e, self._w, self._p, dev),
+                energy=_EnergySampler(self._mid, self._w, self._p, dev),
                 pos_cdf=torch.tensor(cdf, dtype=torch.float64, device=dev),
                 angle=torch.tensor(self.angle_rad, dtype=torch.float32, device=dev),
                 z=torch.tensor(self.z_mm, dtype=torch.float32, device=dev),

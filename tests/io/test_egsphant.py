@@ -141,6 +141,10 @@ def test_good_reference_file_reads(tmp_path):
         # voxel numbers one too high: the first media row was read as a boundary
         ("1 1\n3 2 2", "1 1\n4 2 2", r"x boundaries are not increasing \(do the voxel numbers 4 2 2 match"),
         ("111\n111\n\n222\n222", "1112\n1112\n\n2221\n2221", r"media row \(j=0, k=0\) has 4 characters, expected 3"),
+        # one ESTEPE value for two media; a fourth number on the voxel-number line
+        ("1 1\n3 2 2", "1\n3 2 2", r"bad ESTEPE line '1' \(line 4; expected 2 numbers\)"),
+        ("1 1\n3 2 2", "1 1\n3 2 2 7", r"bad voxel-number line '3 2 2 7' \(line 5; expected nx ny nz\)"),
+        ("-0.25 0.25 0.75\n111", "-0.25 0.25 O.75\n111", r"non-numeric voxel boundary in line 8: '-0.25 0.25 O.75'"),
     ],
 )
 def test_bad_content_raises_input_error_naming_the_file(tmp_path, old, new, match):
@@ -150,6 +154,23 @@ def test_bad_content_raises_input_error_naming_the_file(tmp_path, old, new, matc
     with pytest.raises(InputError, match=match) as err:
         read_egsphant(f)
     assert "bad.egsphant" in str(err.value)
+
+
+def test_a_file_that_ends_within_the_voxel_boundaries_says_so(tmp_path):
+    """The reader's own 'ends before' error was swallowed as a non-numeric boundary."""
+    f = tmp_path / "short.egsphant"
+    f.write_text("".join(_GOOD.splitlines(keepends=True)[:6]))
+    with pytest.raises(InputError, match=r"short\.egsphant.*ends before the voxel boundaries"):
+        read_egsphant(f)
+
+
+def test_fortran_d_exponents_read_as_in_3ddose_files(tmp_path):
+    f = tmp_path / "d.egsphant"
+    f.write_text(_GOOD.replace("1.2 1.2 1.2\n1.2 1.2 1.2\n\n", "1.2D0 1.2 1.2\n1.2 1.2 0.12d1\n\n", 1)
+                 .replace("1 1\n3 2 2", "1.0D0 1\n3 2 2", 1))
+    ph = read_egsphant(f)
+    np.testing.assert_array_equal(ph.density_g_cm3[1], np.full((2, 3), 1.2, np.float32))
+    np.testing.assert_array_equal(ph.estepe, [1.0, 1.0])
 
 
 def test_huge_voxel_numbers_without_data_raise_before_allocating(tmp_path):

@@ -212,3 +212,241 @@ def test_batch_uncertainty_matches_the_spread_between_independent_runs(estimator
         print(f"{estimator}{' + window' if weight_window else ''}, {name}: spread between runs {spread:.4g}, "
               f"batch standard error {reported:.4g} eV per photon, ratio {spread / reported:.2f}")
         assert 0.7 < spread / reported < 1.4, (name, spread, reported)
+
+
+# -- input checks of the audit: compositions, densities, sources, cases, grids, flags, dtypes ---------------
+
+_WATER = {1: 0.111894, 8: 0.888106}
+
+
+@pytest.fixture
+def transported(monkeypatch):
+    """The media and ambient medium that simulate hands to the transport (stops it there)."""
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(mi, rho, media, spacing, origin, max_energy, dev, estimator, majorant, block_vox, floor,
+                track_spacing, compile, ambient, fluorescence):
+        seen.update(media=media, ambient=ambient)
+        raise Stop
+
+    monkeypatch.setattr(mc, "prepare_transport", capture)
+
+    def run(geo, **kw):
+        with pytest.raises(Stop):
+            simulate(geo, _src(), 2000, n_batches=4, compile=False, **kw)
+        return seen
+
+    return run
+
+
+def test_a_direct_medium_summing_to_0991_is_transported_as_custom_medium_builds_it(transported):
+    from ctdose.materials import custom_medium
+
+    scaled = {z: w * 0.991 for z, w in _WATER.items()}
+    ambient = {7: 0.755 * 0.995, 8: 0.232 * 0.995, 18: 0.013 * 0.995}
+    seen = transported(_geo(media=[Medium("w", 1.0, scaled)]), ambient=Medium("a", 0.0012, ambient))
+    assert dict(seen["media"][0].mass_fractions) == dict(custom_medium("w", 1.0, scaled).mass_fractions)
+    assert dict(seen["ambient"].mass_fractions) == dict(custom_medium("a", 0.0012, ambient).mass_fractions)
+    assert sum(seen["media"][0].mass_fractions.values()) == pytest.approx(1.0, abs=1e-15)
+
+
+def test_a_direct_medium_summing_to_0991_gives_the_dose_of_the_custom_medium():
+    from ctdose.materials import custom_medium
+
+    scaled = {z: w * 0.991 for z, w in _WATER.items()}
+    direct = simulate(_geo(media=[Medium("w", 1.0, scaled)]), _src(), 2000, n_batches=4, seed=2, compile=False)
+    built = simulate(_geo(media=[custom_medium("w", 1.0, scaled)]), _src(), 2000, n_batches=4, seed=2, compile=False)
+    np.testing.assert_array_equal(direct.energy_ev, built.energy_ev)
+
+
+def test_shipped_media_and_custom_media_are_transported_exactly_as_given(transported):
+    from ctdose.materials import DENSITY_SETS, custom_medium, media_names
+
+    for density_set in DENSITY_SETS:
+        media = media_list(density_set=density_set) + [custom_medium("odd", 1.1, {1: 0.3, 6: 0.3, 8: 0.4000001})]
+        n = len(media)
+        mi = (np.arange(4 * 4 * n) % n).reshape(4, 4, n).astype(np.uint8)
+        rho = np.ones(mi.shape, np.float32)
+        geo = VoxelGeometry(mi, rho, media, (5.0, 5.0, 5.0), (-7.5, -7.5, -2.5 * n))
+        seen = transported(geo, ambient="air")
+        assert all(a is b for a, b in zip(seen["media"], media)) and len(seen["media"]) == n
+        assert [m.name for m in media[:-1]] == media_names()
+
+
+def test_text_mass_fractions_are_refused_with_a_clear_message(no_transport):
+    geo = _geo(media=[Medium("w", 1.0, {1: "0.111", 8: "0.889"})])
+    match = r"VoxelGeometry: medium 'w': mass fraction of Z=1 is '0\.111' \(str\), not a number"
+    with pytest.raises(InputError, match=match):
+        geo.validate()
+    with pytest.raises(InputError, match=match):
+        simulate(geo, _src(), 2000, n_batches=4)
+
+
+@pytest.mark.parametrize("density", [1e39, 1000.0, 150.0])
+def test_a_density_above_any_material_is_refused(density, no_transport):
+    geo = _geo(density_g_cm3=np.full((4, 4, 4), density))
+    match = r"VoxelGeometry: density .* g/cm\^3 is above 100 g/cm\^3 \(the densest element, osmium"
+    with pytest.raises(InputError, match=match):
+        geo.validate()
+    with pytest.raises(InputError, match=match):
+        simulate(geo, _src(), 2000, n_batches=4)
+    with pytest.raises(InputError, match=r"simulate: ambient medium 'a': density must be finite, > 0 and at most 100"):
+        simulate(_geo(), _src(), 2000, n_batches=4, ambient=Medium("a", density, {7: 1.0}))
+
+
+def test_osmium_dense_voxels_are_still_taken():
+    _geo(density_g_cm3=np.full((4, 4, 4), 22.59)).validate()
+
+
+class _Duck:
+    """A user's source: a PointSource's photons, changed by ``edit``, with its own max_energy_kev."""
+
+    def __init__(self, edit=None, max_energy_kev=60.0):
+        self.base, self.edit, self.max_energy_kev, self.dose_scale_per_mas = _src(), edit, max_energy_kev, None
+
+    def sample(self, n, gen):
+        p = self.base.sample(n, gen)
+        if self.edit is not None:
+            self.edit(p)
+        return p
+
+
+@pytest.mark.parametrize("max_energy", [float("nan"), float("inf"), 200.0, -5.0, "abc", None])
+def test_a_source_max_energy_that_is_not_a_number_within_the_tables_is_refused(max_energy, no_transport):
+    with pytest.raises(InputError, match=r"simulate: the source's max_energy_kev must be a finite number in "
+                                         r"\(0, 150\] keV .*, got "):
+        simulate(_geo(), _Duck(max_energy_kev=max_energy), 2000, n_batches=4)
+
+
+def _set(field, value):
+    def edit(p):
+        getattr(p, field)[: 100] = value
+    return edit
+
+
+def _scale_directions(p):
+    p.u.mul_(2.0), p.v.mul_(2.0), p.w.mul_(2.0)
+
+
+def _above_declared(p):
+    p.energy_kev.fill_(300.0)
+
+
+@pytest.mark.parametrize(
+    "edit, max_energy, match",
+    [
+        (_set("energy_kev", float("nan")), 60.0, r"energies must be finite and in \(0, 60\] keV"),
+        (_above_declared, 100.0, r"energies must be finite and in \(0, 100\] keV .*got 300\.\.300 keV"),
+        (_set("energy_kev", 61.0), 60.0, r"energies must be finite and in \(0, 60\] keV"),
+        (_set("energy_kev", 0.0), 60.0, r"energies must be finite and in \(0, 60\] keV"),
+        (_set("weight", float("nan")), 60.0, r"weights must be finite and >= 0"),
+        (_set("weight", -1.0), 60.0, r"weights must be finite and >= 0, got -1\.\.1"),
+        (_set("weight", float("inf")), 60.0, r"weights must be finite and >= 0"),
+        (_scale_directions, 60.0, r"directions \(u, v, w\) must be unit vectors \(within 1e-05\), got lengths 2\.\.2"),
+        (_set("u", float("nan")), 60.0, r"directions \(u, v, w\) must be unit vectors"),
+        (_set("x", float("nan")), 60.0, r"100 have NaN or infinite positions"),
+    ],
+)
+def test_a_source_whose_photons_are_bad_is_refused_before_any_work(edit, max_energy, match, no_transport):
+    with pytest.raises(InputError, match=r"simulate: the source's photons \(a probe of 4096 from sample\(n, gen\)\): "
+                                         + match):
+        simulate(_geo(), _Duck(edit, max_energy), 2000, n_batches=4)
+
+
+def test_a_correct_user_source_gives_the_result_of_the_source_it_wraps():
+    """The probe uses a generator of its own: the run's random stream is the wrapped source's."""
+    a = simulate(_geo(), _Duck(), 2000, n_batches=4, seed=4, compile=False, source_sampling="random")
+    b = simulate(_geo(), _src(), 2000, n_batches=4, seed=4, compile=False, source_sampling="random")
+    np.testing.assert_array_equal(a.energy_ev, b.energy_ev)
+
+
+def _case(z, spacing_attr=True, origin_attr=False):
+    import xarray as xr
+
+    attrs = {"case_id": "c7"}
+    if spacing_attr:
+        attrs["spacing_mm"] = [2.0, 1.5, 1.5]
+    if origin_attr:
+        attrs["origin_mm"] = [0.0, 0.0, 0.0]
+    labels = np.ones((len(z), 2, 2), np.uint8)
+    coords = {} if z is None else {"z": np.asarray(z, float), "y": [0.0, 1.5], "x": [3.0, 4.5]}
+    return xr.Dataset({"labels": (("z", "y", "x"), labels)}, coords=coords, attrs=attrs)
+
+
+def test_a_case_with_non_uniform_coordinates_is_refused():
+    with pytest.raises(InputError, match=r"case c7: the 'z' coordinates are not uniformly spaced \(steps 5\.\.45 mm\)"):
+        mc.geometry_from_case(_case([0.0, 5.0, 50.0], spacing_attr=False))
+
+
+def test_a_single_slice_case_without_spacing_is_refused_and_with_it_takes_it():
+    with pytest.raises(InputError, match=r"case c7: the 'z' axis has one voxel and the case no 'spacing_mm' attribute"):
+        mc.geometry_from_case(_case([10.0], spacing_attr=False))
+    geo = mc.geometry_from_case(_case([10.0]))
+    assert geo.spacing_mm == (2.0, 1.5, 1.5) and geo.origin_mm == (10.0, 0.0, 3.0)
+
+
+def test_a_case_without_coordinates_or_grid_attributes_is_refused():
+    import xarray as xr
+
+    ds = xr.Dataset({"labels": (("z", "y", "x"), np.ones((2, 2, 2), np.uint8))}, attrs={"case_id": "c7"})
+    with pytest.raises(InputError, match=r"case c7: no 'spacing_mm'/'origin_mm' attributes and no 'z' coordinates"):
+        mc.geometry_from_case(ds)
+
+
+def test_a_case_with_uniform_coordinates_or_both_attributes_keeps_its_grid():
+    assert mc.geometry_from_case(_case([0.0, 2.5, 5.0], spacing_attr=False)).spacing_mm == (2.5, 1.5, 1.5)
+    assert mc.geometry_from_case(_case([0.0, 5.0, 50.0], origin_attr=True)).spacing_mm == (2.0, 1.5, 1.5)
+
+
+@pytest.mark.parametrize("spacing, origin", [((1e38,) * 3, (0.0,) * 3), ((5.0,) * 3, (0.0, 0.0, 2e6)),
+                                             ((3e5,) * 3, (0.0,) * 3)])
+def test_a_grid_reaching_beyond_a_kilometre_is_refused(spacing, origin, no_transport):
+    match = r"VoxelGeometry: the grid .* reaches .* mm from the origin of coordinates; at most 1e\+06 mm \(1 km\)"
+    with pytest.raises(InputError, match=match):
+        _geo(spacing_mm=spacing, origin_mm=origin).validate()
+    with pytest.raises(InputError, match=match):
+        simulate(_geo(spacing_mm=spacing, origin_mm=origin), _src(), 2000, n_batches=4)
+
+
+def test_a_voxel_smaller_than_a_tenth_of_a_micrometre_is_refused():
+    with pytest.raises(InputError, match=r"VoxelGeometry: spacing_mm .*: every voxel edge must be at least 0\.0001 mm"):
+        _geo(spacing_mm=(1e-40, 5.0, 5.0)).validate()
+
+
+@pytest.mark.parametrize("flag, value", [("weight_window", "no"), ("compile", "no"), ("keep_batches", "no"),
+                                         ("progress", "yes"), ("weight_window", 1), ("compile", 0)])
+def test_a_flag_that_is_not_a_bool_is_refused(flag, value, no_transport):
+    with pytest.raises(InputError, match=rf"simulate: {flag} must be True or False.*, got {value!r}"):
+        simulate(_geo(), _src(), 2000, n_batches=4, **{flag: value})
+
+
+def test_window_min_weight_needs_a_weight_window_and_a_number(no_transport):
+    with pytest.raises(InputError, match=r"simulate: window_min_weight \(5\.0\) is given but weight_window is off"):
+        simulate(_geo(), _src(), 2000, n_batches=4, window_min_weight=5.0)
+    with pytest.raises(InputError, match=r"window_min_weight \('abc'\) is given but weight_window is off"):
+        simulate(_geo(), _src(), 2000, n_batches=4, window_min_weight="abc")
+    with pytest.raises(InputError, match=r"simulate: window_min_weight must be in \(0, 1\], got 'abc'"):
+        simulate(_geo(), _src(), 2000, n_batches=4, weight_window=True, window_min_weight="abc")
+
+
+def test_numpy_bools_are_taken_as_flags():
+    plain = simulate(_geo(), _src(), 2000, n_batches=4, seed=3, compile=False, keep_batches=True)
+    numpy = simulate(_geo(), _src(), 2000, n_batches=4, seed=3, compile=np.False_, keep_batches=np.True_)
+    np.testing.assert_array_equal(numpy.batch_energy_ev, plain.batch_energy_ev)
+
+
+def test_a_medium_name_instead_of_a_medium_says_so_and_suggests_get_medium():
+    with pytest.raises(InputError, match=r"VoxelGeometry: media\[0\] is the string 'water', not a Medium: use "
+                                         r"ctdose\.materials\.get_medium\('water'\)"):
+        _geo(media=["water"]).validate()
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128, object])
+def test_a_density_or_media_index_of_a_non_real_dtype_is_refused(dtype, no_transport):
+    with pytest.raises(InputError, match=r"VoxelGeometry: density_g_cm3 must hold real numbers \(g/cm\^3\), got dtype"):
+        simulate(_geo(density_g_cm3=np.ones((4, 4, 4), dtype)), _src(), 2000, n_batches=4)
+    with pytest.raises(InputError, match=r"VoxelGeometry: media_index must hold non-negative integers, got dtype"):
+        _geo(media_index=np.zeros((4, 4, 4), dtype)).validate()

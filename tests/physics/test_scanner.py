@@ -20,6 +20,8 @@ from ctdose.physics.scanner import (
 )
 from ctdose.physics.spectrum import Spectrum
 
+#: A small spectrum for scanners whose spectrum does not matter.
+SPEC = Spectrum(np.array([40.0, 60.0, 80.0]), np.array([1.0, 2.0, 1.0]))
 
 @pytest.fixture(scope="module")
 def scanner():
@@ -105,6 +107,50 @@ def test_tube_current_modulation(scanner):
 def test_protocol_rejects_bad_input(kwargs):
     with pytest.raises(InputError):
         Protocol(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(projections_per_rotation=float("nan")), "projections_per_rotation must be finite"),
+    (dict(projections_per_rotation=float("inf")), "projections_per_rotation must be finite"),
+    (dict(projections_per_rotation=None), "projections_per_rotation must be a number, got None"),
+    (dict(projections_per_rotation="16"), "projections_per_rotation must be a number, got '16'"),
+    (dict(projections_per_rotation=10**12), "projections_per_rotation must be an integer from 1 to 100000"),
+    (dict(z_start_mm="a"), "z_start_mm must be a number, got 'a'"),
+    (dict(tube_current_ma="200"), "tube_current_ma must be a number, got '200'"),
+    (dict(tube_current_ma=None), "tube_current_ma must be a number"),
+    (dict(pitch=True), "pitch must be a number, got True"),
+    (dict(mode="helical", z_end_mm=1e12), "is longer than 5000 mm"),
+    (dict(mode="axial", z_end_mm=1e12), "is longer than 5000 mm"),
+])
+def test_protocol_names_the_bad_argument_instead_of_failing_deep_inside(kwargs, message):
+    """Raw TypeErrors, OverflowErrors and MemoryErrors (a 1e12 mm scan asked for terabytes of
+    source positions) before these checks."""
+    with pytest.raises(InputError, match=message):
+        Protocol(**kwargs)
+
+
+def test_protocol_takes_numpy_numbers():
+    p = Protocol(projections_per_rotation=np.int64(8), tube_current_ma=np.float32(100.0), z_end_mm=np.float64(40.0))
+    assert p.projections_per_rotation == 8 and len(p.source_positions(CTScanner(SPEC)).angle_rad) > 0
+
+
+def test_bowtie_refuses_fan_angles_of_90_degrees_and_more_and_empty_profiles(tmp_path):
+    with pytest.raises(InputError, match="fan angles must be below 90 degrees"):
+        Bowtie(np.deg2rad([0.0, 400.0]), np.array([0.0, 5.0]))
+    f = tmp_path / "wide.csv"
+    f.write_text("fan_angle_deg,al_thickness_mm\n0,0\n400,5\n")
+    with pytest.raises(InputError, match=r"bowtie \(file .*wide\.csv\): fan angles must be below 90 degrees"):
+        bowtie_from_csv(f)
+    with pytest.raises(InputError, match="no fan angles"):
+        Bowtie(np.array([]), np.array([]))
+
+
+def test_scanner_refuses_a_collimation_as_wide_as_twice_the_source_distance():
+    """A 1e9 mm collimation made the source's field sampler loop for ever (a cone of nearly 90
+    degrees in z)."""
+    with pytest.raises(InputError, match="collimation_mm/2 = 500000000.0 must be below the source distance 541.0"):
+        CTScanner(SPEC, collimation_mm=1e9)
+    assert CTScanner(SPEC, collimation_mm=160.0).collimation_mm == 160.0
 
 
 def test_bowtie_symmetric_and_transmission_independent():

@@ -313,3 +313,88 @@ def test_ct_source_whose_bowtie_transmits_nothing_is_refused():
         CTSource(CTScanner(spec, bowtie=opaque), Protocol())
     thick = Bowtie(np.array([0.0, 0.5]), np.array([0.0, 1e6]), "opaque at the edge only")
     CTSource(CTScanner(spec, bowtie=thick), Protocol())  # the centre of the fan still emits
+
+
+@pytest.mark.parametrize("how", SAMPLING)
+@pytest.mark.parametrize("energies, weights, low, high", [
+    ([2.0, 3.0, 100.0], [0.0, 1.0, 0.0], 2.5, 51.5),  # np.gradient's bin at 3 keV spanned -21.5 to 27.5 keV
+    ([30.0, 40.0, 200.0], [1.0, 1.0, 0.0], 25.0, 120.0),  # 1.5 % of the photons were below 0 keV
+])
+def test_uneven_spectrum_bins_emit_photons_only_between_their_edges(how, energies, weights, low, high):
+    from ctdose.physics.spectrum import Spectrum
+
+    spec = Spectrum(np.array(energies), np.array(weights), absolute=False)
+    src = PointSource((0, 0, -100.0), (0, 0, 1), spectrum=spec, collimation="cone", cone_half_angle_rad=0.05)
+    assert src.max_energy_kev == high
+    e = _draw(src, 50_000, 1, how).energy_kev.numpy()
+    assert e.min() >= low and e.max() <= high
+    assert e.min() < low + 0.01 * (high - low) and e.max() > high - 0.01 * (high - low)  # the whole bins
+
+
+def test_spectrum_object_whose_lowest_bin_reaches_below_1_kev_is_refused():
+    class Spec:  # not a Spectrum: 1 and 2 keV bins span 0.5-1.5 and 1.5-2.5 keV
+        energy_kev = np.array([1.0, 2.0])
+        fluence_per_mas_per_mm2_at_1m = np.array([1.0, 1.0])
+
+    with pytest.raises(InputError, match=r"source spectrum: the lowest bin, at 1 keV, reaches down to 0.5 keV"):
+        PointSource((0, 0, -100.0), (0, 0, 1), spectrum=Spec(), collimation="cone")
+
+
+def test_spectrum_object_whose_weights_overflow_is_refused():
+    class Spec:
+        energy_kev = np.array([30.0, 40.0])
+        fluence_per_mas_per_mm2_at_1m = np.array([1e308, 1e308])
+
+    with pytest.raises(InputError, match=r"source spectrum: the weights' sum overflows"):
+        PointSource((0, 0, -100.0), (0, 0, 1), spectrum=Spec(), collimation="cone")
+
+
+def test_an_energy_and_a_spectrum_together_are_refused():
+    from ctdose.physics.spectrum import Spectrum
+
+    with pytest.raises(InputError, match=r"give energy_kev \(monoenergetic\) or a spectrum, not both "
+                                         r"\(got energy_kev=60"):
+        PointSource((0, 0, 0), (0, 0, 1), energy_kev=60.0, spectrum=Spectrum(np.array([30.0, 40.0]), np.ones(2)))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(position_mm=(0, 0)), r"PointSource.position_mm: must be three numbers \(x, y, z\), got 2 \(\(0, 0\)\)"),
+    (dict(direction=(0, 1)), r"PointSource.direction: must be three numbers \(x, y, z\), got 2 \(\(0, 1\)\)"),
+    (dict(direction=("a", 0, 1)), r"PointSource.direction: must be three numbers \(x, y, z\), got \('a', 0, 1\)"),
+    (dict(fan_axis=(1, 0)), r"PointSource.fan_axis: must be three numbers \(x, y, z\), got 2"),
+    (dict(half_angles_rad=(0.1,)), r"PointSource.half_angles_rad must be two numbers \(fan, perpendicular\) in "
+                                   r"radians, got \(0.1,\)"),
+    (dict(half_angles_rad=0.1), r"PointSource.half_angles_rad must be two numbers .*, got 0.1$"),
+])
+def test_source_vectors_of_the_wrong_shape_are_refused_clearly(kwargs, match):
+    args = dict(position_mm=(0, 0, 0), direction=(0, 0, 1), energy_kev=60.0) | kwargs
+    with pytest.raises(InputError, match=match):
+        PointSource(**args)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(half_angles_rad=(1.57, 1.57)), r"the field reaches a tangent of 1255.77 \(89.9544 degrees from the axis\); "
+                                         r"at most 1000 \(89.94 degrees\)"),
+    (dict(half_angles_rad=(1.57, 0.01)), r"tangent of 1255.77"),
+    (dict(field_tan=((-1e30, 1e30), (-1, 1))), r"PointSource.field_tan=.*tangent of 1e\+30"),
+    (dict(field_tan=((-1e30, 1e30), (-1, 1)), sampling="plane"), r"tangent of 1e\+30"),
+    (dict(half_angles_rad=(math.radians(86), math.radians(86))), r"too wide to sample per solid angle: .* only 0.0072 "
+                                                                 r"of the tangent-plane draws"),
+])
+def test_fields_too_wide_to_sample_are_refused_instead_of_hanging(kwargs, match):
+    with pytest.raises(InputError, match=match):
+        PointSource((0, 0, 0), (0, 0, 1), energy_kev=60.0, **kwargs)
+
+
+def test_a_square_field_of_85_degrees_is_still_sampled():
+    half = math.radians(85)
+    src = PointSource((0, 0, 0), (0, 0, 1), energy_kev=60.0, half_angles_rad=(half, half), fan_axis=(1, 0, 0))
+    st = src.sample(2000, _gen(0))
+    assert np.all(np.abs(np.arctan2(st.u.numpy(), st.w.numpy())) <= half + 1e-5)
+
+
+def test_the_rejection_loop_gives_up_with_an_error_instead_of_hanging():
+    from ctdose.physics.sources import _sample_rectangle
+
+    with pytest.raises(InputError, match=r"only \d+ of 100 directions after 1000 rounds of rejection sampling"):
+        _sample_rectangle(100, (-1255.0, 1255.0), (-1255.0, 1255.0), _gen(0), torch.device("cpu"))

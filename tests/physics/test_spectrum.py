@@ -127,3 +127,104 @@ def test_spekpy_takes_numpy_numbers():
     np.testing.assert_array_equal(s.fluence_per_mas_per_mm2_at_1m, ref.fluence_per_mas_per_mm2_at_1m)
     with pytest.raises(InputError, match=r"spekpy_spectrum: kvp must be a positive number, got True"):
         spekpy_spectrum(True)
+
+
+def test_uneven_bin_centres_give_bins_that_tile_the_spectrum_without_overlap():
+    # edges halfway between neighbours: [25, 35], [35, 120], [120, 280] keV (np.gradient's
+    # bins centred on 40 keV reached below 0 keV)
+    s = Spectrum(np.array([30.0, 40.0, 200.0]), np.array([1.0, 1.0, 0.0]))
+    np.testing.assert_array_equal(s.bin_middle_kev - s.bin_width_kev / 2, [25.0, 35.0, 120.0])
+    np.testing.assert_array_equal(s.bin_middle_kev + s.bin_width_kev / 2, [35.0, 120.0, 280.0])
+    e = s.sample_energy_kev(100_000, np.random.default_rng(0))
+    assert e.min() >= 25.0 and e.max() <= 120.0
+    assert np.mean(e < 35.0) == pytest.approx(0.5, abs=0.01)
+    assert s.max_energy_kev == 120.0
+
+
+def test_uniformly_spaced_bins_are_centred_exactly_on_their_energies():
+    # spekpy's 0.1 keV bins differ in spacing by rounding: their bins (and sampled energies) stay as they were
+    for s in (spekpy_spectrum(120.0, filtration_mm_al=9.0, bin_kev=0.1), spekpy_spectrum(100.0, bin_kev=0.3),
+              spekpy_spectrum(120.0), spectrum_from_csv(_tg195_rqr9())):
+        gaps = np.diff(s.energy_kev)
+        assert gaps.max() - gaps.min() < 1e-12  # uniform up to rounding
+        np.testing.assert_array_equal(s.bin_middle_kev, s.energy_kev)
+        np.testing.assert_array_equal(s.bin_width_kev, np.gradient(s.energy_kev))
+
+
+def test_the_highest_energy_is_the_upper_edge_of_the_highest_bin_with_photons():
+    s = Spectrum(np.array([30.0, 40.0, 149.9]), np.array([1.0, 1.0, 1.0]))
+    assert s.max_energy_kev == pytest.approx(149.9 + (149.9 - 40.0) / 2)
+    assert Spectrum(np.array([30.0, 40.0, 149.9]), np.array([1.0, 1.0, 0.0])).max_energy_kev == pytest.approx(94.95)
+    assert Spectrum(np.array([60.0]), np.array([1.0])).max_energy_kev == 60.0
+
+
+@pytest.mark.parametrize("energies, weights, low, share", [
+    ([1.0, 2.0], [1.0, 1.0], "0.5", "0.25"),
+    ([1.5, 5.5], [1.0, 0.0], "-0.5", "0.375"),
+])
+def test_a_lowest_bin_reaching_below_1_kev_is_refused(energies, weights, low, share):
+    with pytest.raises(InputError, match=rf"spectrum \(test\): the lowest bin, at {energies[0]:g} keV, reaches down to "
+                                         rf"{low} keV, below the cross-section tables' 1 keV: {share} of the photons"):
+        Spectrum(np.array(energies), np.array(weights), "test")
+
+
+def test_spekpy_spectra_whose_first_bin_is_cut_off_by_empty_bins_still_work():
+    # spekpy gives 1.25 keV a fluence of ~1e-169 and nothing at 1.75-2.25 keV: the bin at 1.25 keV
+    # reaches down to 0.5 keV but carries a negligible share of the photons
+    s = spekpy_spectrum(80.0, anode_angle_deg=12.0, filtration_mm_al=2.5)
+    assert s.energy_kev[0] == 1.25 and s.energy_kev[1] == 2.75
+    assert s.probabilities()[0] < 1e-100
+
+
+def test_a_fluence_whose_sum_overflows_is_refused():
+    with pytest.raises(InputError, match=r"spectrum: the total fluence overflows \(sum of 2 values up to 1e\+308\)"):
+        Spectrum(np.array([30.0, 40.0]), np.array([1e308, 1e308]))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(kvp=1000.0), r"kvp must be within 10-500 kV for a W anode \(spekpy's range\), got 1000.0; note that the "
+                       r"Monte Carlo's cross-section tables stop at 150 keV"),
+    (dict(kvp=5.0), r"kvp must be within 10-500 kV for a W anode \(spekpy's range\), got 5.0$"),
+    (dict(kvp=60.0, target="Mo"), r"kvp must be within 10-50 kV for a Mo anode"),
+    (dict(kvp=120.0, bin_kev=200.0), r"bin_kev must be at most kvp / 4 = 30 keV .*got 200.0"),
+    (dict(kvp=120.0, filtration_mm_al="7"), r"filtration_mm_al must be a number >= 0 \(mm\), got '7'"),
+    (dict(kvp=120.0, anode_angle_deg=500.0), r"anode_angle_deg must be in \(0, 90\] degrees, got 500.0"),
+    (dict(kvp=120.0, target="X"), r"target must be one of W, Mo, Rh, Cr, Cu, Ag, Au, got 'X'"),
+])
+def test_spekpy_arguments_out_of_range_are_refused_before_spekpy_sees_them(kwargs, match):
+    with pytest.raises(InputError, match=r"^spekpy_spectrum: " + match):
+        spekpy_spectrum(**kwargs)
+
+
+def test_spekpys_own_failures_become_input_errors_naming_the_arguments(monkeypatch):
+    def fail(*args, **kwargs):
+        raise Exception("Requested kVp is out of range")
+
+    monkeypatch.setattr(spekpy, "Spek", fail)
+    with pytest.raises(InputError, match=r"spekpy_spectrum \(spekpy W 120 kVp, anode 7 deg, 7 mm Al \+ 0 mm Cu, "
+                                         r"0.5 keV bins\): spekpy failed: Exception: Requested kVp is out of range"):
+        spekpy_spectrum(120.0)
+
+
+def test_csv_spectra_are_named_by_their_full_path(tmp_path):
+    f = tmp_path / "s.csv"
+    f.write_text("energy_kev,weight\n30,1\n40,2\n")
+    assert spectrum_from_csv(f).description == f"file {f}"
+    f.write_text("energy_kev,weight\n30,1\n40,-2\n")
+    with pytest.raises(InputError, match=rf"^spectrum \(file {f}\): fluence must be >= 0"):
+        spectrum_from_csv(f)
+
+
+def test_csv_energies_in_ev_scaled_to_a_kerma_name_the_file_and_the_likely_cause(tmp_path):
+    f = tmp_path / "ev.csv"
+    f.write_text("energy_kev,weight\n30000,1\n50000,2\n")
+    with pytest.raises(InputError, match=rf"^{f}: cannot compute the spectrum's air kerma to scale it to 0.0001 Gy/mAs "
+                                         r"\(.*\); are the energies in keV\?$"):
+        spectrum_from_csv(f, air_kerma_gy_per_mas_at_1m=1e-4)
+
+
+def test_csv_rows_of_the_wrong_length_are_refused(tmp_path):
+    f = tmp_path / "s.csv"
+    f.write_text("energy_kev,weight\n30,1,0.1\n40,2,0.1\n")  # read as energies 1, 2 keV
+    with pytest.raises(InputError, match=rf"^{f}, line 2: 3 fields, but the header \(line 1\) has 2"):
+        spectrum_from_csv(f)
