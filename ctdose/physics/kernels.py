@@ -51,6 +51,7 @@ import warnings
 
 import torch
 
+from .energy_rows import MAX_SPLITS_PER_STEP
 from .fluorescence import FLUORESCENCE_MAX_LINES
 from .interactions import ELECTRON_REST_KEV, HC_KEV_ANGSTROM, kn_proposal, rotate_direction
 
@@ -164,11 +165,28 @@ def _rows(rnd, rows: int, n):
     return rnd
 
 
+#: Entries of ``energy_f`` before the row table: first grid energy (keV), 1 / grid step (1/keV),
+#: largest fractional step index.
+_ENERGY_F_HEADER = 3
+
+
 def _energy_index(e, energy_f):
-    """Table index and fraction of each energy (linear interpolation on the uniform grid)."""
+    """Table row and step fraction of each energy (linear interpolation within a row).
+
+    ``energy_f`` holds the grid's first energy, its inverse step and the largest fractional step
+    index, then per step of the uniform grid its first table row and its split fractions
+    (:class:`ctdose.physics.energy_rows.EnergyRows.lookup`, flattened): a step that holds an
+    absorption edge has a row on either side of it, and the photon's fraction of the step
+    picks one.
+    """
     pe = ((e - energy_f[0]) * energy_f[1]).clamp(min=0.0).minimum(energy_f[2])
     ie = pe.to(torch.int64)
-    return ie, pe - ie.to(pe.dtype)
+    fe = pe - ie.to(pe.dtype)
+    at = _ENERGY_F_HEADER + (1 + MAX_SPLITS_PER_STEP) * ie
+    row = energy_f[at]
+    for k in range(MAX_SPLITS_PER_STEP):
+        row = row + (fe >= energy_f[at + 1 + k]).to(pe.dtype)
+    return row.to(torch.int64), fe
 
 
 def _locate(px, py, pz, grid_f, grid_i):
@@ -184,7 +202,7 @@ def _locate(px, py, pz, grid_f, grid_i):
 
 
 def _voxel(x1, y1, z1, ie, grid_f, grid_i, voxel_table):
-    """Inside flag, voxel index, medium, table row ``med * n_e + ie`` and density at each point."""
+    """Inside flag, voxel index, medium, table row ``med * n_rows + ie`` and density at each point."""
     inside, flat = _locate(x1, y1, z1, grid_f, grid_i)
     med = voxel_table[flat, 0].to(torch.int64)
     rho = voxel_table[flat, 1]
@@ -219,20 +237,21 @@ def advance(
     grid_f : Tensor (9,) float32
         ``lo_x, lo_y, lo_z`` (mm), ``1/dx, 1/dy, 1/dz`` (1/mm), ``nx, ny, nz``.
     grid_i : Tensor (4,) int64
-        ``nx, ny, nz, n_e``.
-    energy_f : Tensor (3,) float32
-        First table energy (keV), 1 / table step (1/keV), largest fractional table index.
-    maj_ab : Tensor (n_e, 2)
-        Majorant (1/mm) value and slope per table step.
+        ``nx, ny, nz, n_rows``.
+    energy_f : Tensor (3 + 3 n_e,) float32
+        First grid energy (keV), 1 / grid step (1/keV), largest fractional step index, then
+        the steps' rows (see :func:`_energy_index`).
+    maj_ab : Tensor (n_rows, 2)
+        Majorant (1/mm) value and slope per table row.
     voxel_table : Tensor (n_vox, 2)
         Medium index and mass density (g/cm^3) per voxel.
-    total_tr_ab : Tensor (n_media * n_e, 4)
+    total_tr_ab : Tensor (n_media * n_rows, 4)
         Total and energy-transfer coefficients per density (value, slope, value, slope).
 
     Returns
     -------
     s, x1, y1, z1 : free path (mm) and the new position
-    ie, fe : energy table index and fraction
+    ie, fe : energy table row and step fraction (:func:`_energy_index`)
     rr : ``r_real * maj`` with the majorant ``maj`` (1/mm) at the photon energy: the
         rejection variate (it also picks the interaction type, see :func:`interact`)
     real, inside : real collision (inside the grid), new position inside the grid
@@ -269,8 +288,8 @@ def advance_block(
 
     Extra parameters
     ----------------
-    block_ab : Tensor (n_blocks * n_e, 2)
-        Block majorant (1/mm) value and slope per table step.
+    block_ab : Tensor (n_blocks * n_rows, 2)
+        Block majorant (1/mm) value and slope per table row.
     block_f : Tensor (10,) float32
         ``1/bw_x, 1/bw_y, 1/bw_z`` (1/mm), ``bw_x, bw_y, bw_z`` (mm), ``nbx, nby, nbz``,
         face offset (mm).
@@ -420,8 +439,8 @@ def advance_collision_sites(
     rnd : Tensor (2 K, n)
         Uniform numbers in [0, 1), or an int64 key (:func:`counter_key`) for the kernel's own
         (:func:`counter_uniforms`).
-    void_ab : Tensor (n_e, 2)
-        Majorant of the void voxels (1/mm) at the energy grid points and its slope per step.
+    void_ab : Tensor (n_rows, 2)
+        Majorant of the void voxels (1/mm) per table row: value and slope.
     void_table : Tensor (n_vox, 4) float32
         Per voxel: medium index, density (g/cm^3), void distance (mm), unused
         (:func:`ctdose.physics.transport.void_voxel_table`).
@@ -526,7 +545,7 @@ def collide_interact(
     Returns
     -------
     x1, y1, z1, ie, fe, rr : Tensor (n,)
-        The tentative site (mm), energy table index and fraction, rejection variate
+        The tentative site (mm), energy table row and step fraction, rejection variate
         (as :func:`advance_collision`; :func:`interact` takes them for the photons
         ``pending``).
     e1, u1, v1, w1 : Tensor (n,)
@@ -616,7 +635,7 @@ def score_points(
     ew : Tensor (n,)
         Photon energy times weight (keV).
     ie, fe : Tensor (n,)
-        Energy table index and fraction.
+        Energy table row and step fraction.
     offset : Tensor (n,) int64
         Start of the photon's batch block in the tally.
     r_strat : Tensor (n,)
@@ -761,7 +780,7 @@ def interact(idx, rnd, e, u, v, w, weight, x1, y1, z1, ie, fe, rr, offset, cutof
     e, u, v, w, weight : Tensor (n,)
         Energy (keV), unit direction and statistical weight of every photon.
     x1, y1, z1, ie, fe, rr : Tensor (n,)
-        From :func:`advance`: the collision site (mm), energy table index and fraction and
+        From :func:`advance`: the collision site (mm), energy table row and step fraction and
         the rejection variate ``r * mu_maj`` (uniform on [0, mu): it picks the interaction).
     offset : Tensor (n,) int64
         Start of each photon's batch block in the tally.
@@ -769,7 +788,7 @@ def interact(idx, rnd, e, u, v, w, weight, x1, y1, z1, ie, fe, rr, offset, cutof
         Energy cutoff (keV): a scattered photon below it deposits its energy and stops.
     grid_f, grid_i, voxel_table :
         As in :func:`advance`.
-    xs_ab : Tensor (n_media * n_e, 4)
+    xs_ab : Tensor (n_media * n_rows, 4)
         Photoelectric and incoherent coefficients per density (value, slope, value, slope).
     sf_ratio, coh_x2_inv, coh_frac : Tensor
         The flattened :class:`ctdose.physics.interactions.ScatterTables`.
@@ -815,7 +834,7 @@ def fluorescence_line(r, d, row, m, f, fl_ab, fl_e):
     photoelectric coefficient at density ``d``): line ``j`` of medium ``m`` is chosen where
     ``r`` falls into its part ``P_j tau`` of [0, tau) (the lines' partial coefficients at the
     table row ``row`` and fraction ``f``, times ``d``), none where ``r`` lies above their sum.
-    ``fl_ab`` (n_media * n_e, 2 L) and ``fl_e`` (n_media * L) as in :func:`interact`.
+    ``fl_ab`` (n_media * n_rows, 2 L) and ``fl_e`` (n_media * L) as in :func:`interact`.
     """
     n_lines = FLUORESCENCE_MAX_LINES
     line_kev = torch.zeros_like(r)

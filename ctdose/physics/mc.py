@@ -960,7 +960,7 @@ def _pilot_window(geometry, prep, source, n_photons: int, seed: int, cutoff_kev:
     tally = run_transport(grid, tables, source.sample, [pilot_photons(n_photons)], gen, estimator="track_length",
                           cutoff_kev=cutoff_kev, pool_size=pool, block=block, track_setup=ts, ambient=prep.ambient)
     ie, fe = tables.energy_index(torch.tensor([REFERENCE_ENERGY_KEV], device=grid.density.device))
-    rows = torch.arange(len(geometry.media), device=ie.device) * tables.n_e + ie
+    rows = torch.arange(len(geometry.media), device=ie.device) * tables.n_rows + ie
     tr = (tables.tr_a[rows] + fe * tables.tr_b[rows]).cpu().numpy()
     target = window_targets(tally.energy_kev.cpu().numpy().reshape(geometry.shape), geometry.media_index,
                             geometry.density_g_cm3, tr, block.block_vox, block.n_blocks, min_weight)

@@ -125,11 +125,11 @@ def ray_start(x, y, z, u, v, w, grid_f, grid_i, cell_f):
     return flat, face[0], face[1], face[2], step[0], step[1], step[2], dfx, dfy, dfz, left[0], left[1], left[2]
 
 
-def _crossing(flat, tx, ty, tz, t, voxel_table, total_tr_ab, ie, fe, n_e):
+def _crossing(flat, tx, ty, tz, t, voxel_table, total_tr_ab, ie, fe, n_rows):
     """The current voxel of each ray: attenuation and energy-transfer coefficients (1/mm), the
     distance to its exit face (mm), the optical depth of the chord and its transmission."""
     row = voxel_table[flat]
-    mi = row[:, 0].to(torch.int32) * n_e + ie
+    mi = row[:, 0].to(torch.int32) * n_rows + ie
     rho = row[:, 1]
     mu = (total_tr_ab[mi, 0] + fe * total_tr_ab[mi, 1]) * rho
     mu_tr = (total_tr_ab[mi, 2] + fe * total_tr_ab[mi, 3]) * rho
@@ -178,7 +178,7 @@ def ray_chunk(
     ew : Tensor (n,)
         Scoring weight times energy (keV); raised by the roulette's survivors.
     ie, fe : Tensor (n,)
-        Energy table index and fraction.
+        Energy table row and step fraction.
     offset : Tensor (n,) int64
         Start of the photon's batch block in the tally.
     r_roulette : Tensor (n,)
@@ -186,7 +186,7 @@ def ray_chunk(
     voxel_table, total_tr_ab :
         As in :func:`ctdose.physics.kernels.advance`.
     grid_i : Tensor (4,) int64
-        ``nx, ny, nz, n_e``.
+        ``nx, ny, nz, n_rows``.
     n_cross : int
         Crossings per call (a Python constant: the loop is unrolled).
 
@@ -205,11 +205,11 @@ def ray_chunk(
     ew = torch.where(deep & win, ew * (1.0 / ROULETTE_SURVIVAL), ew)
     rx = torch.where(deep & ~win, -1.0, rx)
     tau_r = torch.where(deep, tau_r + ROULETTE_DEPTH_STEP, tau_r)
-    n_e = grid_i[3].to(torch.int32)
+    n_rows = grid_i[3].to(torch.int32)
     indices, scores = [], []
     for _ in range(n_cross):
         live = (rx >= 0) & (ry >= 0) & (rz >= 0)
-        mu, mu_tr, t_next, depth, trans = _crossing(flat, tx, ty, tz, t, voxel_table, total_tr_ab, ie, fe, n_e)
+        mu, mu_tr, t_next, depth, trans = _crossing(flat, tx, ty, tz, t, voxel_table, total_tr_ab, ie, fe, n_rows)
         # mu_tr <= mu: no attenuation (vacuum) means no energy transfer either
         sc = torch.where(live & (mu > 0), ew * mu_tr * att * (1.0 - trans) / mu, torch.zeros_like(mu))
         indices.append(flat.to(torch.int64) + offset)
@@ -286,7 +286,7 @@ def ray_chunk_split(
     rx = torch.where(deep & ~win, -1.0, rx)
     att = torch.where(deep & ~win, 0.0, att)  # a loser carries nothing out of the grid
     tau_r = torch.where(deep, tau_r + ROULETTE_DEPTH_STEP, tau_r)
-    n_e = grid_i[3].to(torch.int32)
+    n_rows = grid_i[3].to(torch.int32)
     lower, upper, max_split = window_f[0], window_f[1], window_f[2]
     # below the window where the call starts: the whole ray (its scores too) plays roulette
     live = (rx >= 0) & (ry >= 0) & (rz >= 0)
@@ -300,7 +300,7 @@ def ray_chunk_split(
     out = ([], [], [], [])
     for _ in range(n_cross):
         live = (rx >= 0) & (ry >= 0) & (rz >= 0)
-        mu, mu_tr, t_next, depth, trans = _crossing(flat, tx, ty, tz, t, voxel_table, total_tr_ab, ie, fe, n_e)
+        mu, mu_tr, t_next, depth, trans = _crossing(flat, tx, ty, tz, t, voxel_table, total_tr_ab, ie, fe, n_rows)
         absorbing = live & (mu > 0)
         sc = torch.where(absorbing, wgt * e_kev * mu_tr * att * (1.0 - trans) / mu, torch.zeros_like(mu))
         # photons this ray stands for here, and the expected collisions in the voxel

@@ -6,8 +6,9 @@ index and a mass density; outside the box is vacuum (a photon leaving it has esc
 Algorithm (per step, for all live photons at once):
 
 1. a free path ``s = -ln(r) / mu_maj(E)`` with the majorant ``mu_maj(E) = max_m
-   (mu/rho)_m(E) * rho_max,m`` over the grid's media (a table on the energy grid; linear
-   interpolation of the table is itself a majorant of every medium's interpolated mu);
+   (mu/rho)_m(E) * rho_max,m`` over the grid's media (a table on the energy grid, its steps
+   split at absorption edges; linear interpolation of the table is itself a majorant of every
+   medium's interpolated mu);
 2. move; a photon outside the box has escaped (its energy is tallied as escaped);
 3. look up the voxel (flat index ``(k*ny + j)*nx + i``), its medium and density, and accept
    a real interaction with probability ``mu(E, voxel) / mu_maj(E)``; otherwise the collision
@@ -101,6 +102,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .energy_rows import MAX_SPLITS_PER_STEP, EnergyRows, energy_rows
 from .fluorescence import FLUORESCENCE_MAX_LINES, FLUORESCENCE_MIN_KEV, FluorescenceTable, fluorescence_table
 from .interactions import (
     ScatterTables,
@@ -261,13 +263,21 @@ class TransportGrid:
 class TransportTables:
     """Per-medium coefficient tables on a uniform energy grid (device tensors).
 
-    ``*_a`` are values at the grid points and ``*_b`` the slopes per grid step, flattened as
-    ``medium * n_e + energy_index``; linear coefficients are per mm per (g/cm^3).
+    Each table has one row per step of the grid, and one more per absorption edge inside a
+    step (:mod:`ctdose.physics.energy_rows`); ``*_a`` are values and ``*_b`` slopes per step
+    fraction (``value = a + f b``), flattened as ``medium * n_rows + row``; linear coefficients
+    are per mm per (g/cm^3).
     """
 
     e0_kev: float
     de_kev: float
     n_e: int
+    n_rows: int
+    rows: EnergyRows
+    #: (n_e, 1 + MAX_SPLITS_PER_STEP) float32: each step's first row and split fractions
+    row_lookup: torch.Tensor
+    #: (n_media, n_rows, 2) float64: mu/rho (per mm per g/cm^3) just inside each row's ends
+    total_ends: np.ndarray
     total_a: torch.Tensor
     total_b: torch.Tensor
     photo_a: torch.Tensor
@@ -278,6 +288,8 @@ class TransportTables:
     tr_b: torch.Tensor
     maj_a: torch.Tensor
     maj_b: torch.Tensor
+    #: (n_rows, 2) float64: the majorant (1/mm) at each row's ends
+    maj_ends: np.ndarray
     scatter: ScatterTables
     #: (n_media * n_e, 4): total_a, total_b, tr_a, tr_b side by side (one gather per lookup)
     total_tr_ab: torch.Tensor | None = None
@@ -293,18 +305,31 @@ class TransportTables:
             self.total_tr_ab = torch.stack([self.total_a, self.total_b, self.tr_a, self.tr_b], 1)
 
     def energy_index(self, energy_kev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Table index (int64) and fraction of each energy (keV) on the uniform energy grid."""
+        """Table row (int64) and step fraction of each energy (keV), as the kernels find them
+        (:func:`ctdose.physics.kernels._energy_index`)."""
         pe = ((energy_kev - self.e0_kev) * (1.0 / self.de_kev)).clamp_(0.0, self.n_e - _TABLE_INDEX_MARGIN)
         ie = pe.to(torch.int64)
-        return ie, pe - ie
+        fe = pe - ie
+        look = self.row_lookup.index_select(0, ie)
+        row = look[:, 0]
+        for k in range(MAX_SPLITS_PER_STEP):
+            row = row + (fe >= look[:, 1 + k]).to(pe.dtype)
+        return row.to(torch.int64), fe
+
+    def energy_f(self) -> torch.Tensor:
+        """The kernels' ``energy_f``: first grid energy (keV), 1 / step (1/keV), the largest
+        fractional step index, then :attr:`row_lookup` flattened (float32)."""
+        head = torch.tensor([self.e0_kev, 1.0 / self.de_kev, self.n_e - _TABLE_INDEX_MARGIN],
+                            dtype=torch.float32, device=self.row_lookup.device)
+        return torch.cat([head, self.row_lookup.reshape(-1)])
 
 
 @dataclass
 class BlockMajorant:
     """Local majorants on a coarse grid of blocks (macro-voxels) of ``block_vox`` voxels.
 
-    ``maj_a`` / ``maj_b``: value and slope per energy step, flattened as
-    ``block * n_e + energy_index`` (1/mm); ``n_blocks`` = (nbz, nby, nbx).
+    ``maj_a`` / ``maj_b``: value and slope per table row, flattened as
+    ``block * n_rows + row`` (1/mm); ``n_blocks`` = (nbz, nby, nbx).
     """
 
     block_vox: int
@@ -333,9 +358,7 @@ def build_block_majorant(
     b = int(block_vox)
     nb = tuple(-(-n // b) for n in (nz, ny, nx))
     n_blocks = nb[0] * nb[1] * nb[2]
-    n_e = tab.n_e
-    n_media = tab.total_a.numel() // n_e
-    total = tab.total_a.detach().cpu().numpy().astype(np.float64).reshape(n_media, n_e)
+    n_media = tab.total_ends.shape[0]
     # block of every voxel (block indices along each axis, broadcast), then the densest voxel
     # of each medium in each block: one grouped maximum over the grid
     bz, by, bx = (np.arange(n, dtype=np.int64) // b for n in (nz, ny, nx))
@@ -343,48 +366,53 @@ def build_block_majorant(
     rho_bm = np.zeros(n_blocks * n_media, dtype=np.float32)
     np.maximum.at(rho_bm, (block_of * n_media + mi.astype(np.int64)).ravel(), rho.ravel())
     rho_bm = rho_bm.reshape(n_blocks, n_media).astype(np.float64)
-    maj = np.zeros((n_blocks, n_e), dtype=np.float64)
-    for m in np.flatnonzero(rho_bm.max(axis=0) > 0):
-        sel = np.flatnonzero(rho_bm[:, m] > 0)
-        if 2 * sel.size > n_blocks:  # in most blocks: one pass over all of them
-            np.maximum(maj, rho_bm[:, m, None] * total[m][None, :], out=maj)
-        else:
-            maj[sel] = np.maximum(maj[sel], rho_bm[sel, m, None] * total[m][None, :])
-    maj = np.maximum(maj * _MAJORANT_MARGIN, max(float(majorant_floor_per_mm), 1e-12))
-    dev = tab.total_a.device
-    a, s = _value_slope(maj, dev)
+    ends = []
+    for end in (0, 1):  # the rows' starts, then their ends
+        total = tab.total_ends[:, :, end]
+        maj = np.zeros((n_blocks, tab.n_rows), dtype=np.float64)
+        for m in np.flatnonzero(rho_bm.max(axis=0) > 0):
+            sel = np.flatnonzero(rho_bm[:, m] > 0)
+            if 2 * sel.size > n_blocks:  # in most blocks: one pass over all of them
+                np.maximum(maj, rho_bm[:, m, None] * total[m][None, :], out=maj)
+            else:
+                maj[sel] = np.maximum(maj[sel], rho_bm[sel, m, None] * total[m][None, :])
+        ends.append(np.maximum(maj * _MAJORANT_MARGIN, max(float(majorant_floor_per_mm), 1e-12)))
+    a, s = _value_slope(tab.rows, ends[0], ends[1], tab.total_a.device)
     return BlockMajorant(block_vox=b, n_blocks=nb, maj_a=a, maj_b=s)
 
 
-def _fluorescence_tensors(fluor: FluorescenceTable | None, photo_per_mm: np.ndarray, device) -> dict:
+def _fluorescence_tensors(fluor: FluorescenceTable | None, photo_per_mm: np.ndarray, rows: EnergyRows,
+                          start: np.ndarray, end: np.ndarray, device) -> dict:
     """``fl_ab`` and ``fl_e`` of :class:`TransportTables` (empty where ``fluor`` is None): the
-    lines' partial photoelectric coefficients P_l x tau (``photo_per_mm`` (n_media, n_e), per mm
-    per g/cm^3), the slots padded to ``FLUORESCENCE_MAX_LINES`` (coefficient 0).
+    lines' partial photoelectric coefficients P_l x tau (``photo_per_mm`` (n_media, n_u), per mm
+    per g/cm^3, and ``fluor`` at the energies ``rows.evaluation_energies()``, whose indices
+    ``start`` and ``end`` are each row's ends), the slots padded to ``FLUORESCENCE_MAX_LINES``
+    (coefficient 0).
 
-    Interpolated linearly in energy as tau is, they split the interpolated tau exactly, also
-    in the grid step of an absorption edge: the energy the interaction kernel takes away with
-    the lines is the one the kerma estimators leave out of mu_tr there (to the step's variation
-    of 1/E), where interpolating P_l and tau separately would not be (their product is not
-    linear across the step)."""
+    Interpolated linearly in energy within a row as tau is, they split the interpolated tau
+    exactly: the energy the interaction kernel takes away with the lines is the one the kerma
+    estimators leave out of mu_tr there (to the row's variation of 1/E), where interpolating
+    P_l and tau separately would not be (their product is not linear in energy)."""
     if fluor is None:
         return {}
-    n_media, n_lines, n_e = fluor.probability.shape
-    shape = (n_media, FLUORESCENCE_MAX_LINES, n_e)
-    partial = np.zeros(shape)
+    n_media, n_lines, n_u = fluor.probability.shape
+    partial = np.zeros((n_media, FLUORESCENCE_MAX_LINES, n_u))
     partial[:, :n_lines] = fluor.probability * np.asarray(photo_per_mm)[:, None, :]
-    value, slope = (t.view(shape) for t in _value_slope(partial, device))
+    shape = (n_media, FLUORESCENCE_MAX_LINES, rows.n_rows)
+    value, slope = (t.view(shape) for t in _value_slope(rows, partial[..., start], partial[..., end], device))
     line_kev = np.zeros((n_media, FLUORESCENCE_MAX_LINES))
     line_kev[:, :n_lines] = fluor.line_kev
     return dict(
-        fl_ab=torch.cat([value, slope], 1).permute(0, 2, 1).reshape(n_media * n_e, -1).contiguous(),
+        fl_ab=torch.cat([value, slope], 1).permute(0, 2, 1).reshape(n_media * rows.n_rows, -1).contiguous(),
         fl_e=torch.tensor(line_kev.reshape(-1), dtype=torch.float32, device=device),
     )
 
 
-def _value_slope(arr: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
-    a = np.asarray(arr, dtype=np.float64)
-    b = np.zeros_like(a)
-    b[..., :-1] = a[..., 1:] - a[..., :-1]
+def _value_slope(rows: EnergyRows, at_start: np.ndarray, at_end: np.ndarray,
+                 device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Value and slope per table row (flattened float32 tensors) of a quantity given just inside
+    each row's ends (arrays (..., n_rows)), see :meth:`EnergyRows.value_slope`."""
+    a, b = rows.value_slope(at_start, at_end)
     return (
         torch.tensor(a.reshape(-1), dtype=torch.float32, device=device),
         torch.tensor(b.reshape(-1), dtype=torch.float32, device=device),
@@ -424,17 +452,19 @@ def build_tables(
     The per-medium tables are cached (:func:`_medium_tables`); only the majorant depends on
     ``max_density_per_medium``.
     """
-    per_medium = _medium_tables(media, max_energy_kev, device, fluorescence_min_kev)
-    total = per_medium["total_per_mm"]
+    tables = _medium_tables(media, max_energy_kev, device, fluorescence_min_kev)
     rho_max = np.asarray(max_density_per_medium, dtype=np.float64)
-    maj_a, maj_b = _value_slope(_majorant(total, rho_max, majorant_floor_per_mm), device)
-    return TransportTables(maj_a=maj_a, maj_b=maj_b, **per_medium["tables"])
+    maj_ends = _majorant(tables["total_ends"], rho_max, majorant_floor_per_mm)
+    maj_a, maj_b = _value_slope(tables["rows"], maj_ends[:, 0], maj_ends[:, 1], device)
+    return TransportTables(maj_a=maj_a, maj_b=maj_b, maj_ends=maj_ends, **tables)
 
 
-def _majorant(total_per_mm: np.ndarray, rho_max: np.ndarray, majorant_floor_per_mm: float) -> np.ndarray:
-    """max over media of (mu/rho)(E) x the medium's largest density (1/mm, (n_media, n_e) and
-    (n_media,) in, (n_e,) out), with the float32 margin and at least the floor (and 1e-12)."""
-    maj = (np.asarray(total_per_mm, np.float64) * np.asarray(rho_max, np.float64)[:, None]).max(axis=0)
+def _majorant(total_ends: np.ndarray, rho_max: np.ndarray, majorant_floor_per_mm: float) -> np.ndarray:
+    """max over media of (mu/rho)(E) x the medium's largest density at each table row's ends
+    (1/mm; (n_media, n_rows, 2) and (n_media,) in, (n_rows, 2) out), with the float32 margin and
+    at least the floor (and 1e-12). Linear within a row, the majorant is at least every medium's
+    mu there, as it is at the row's ends."""
+    maj = (np.asarray(total_ends, np.float64) * np.asarray(rho_max, np.float64)[:, None, None]).max(axis=0)
     return np.maximum(maj * _MAJORANT_MARGIN, max(float(majorant_floor_per_mm), 1e-12))
 
 
@@ -462,36 +492,46 @@ def _medium_tables(media: Sequence, max_energy_kev: float, device,
     )
     if key in _TABLE_CACHE:
         return _TABLE_CACHE[key]
-    tab = attenuation_table(media, e)
-    frac = incoherent_transfer_fractions(media, e)
-    fluor = None if fluorescence_min_kev is None else fluorescence_table(media, e, fluorescence_min_kev)
+    rows = energy_rows(e, media)
+    # every coefficient once at the distinct energies of the rows' ends (the grid points and
+    # both sides of each edge), then picked per row
+    e_u, start, end = rows.evaluation_energies()
+    tab = attenuation_table(media, e_u)
+    frac = incoherent_transfer_fractions(media, e_u)
+    fluor = None if fluorescence_min_kev is None else fluorescence_table(media, e_u, fluorescence_min_kev)
     # energy given to electrons: photoabsorption less the transported fluorescence lines
     # (weaker lines are deposited where the absorption happens), incoherent scattering's share
     photo_tr = tab.photo_cm2_g if fluor is None else tab.photo_cm2_g * (1.0 - fluor.emitted_fraction())
     tr = photo_tr + tab.incoh_cm2_g * frac
     per_mm = 1.0 / MM_PER_CM
-    total_a, total_b = _value_slope(tab.total_cm2_g * per_mm, device)
-    photo_a, photo_b = _value_slope(tab.photo_cm2_g * per_mm, device)
-    incoh_a, incoh_b = _value_slope(tab.incoh_cm2_g * per_mm, device)
-    tr_a, tr_b = _value_slope(tr * per_mm, device)
+
+    def ab(q):
+        return _value_slope(rows, q[:, start], q[:, end], device)
+
+    total_per_mm = tab.total_cm2_g * per_mm
+    total_a, total_b = ab(total_per_mm)
+    photo_a, photo_b = ab(tab.photo_cm2_g * per_mm)
+    incoh_a, incoh_b = ab(tab.incoh_cm2_g * per_mm)
+    tr_a, tr_b = ab(tr * per_mm)
     out = dict(
-        total_per_mm=tab.total_cm2_g * per_mm,
-        tables=dict(
-            e0_kev=float(e[0]),
-            de_kev=float(e[1] - e[0]),
-            n_e=int(e.size),
-            total_a=total_a,
-            total_b=total_b,
-            photo_a=photo_a,
-            photo_b=photo_b,
-            incoh_a=incoh_a,
-            incoh_b=incoh_b,
-            tr_a=tr_a,
-            tr_b=tr_b,
-            scatter=build_scatter_tables(media, float(e[-1]), device),
-            total_tr_ab=torch.stack([total_a, total_b, tr_a, tr_b], 1),
-            **_fluorescence_tensors(fluor, tab.photo_cm2_g * per_mm, device),
-        ),
+        e0_kev=float(e[0]),
+        de_kev=float(e[1] - e[0]),
+        n_e=int(e.size),
+        n_rows=rows.n_rows,
+        rows=rows,
+        row_lookup=torch.tensor(rows.lookup, dtype=torch.float32, device=device),
+        total_ends=np.stack([total_per_mm[:, start], total_per_mm[:, end]], -1),
+        total_a=total_a,
+        total_b=total_b,
+        photo_a=photo_a,
+        photo_b=photo_b,
+        incoh_a=incoh_a,
+        incoh_b=incoh_b,
+        tr_a=tr_a,
+        tr_b=tr_b,
+        scatter=build_scatter_tables(media, float(e[-1]), device),
+        total_tr_ab=torch.stack([total_a, total_b, tr_a, tr_b], 1),
+        **_fluorescence_tensors(fluor, tab.photo_cm2_g * per_mm, rows, start, end, device),
     )
     if len(_TABLE_CACHE) >= _TABLE_CACHE_SIZE:
         _TABLE_CACHE.pop(next(iter(_TABLE_CACHE)))
@@ -560,7 +600,7 @@ def attenuate_in_ambient(
         return
     index, density = ambient
     ie, fe = tab.energy_index(state.energy_kev)
-    flat = ie + index * tab.n_e
+    flat = ie + index * tab.n_rows
     mu_per_mm = _interp(tab.total_a, tab.total_b, flat, fe) * density
     survive = torch.exp(-mu_per_mm * distance_mm)
     lost = state.energy_kev * state.weight * (1.0 - survive)
@@ -625,7 +665,7 @@ def _block_free_path(st, grid, tab, block, ie, fe, gen):
         d_exit = t if d_exit is None else torch.minimum(d_exit, t)
     d_exit = d_exit.clamp_min_(0.0)
     bidx = ((bi[2] * nby + bi[1]) * nbx + bi[0]).to(torch.int64)
-    maj = _interp(block.maj_a, block.maj_b, bidx * tab.n_e + ie, fe)
+    maj = _interp(block.maj_a, block.maj_b, bidx * tab.n_rows + ie, fe)
     s = _uniform(fe, gen).log_().neg_().div_(maj)
     coll = s < d_exit
     s = torch.where(coll, s, d_exit + _BLOCK_EPS_MM)
@@ -765,7 +805,7 @@ def _step(
     rho = vox[..., 1]
     # tally index: the photon's batch block of the tally
     tflat = flat if st.offset is None else flat + st.offset[:, None]
-    mi = med * tab.n_e + ie[:, None]
+    mi = med * tab.n_rows + ie[:, None]
     fe2 = fe[:, None]
     coef = tab.total_tr_ab.index_select(0, mi.view(-1)).view(n, k_paths, 4)
     mu = torch.addcmul(coef[..., 0], fe2, coef[..., 1]).mul_(rho)
@@ -890,8 +930,8 @@ class TrackLengthSetup:
         n_sites = _TRACK_SITES_PER_STEP.get(dev.type, _TRACK_SITES_PER_STEP["cpu"])
         return TrackLengthSetup(
             grid_f=torch.tensor([*grid.lo_mm, 1.0 / dx, 1.0 / dy, 1.0 / dz, nx, ny, nz], **f32),
-            grid_i=torch.tensor([nx, ny, nz, tab.n_e], dtype=torch.int64, device=dev),
-            energy_f=torch.tensor([tab.e0_kev, 1.0 / tab.de_kev, tab.n_e - _TABLE_INDEX_MARGIN], **f32),
+            grid_i=torch.tensor([nx, ny, nz, tab.n_rows], dtype=torch.int64, device=dev),
+            energy_f=tab.energy_f(),
             maj_ab=torch.stack([tab.maj_a, tab.maj_b], 1).contiguous(),
             h_mm=torch.tensor(h, **f32),
             h_value_mm=h,
@@ -960,25 +1000,24 @@ def void_voxel_table(grid: TransportGrid) -> torch.Tensor:
 
 
 def void_majorant(grid: TransportGrid, tab: TransportTables, majorant_floor_per_mm: float = 0.0) -> np.ndarray:
-    """Majorant of the void voxels (:func:`ctdose.physics.void.void_mask`) at the energy grid
-    points (1/mm): per medium its densest void voxel, as :func:`build_tables` takes the global
+    """Majorant of the void voxels (:func:`ctdose.physics.void.void_mask`) at each table row's
+    ends ((n_rows, 2), 1/mm): per medium its densest void voxel, as :func:`build_tables` takes the global
     one, with the same margin; at least ``majorant_floor_per_mm`` and
     :data:`ctdose.physics.void.VOID_MAJORANT_MIN_FRACTION` of the global majorant."""
     from .void import VOID_MAJORANT_MIN_FRACTION, void_mask
 
-    n_e = tab.n_e
-    n_media = tab.total_a.numel() // n_e
+    n_media = tab.total_ends.shape[0]
     rho = grid.density.detach().cpu().numpy()
     void = void_mask(rho)
     rho_max = np.zeros(n_media)
     np.maximum.at(rho_max, grid.media.detach().cpu().numpy()[void].astype(np.int64), rho[void].astype(np.float64))
-    total = tab.total_a.detach().cpu().numpy().astype(np.float64).reshape(n_media, n_e)
-    floor = VOID_MAJORANT_MIN_FRACTION * tab.maj_a.detach().cpu().numpy().astype(np.float64)
-    return np.maximum(_majorant(total, rho_max, majorant_floor_per_mm), floor)
+    floor = VOID_MAJORANT_MIN_FRACTION * tab.maj_ends
+    return np.maximum(_majorant(tab.total_ends, rho_max, majorant_floor_per_mm), floor)
 
 
 def _void_tensors(grid: TransportGrid, tab: TransportTables, majorant_floor_per_mm: float) -> dict:
-    a, b = _value_slope(void_majorant(grid, tab, majorant_floor_per_mm), grid.density.device)
+    ends = void_majorant(grid, tab, majorant_floor_per_mm)
+    a, b = _value_slope(tab.rows, ends[:, 0], ends[:, 1], grid.density.device)
     return dict(void_ab=torch.stack([a, b], 1).contiguous(), void_table=void_voxel_table(grid))
 
 

@@ -244,7 +244,8 @@ def attenuation_table(
     energy_kev : ndarray, optional
         Energies in keV (default :func:`default_energy_grid`, 1-150 keV in 0.25 keV steps;
         on that grid every element edge above 1 keV falls between two points: coefficients are
-        exact at the points).
+        exact at the points; the transport tables split a step at an edge,
+        :mod:`ctdose.physics.energy_rows`).
 
     Returns
     -------

@@ -326,7 +326,7 @@ def test_compiled_interaction_with_fluorescence_equals_the_eager_one():
     fe = pe - ie
     x1 = 20.0 * torch.rand(n, generator=gen)  # voxel 0 (water) spans x in [0, 10] mm, voxel 1 [10, 20]
     on_iodine = x1 >= 10.0
-    row = ie + on_iodine.long() * tab.n_e
+    row = ie + on_iodine.long() * tab.n_rows
     mu = (tab.total_a[row] + fe * tab.total_b[row]) * torch.from_numpy(rho.ravel())[on_iodine.long()]
     rr = torch.rand(n, generator=gen) * mu
     # the arguments as the transport passes them (separate tensors, not rows of one; a key for the

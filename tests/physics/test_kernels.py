@@ -53,10 +53,9 @@ def _slab_world(n_x: int = 40, spacing_mm: float = 2.0, split: int | None = None
 
 
 def _mu_tr_per_mm(tab, medium: int, energy_kev: float, rho: float) -> float:
-    pe = (energy_kev - tab.e0_kev) / tab.de_kev
-    i = int(pe)
-    row = tab.total_tr_ab[medium * tab.n_e + i].double()
-    return float((row[2] + (pe - i) * row[3]) * rho)
+    i, f = tab.energy_index(torch.tensor([energy_kev], **F32))
+    row = tab.total_tr_ab[medium * tab.n_rows + int(i[0])].double()
+    return float((row[2] + float(f[0]) * row[3]) * rho)
 
 
 def _score(setup, grid, tab, n, x0, s, energy_kev, k, seed=0, u=1.0):
@@ -66,9 +65,7 @@ def _score(setup, grid, tab, n, x0, s, energy_kev, k, seed=0, u=1.0):
     x = torch.full((n,), x0, **F32)
     zero = torch.zeros(n, **F32)
     e = torch.full((n,), energy_kev, **F32)
-    pe = ((e - tab.e0_kev) / tab.de_kev).clamp(0, tab.n_e - 1.001)
-    ie = pe.to(torch.int64)
-    fe = pe - ie
+    ie, fe = tab.energy_index(e)
     r_strat = torch.rand(n, generator=gen)
     seg = torch.full((n,), s, **F32)
     count, hi = segment_points(seg, r_strat, torch.tensor(float(k)), setup.h_mm)
@@ -185,7 +182,7 @@ def test_collision_site_scores_mu_tr_over_the_majorant_where_the_flight_ends():
     assert score.dtype == torch.float64
     np.testing.assert_array_equal(index.numpy(), [7, 3 * grid.n_vox + 27, 27, 39])
     # r_real = 0.999 in bone: real exactly where 0.999 mu_maj < mu_bone (bone sets the majorant)
-    mu_bone_total = float((tab.total_tr_ab[1 * tab.n_e + ie[0], 0] + fe[0] * tab.total_tr_ab[1 * tab.n_e + ie[0], 1])
+    mu_bone_total = float((tab.total_tr_ab[1 * tab.n_rows + ie[0], 0] + fe[0] * tab.total_tr_ab[1 * tab.n_rows + ie[0], 1])
                           * rho_b)
     assert real.tolist() == [True, True, 0.999 * maj < mu_bone_total, False]
     assert inside.tolist() == [True, True, True, False]
@@ -368,7 +365,7 @@ def _block_majorant_at(st, grid, tab, x, y, z, e):
     by = ((y - lo[1]) / bw[1]).floor().clamp(0, int(nb[1]) - 1).long()
     bz = ((z - lo[2]) / bw[2]).floor().clamp(0, int(nb[2]) - 1).long()
     ie, fe = tab.energy_index(e)
-    row = ((bz * nb[1] + by) * nb[0] + bx) * tab.n_e + ie
+    row = ((bz * nb[1] + by) * nb[0] + bx) * tab.n_rows + ie
     return st.block_ab[row, 0] + fe * st.block_ab[row, 1]
 
 def _random_pool(grid, n, seed):

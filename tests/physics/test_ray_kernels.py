@@ -70,7 +70,7 @@ def _mu_tables(prep, energy_kev):
     """mu and mu_tr (1/mm) of every voxel at one energy, from the tables (numpy)."""
     tab = prep.tables
     ie, fe = tab.energy_index(torch.tensor([float(energy_kev)]))
-    rows = prep.grid.media.to(torch.int64) * tab.n_e + ie
+    rows = prep.grid.media.to(torch.int64) * tab.n_rows + ie
     t = tab.total_tr_ab[rows]
     rho = prep.grid.density
     mu = ((t[:, 0] + fe * t[:, 1]) * rho).numpy().astype(np.float64)

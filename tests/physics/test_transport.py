@@ -67,6 +67,26 @@ def test_narrow_beam_transmission_is_beer_lambert(energy_kev, thickness_cm):
     assert abs(ratio - expected) < 4 * sigma
 
 
+@pytest.mark.parametrize("energy_kev", [33.10, 33.20])
+def test_narrow_beam_transmission_is_beer_lambert_on_both_sides_of_iodines_k_edge(energy_kev):
+    """2 % iodine in water, 1 cm, just below and just above the K edge (33.17 keV), inside one
+    step of the tables' energy grid (33.00-33.25 keV): before the step was split at the edge,
+    the transmission was exp(-1.51 mu t) and exp(-0.89 mu t)."""
+    iodinated = Medium("iodinated water", 1.03, {1: 0.98 * 0.111894, 8: 0.98 * 0.888106, 53: 0.02})
+    det = get_medium("water")
+    mu_cm = float(attenuation_table([iodinated], [energy_kev]).total_cm2_g[0, 0]) * iodinated.density_g_cm3
+    n = 60_000
+    open_, s_open = _detector_signal(_narrow_beam_geometry(None, 0.0, det), _pencil(energy_kev), n, 1)
+    slab, s_slab = _detector_signal(
+        _narrow_beam_geometry(iodinated, iodinated.density_g_cm3, det), _pencil(energy_kev), n, 2
+    )
+    ratio = slab / open_
+    sigma = ratio * math.hypot(s_open / open_, s_slab / slab)
+    expected = math.exp(-mu_cm)
+    print(f"transmission {energy_kev} keV, 1 cm 2 % iodine: MC {ratio:.5f} +- {sigma:.5f}, exp(-mu t) {expected:.5f}")
+    assert abs(ratio - expected) < 4 * sigma
+
+
 @pytest.mark.parametrize("estimator", ["expected_track_length", "track_length"])
 def test_energy_balance_analogue_exact_and_track_length_statistical(estimator):
     water = get_medium("water")
@@ -354,18 +374,21 @@ def test_block_majorant_is_the_largest_mu_of_each_block():
     tab = build_tables(media, np.full(len(media), 2.0), 150.0, "cpu")
     blk = build_block_majorant(mi, rho, tab, b)
     assert blk.n_blocks == (3, 2, 4)
-    n_e = tab.n_e
-    total = tab.total_a.numpy().astype(np.float64).reshape(len(media), n_e)
-    maj = blk.maj_a.numpy().reshape(-1, n_e)
+    # at the start of every table row (just inside it, past an absorption edge)
+    n_rows = tab.n_rows
+    total = tab.total_ends[:, :, 0]
+    f_start = tab.rows.f_start
+    maj = (blk.maj_a.numpy().astype(np.float64).reshape(-1, n_rows)
+           + f_start * blk.maj_b.numpy().astype(np.float64).reshape(-1, n_rows))
     for bz in range(3):
         for by in range(2):
             for bx in range(4):
                 sl = np.s_[bz * b:(bz + 1) * b, by * b:(by + 1) * b, bx * b:(bx + 1) * b]
                 mu = rho[sl].ravel()[:, None].astype(np.float64) * total[mi[sl].ravel()]
                 expect = np.maximum(mu.max(axis=0) * _MAJORANT_MARGIN, 1e-12)
-                np.testing.assert_allclose(maj[(bz * 2 + by) * 4 + bx], expect, rtol=1e-6)
+                np.testing.assert_allclose(maj[(bz * 2 + by) * 4 + bx], expect, rtol=2e-6)
     water = total[2] * rho[:4, :4, :4].max() * _MAJORANT_MARGIN
-    np.testing.assert_allclose(maj[0], water, rtol=1e-6)
+    np.testing.assert_allclose(maj[0], water, rtol=2e-6)
 
 
 def test_tables_share_the_media_part_and_scale_the_majorant_with_density():
@@ -376,7 +399,7 @@ def test_tables_share_the_media_part_and_scale_the_majorant_with_density():
     b = build_tables(media, np.array([2.0, 0.0]), 150.0, "cpu")
     assert a.total_a is b.total_a and a.scatter is b.scatter  # built once
     np.testing.assert_allclose(b.maj_a.numpy(), 2.0 * a.maj_a.numpy(), rtol=1e-6)
-    water = a.total_a.numpy()[: a.n_e]
+    water = a.total_a.numpy()[: a.n_rows]
     np.testing.assert_allclose(a.maj_a.numpy(), water * 1.00001, rtol=1e-6)
 
 
