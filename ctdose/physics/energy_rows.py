@@ -41,6 +41,7 @@ __all__ = [
     "EDGE_SIDE_KEV",
     "MAX_SPLITS_PER_STEP",
     "SNAP_FRACTION",
+    "Edge",
     "EnergyRows",
     "absorption_edges",
     "energy_rows",
@@ -245,7 +246,10 @@ def energy_rows(grid_kev: np.ndarray, media: Sequence) -> EnergyRows:
     for i in range(n_e):
         lookup[i, 0] = len(f_start)
         if i == n_e - 1:  # the last grid point: a row of zero slope
-            f_start.append(0.0), f_end.append(1.0), e_start.append(right[i]), e_end.append(right[i])
+            f_start.append(0.0)
+            f_end.append(1.0)
+            e_start.append(right[i])
+            e_end.append(right[i])
             continue
         inner = sorted(splits[i], key=lambda fe: -fe[1].weight)[:MAX_SPLITS_PER_STEP]
         inner.sort(key=lambda fe: fe[0])

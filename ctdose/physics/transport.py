@@ -291,11 +291,11 @@ class TransportTables:
     #: (n_rows, 2) float64: the majorant (1/mm) at each row's ends
     maj_ends: np.ndarray
     scatter: ScatterTables
-    #: (n_media * n_e, 4): total_a, total_b, tr_a, tr_b side by side (one gather per lookup)
+    #: (n_media * n_rows, 4): total_a, total_b, tr_a, tr_b side by side (one gather per lookup)
     total_tr_ab: torch.Tensor | None = None
     #: fluorescence lines transported after photoabsorption (:mod:`ctdose.physics.fluorescence`):
     #: each line's share of the photoelectric coefficient, P_l x tau (per mm per g/cm^3;
-    #: n_media * n_e, 2 L: values, then slopes per energy step), and the line energies
+    #: n_media * n_rows, 2 L: values, then slopes per table row), and the line energies
     #: (n_media * L, keV), L = ``FLUORESCENCE_MAX_LINES``; None where no medium has a line
     fl_ab: torch.Tensor | None = None
     fl_e: torch.Tensor | None = None
@@ -868,7 +868,7 @@ class TrackLengthSetup:
     max_sites: int
     kernels: tuple
     #: interaction tables for :func:`ctdose.physics.kernels.interact`: photoelectric and
-    #: incoherent coefficients (n_media * n_e, 4), flattened scatter tables and their sizes
+    #: incoherent coefficients (n_media * n_rows, 4), flattened scatter tables and their sizes
     xs_ab: torch.Tensor
     sf_ratio: torch.Tensor
     coh_x2_inv: torch.Tensor
