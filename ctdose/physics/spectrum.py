@@ -363,10 +363,15 @@ def spekpy_spectrum(
         k, phi = spek.get_spectrum(edges=False, flu=True, diff=False)  # photons/cm^2 per bin, 1 mAs, 1 m
     except Exception as exc:  # spekpy raises bare Exceptions (and IndexErrors) on what it cannot do
         raise InputError(f"spekpy_spectrum ({desc}): spekpy failed: {type(exc).__name__}: {exc}") from exc
-    keep = (k >= ENERGY_MIN_KEV) & (phi > 0)
-    if not np.any(keep):
+    # the bins from the lowest to the highest with photons, those without photons between them
+    # included: spekpy's fluence underflows to 0 in the first few keV under a thick filter, and
+    # dropping those bins would leave a lone bin and a gap (an uneven grid, whose bins next to
+    # the gap are wide)
+    with_photons = np.flatnonzero((k >= ENERGY_MIN_KEV) & (phi > 0))
+    if with_photons.size == 0:
         raise InputError(f"spekpy_spectrum ({desc}): no photons above {ENERGY_MIN_KEV:g} keV get through")
-    return Spectrum(k[keep], phi[keep] / _MM2_PER_CM2, desc, absolute=True)
+    keep = slice(with_photons[0], with_photons[-1] + 1)
+    return Spectrum(k[keep], np.maximum(phi[keep], 0.0) / _MM2_PER_CM2, desc, absolute=True)
 
 
 def spectrum_from_csv(path: str | Path, air_kerma_gy_per_mas_at_1m: float | None = None) -> Spectrum:

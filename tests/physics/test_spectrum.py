@@ -168,12 +168,19 @@ def test_a_lowest_bin_reaching_below_1_kev_is_refused(energies, weights, low, sh
         Spectrum(np.array(energies), np.array(weights), "test")
 
 
-def test_spekpy_spectra_whose_first_bin_is_cut_off_by_empty_bins_still_work():
-    # spekpy gives 1.25 keV a fluence of ~1e-169 and nothing at 1.75-2.25 keV: the bin at 1.25 keV
-    # reaches down to 0.5 keV but carries a negligible share of the photons
-    s = spekpy_spectrum(80.0, anode_angle_deg=12.0, filtration_mm_al=2.5)
-    assert s.energy_kev[0] == 1.25 and s.energy_kev[1] == 2.75
-    assert s.probabilities()[0] < 1e-100
+@pytest.mark.parametrize("kvp,bin_kev", [(80.0, 0.5), (120.0, 0.5), (120.0, 1.0)])
+def test_spekpy_spectra_keep_their_empty_bins_and_stay_on_a_uniform_grid(kvp, bin_kev):
+    """Under 2.5 mm Al spekpy gives 1.25 keV a fluence of ~1e-169 and nothing at 1.75-2.25 keV.
+    Dropping the empty bins left a lone bin and a gap (1.25, 2.75, 3.25, ... keV), whose
+    neighbours' bins were 1 keV wide; the empty bins are kept (no photons), so every bin is
+    centred on its energy and as wide as spekpy's."""
+    s = spekpy_spectrum(kvp, anode_angle_deg=12.0, filtration_mm_al=2.5, bin_kev=bin_kev)
+    np.testing.assert_allclose(np.diff(s.energy_kev), bin_kev, rtol=1e-9)
+    np.testing.assert_allclose(s.bin_width_kev, bin_kev, rtol=1e-9)
+    np.testing.assert_array_equal(s.bin_middle_kev, s.energy_kev)
+    assert s.energy_kev[0] - bin_kev / 2 >= 1.0 - 1e-9
+    p = s.probabilities()
+    assert p[0] < 1e-100 and np.any(p[1:10] == 0.0)
 
 
 def test_a_fluence_whose_sum_overflows_is_refused():
