@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import InputError
 from .._atomic import atomic_write_text
-from .egsphant import BoundsGrid, _bounds_cm, _bounds_problem, _grid_for_writing
+from .egsphant import BoundsGrid, _bounds_cm, _bounds_problem, _fortran_float, _grid_for_writing
 
 __all__ = ["Dose3D", "read_3ddose", "write_3ddose"]
 
@@ -145,8 +145,7 @@ def read_3ddose(path: str | Path) -> Dose3D:
     if len(tokens) != need:
         raise _fail(path, f"expected {need} values for {nx}x{ny}x{nz} voxels, found {len(tokens)}")
     try:
-        # Fortran may write exponents as 'D'
-        vals = np.array([t.replace("D", "E").replace("d", "e") for t in tokens[3:]], dtype=np.float64)
+        vals = np.array([_fortran_float(t) for t in tokens[3:]], dtype=np.float64)
     except ValueError:
         raise _fail(path, "non-numeric value") from None
     xb = vals[: nx + 1]

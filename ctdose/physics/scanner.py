@@ -182,8 +182,6 @@ _BOWTIE_COLUMNS = ("fan_angle_deg", "al_thickness_mm")
 def _bowtie_from_columns(a: np.ndarray, t: np.ndarray, where: str) -> Bowtie:
     """A bowtie from fan angles ``a`` (degrees) and thicknesses ``t`` (mm); ``where`` names
     the source in messages."""
-    if a.size == 0:
-        raise InputError(f"bowtie {where}: no rows (a header only)")
     if np.any(a < 0):
         neg, pos = a < 0, a >= 0
         if not np.any(pos):

@@ -23,7 +23,6 @@ with :math:`\\mu_{en}/\\rho` of dry air from :mod:`ctdose.physics.xsection`.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import numpy as np
 from scipy.constants import electron_volt
 from scipy.optimize import brentq
 
+from ..config import as_real
 from ..errors import InputError
 from ..io.number_csv import read_number_columns
 from ..materials import Medium, filter_medium, get_medium
@@ -326,14 +326,11 @@ def spekpy_spectrum(
     """
     import spekpy
 
-    def is_number(value) -> bool:
-        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
     for name, value in (("kvp", kvp), ("anode_angle_deg", anode_angle_deg), ("bin_kev", bin_kev)):
-        if not (is_number(value) and value > 0):
+        if not ((v := as_real(value)) is not None and v > 0):
             raise InputError(f"spekpy_spectrum: {name} must be a positive number, got {value!r}")
     for name, value in (("filtration_mm_al", filtration_mm_al), ("filtration_mm_cu", filtration_mm_cu)):
-        if not (is_number(value) and value >= 0):
+        if not ((v := as_real(value)) is not None and v >= 0):
             raise InputError(f"spekpy_spectrum: {name} must be a number >= 0 (mm), got {value!r}")
     if not isinstance(target, str) or target not in _SPEKPY_KVP_RANGE_KV:
         raise InputError(f"spekpy_spectrum: target must be one of {', '.join(_SPEKPY_KVP_RANGE_KV)}, got {target!r}")
@@ -401,7 +398,7 @@ def spectrum_from_csv(path: str | Path, air_kerma_gy_per_mas_at_1m: float | None
     spec = Spectrum(e, w, f"file {path}", absolute=False)
     if air_kerma_gy_per_mas_at_1m is not None:
         kerma = air_kerma_gy_per_mas_at_1m
-        if not (isinstance(kerma, numbers.Real) and not isinstance(kerma, bool) and math.isfinite(kerma) and kerma > 0):
+        if not ((v := as_real(kerma)) is not None and v > 0):
             raise InputError(f"{path}: air_kerma_gy_per_mas_at_1m must be a number > 0, got {kerma!r}")
         try:
             own = spec.air_kerma_gy_per_mas(_REFERENCE_DISTANCE_MM)
